@@ -1,0 +1,244 @@
+//! Framing: turning messages into bytes and back.
+//!
+//! A frame is an 8-byte prefix, a postcard header and a raw payload:
+//!
+//! ```text
+//! u32 LE header_len | u32 LE payload_len | header (postcard, header_len bytes) | payload
+//! ```
+//!
+//! DESIGN.md put the payload length only inside the header; the prefix carries it too, so
+//! "is the whole frame here?" ([`check`]) is two integer reads, a reader can size its next
+//! receive without decoding postcard, and a data payload can be received straight into its
+//! final buffer. The message still states its length ([`crate::Request::len`],
+//! [`crate::Reply::len`]); [`decode_request`] and [`decode_reply`] check that both agree.
+//!
+//! Lengths are checked against [`Limits`] before anything is allocated.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::WireError;
+use crate::messages::{Reply, Request, Status};
+
+/// Bytes in the fixed frame prefix.
+pub const PREFIX_LEN: usize = 8;
+/// Largest header the protocol allows.
+pub const MAX_HEADER_LEN: u32 = 64 * 1024;
+/// The default (and largest) payload per frame a server offers: 4 MiB.
+pub const DEFAULT_MAX_IO: u32 = 4 << 20;
+
+/// Size limits a reader enforces on incoming frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest header accepted.
+    pub max_header: u32,
+    /// Largest payload accepted.
+    pub max_payload: u32,
+}
+
+impl Limits {
+    /// Limits during the handshake and on control connections: no payloads at all.
+    pub const HANDSHAKE: Limits = Limits {
+        max_header: MAX_HEADER_LEN,
+        max_payload: 0,
+    };
+
+    /// Limits on a data connection with the negotiated `max_io`.
+    pub fn data(max_io: u32) -> Limits {
+        Limits {
+            max_header: MAX_HEADER_LEN,
+            max_payload: max_io,
+        }
+    }
+}
+
+/// The fixed part at the start of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePrefix {
+    /// Bytes of postcard header after the prefix.
+    pub header_len: u32,
+    /// Bytes of raw payload after the header.
+    pub payload_len: u32,
+}
+
+impl FramePrefix {
+    /// Reads a prefix and checks its lengths against `limits`.
+    pub fn decode(bytes: &[u8; PREFIX_LEN], limits: Limits) -> Result<FramePrefix, WireError> {
+        let header_len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let payload_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if header_len == 0 {
+            return Err(WireError::EmptyHeader);
+        }
+        if header_len > limits.max_header {
+            return Err(WireError::HeaderTooLarge {
+                len: header_len,
+                max: limits.max_header,
+            });
+        }
+        if payload_len > limits.max_payload {
+            return Err(WireError::PayloadTooLarge {
+                len: payload_len,
+                max: limits.max_payload,
+            });
+        }
+        Ok(FramePrefix {
+            header_len,
+            payload_len,
+        })
+    }
+
+    /// The prefix as bytes.
+    pub fn encode(&self) -> [u8; PREFIX_LEN] {
+        let mut out = [0u8; PREFIX_LEN];
+        out[..4].copy_from_slice(&self.header_len.to_le_bytes());
+        out[4..].copy_from_slice(&self.payload_len.to_le_bytes());
+        out
+    }
+
+    /// Prefix plus header bytes.
+    pub fn head_len(&self) -> usize {
+        PREFIX_LEN + self.header_len as usize
+    }
+
+    /// Bytes of the whole frame.
+    pub fn frame_len(&self) -> usize {
+        self.head_len() + self.payload_len as usize
+    }
+}
+
+/// Appends prefix and header for `message` to `out`; the caller sends `payload_len` bytes
+/// of payload after them (from its own buffer, so data is never copied into the frame).
+pub fn encode_head<M: Serialize>(
+    message: &M,
+    payload_len: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; PREFIX_LEN]);
+    let mut out_vec = std::mem::take(out);
+    out_vec = postcard::to_extend(message, out_vec).map_err(|e| WireError::Encode(e.to_string()))?;
+    *out = out_vec;
+    let header_len = out.len() - start - PREFIX_LEN;
+    if header_len > MAX_HEADER_LEN as usize {
+        out.truncate(start);
+        return Err(WireError::Encode(format!(
+            "header of {header_len} bytes exceeds {MAX_HEADER_LEN}"
+        )));
+    }
+    let prefix = FramePrefix {
+        header_len: header_len as u32,
+        payload_len,
+    };
+    out[start..start + PREFIX_LEN].copy_from_slice(&prefix.encode());
+    Ok(())
+}
+
+/// A whole frame for a payload-less message (handshake and control messages).
+pub fn encode_message<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(64);
+    encode_head(message, 0, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes one header; every byte must belong to the message.
+pub fn decode_header<M: DeserializeOwned>(
+    header: &[u8],
+    what: &'static str,
+) -> Result<M, WireError> {
+    let (message, rest) =
+        postcard::take_from_bytes::<M>(header).map_err(|e| WireError::Malformed {
+            what,
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes {
+            what,
+            extra: rest.len(),
+        });
+    }
+    Ok(message)
+}
+
+/// The cheap "is the whole frame here?" check on buffered bytes.
+///
+/// `Ok(None)`: more bytes are needed. `Ok(Some(prefix))`: `buf` holds at least
+/// `prefix.frame_len()` bytes. An error means the stream is not a valid frame sequence.
+pub fn check(buf: &[u8], limits: Limits) -> Result<Option<FramePrefix>, WireError> {
+    let Some(prefix_bytes) = buf.first_chunk::<PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let prefix = FramePrefix::decode(prefix_bytes, limits)?;
+    Ok((buf.len() >= prefix.frame_len()).then_some(prefix))
+}
+
+/// A frame parsed out of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed<'a, M> {
+    /// The header's message.
+    pub message: M,
+    /// The raw payload, borrowed from the buffer.
+    pub payload: &'a [u8],
+    /// Bytes of the buffer the frame took.
+    pub consumed: usize,
+}
+
+/// Parses the first frame of `buf` if it is complete.
+pub fn parse<'a, M: DeserializeOwned>(
+    buf: &'a [u8],
+    limits: Limits,
+    what: &'static str,
+) -> Result<Option<Parsed<'a, M>>, WireError> {
+    let Some(prefix) = check(buf, limits)? else {
+        return Ok(None);
+    };
+    let message = decode_header(&buf[PREFIX_LEN..prefix.head_len()], what)?;
+    Ok(Some(Parsed {
+        message,
+        payload: &buf[prefix.head_len()..prefix.frame_len()],
+        consumed: prefix.frame_len(),
+    }))
+}
+
+/// Reports EOF: an error if it came in the middle of a frame, `Ok` on a frame boundary.
+pub fn check_eof(buffered: &[u8], limits: Limits) -> Result<(), WireError> {
+    if buffered.is_empty() {
+        return Ok(());
+    }
+    let need = match buffered.first_chunk::<PREFIX_LEN>() {
+        Some(prefix) => FramePrefix::decode(prefix, limits)?.frame_len(),
+        None => PREFIX_LEN,
+    };
+    Err(WireError::Truncated {
+        have: buffered.len(),
+        need,
+    })
+}
+
+/// Decodes a data request header and checks it against the frame's payload length.
+pub fn decode_request(header: &[u8], prefix: FramePrefix) -> Result<Request, WireError> {
+    let request: Request = decode_header(header, "Request")?;
+    if request.payload_len() != prefix.payload_len {
+        return Err(WireError::PayloadMismatch {
+            expected: request.payload_len(),
+            actual: prefix.payload_len,
+        });
+    }
+    Ok(request)
+}
+
+/// Decodes a data reply header and checks it against the frame's payload length.
+pub fn decode_reply(header: &[u8], prefix: FramePrefix) -> Result<Reply, WireError> {
+    let reply: Reply = decode_header(header, "Reply")?;
+    if reply.len != prefix.payload_len {
+        return Err(WireError::PayloadMismatch {
+            expected: reply.len,
+            actual: prefix.payload_len,
+        });
+    }
+    if reply.status != Status::Ok && reply.len != 0 {
+        return Err(WireError::PayloadMismatch {
+            expected: 0,
+            actual: reply.len,
+        });
+    }
+    Ok(reply)
+}
