@@ -115,7 +115,8 @@ pub fn encode_head<M: Serialize>(
     let start = out.len();
     out.extend_from_slice(&[0u8; PREFIX_LEN]);
     let mut out_vec = std::mem::take(out);
-    out_vec = postcard::to_extend(message, out_vec).map_err(|e| WireError::Encode(e.to_string()))?;
+    out_vec =
+        postcard::to_extend(message, out_vec).map_err(|e| WireError::Encode(e.to_string()))?;
     *out = out_vec;
     let header_len = out.len() - start - PREFIX_LEN;
     if header_len > MAX_HEADER_LEN as usize {

@@ -1,0 +1,270 @@
+//! Property tests of the framing: round trips, truncation at every byte, garbage.
+
+use proptest::prelude::*;
+use wire::frame::{self, Limits};
+use wire::*;
+
+fn any_purpose() -> impl Strategy<Value = Purpose> {
+    prop_oneof![
+        Just(Purpose::Control),
+        (any::<u32>(), any::<u16>(), any::<u16>()).prop_map(|(partition, queue, lane)| {
+            Purpose::Data {
+                partition,
+                queue,
+                lane,
+            }
+        }),
+    ]
+}
+
+fn any_hello() -> impl Strategy<Value = Hello> {
+    (
+        "[a-z0-9._-]{1,64}",
+        any::<[u8; 32]>(),
+        any_purpose(),
+        any::<u16>(),
+    )
+        .prop_map(|(host, client_nonce, purpose, max_version)| Hello {
+            magic: MAGIC,
+            min_version: 1,
+            max_version,
+            host,
+            client_nonce,
+            purpose,
+        })
+}
+
+fn any_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Read),
+        Just(Op::Write),
+        Just(Op::Flush),
+        Just(Op::Discard),
+        Just(Op::WriteZeroes),
+    ]
+}
+
+fn any_request() -> impl Strategy<Value = Request> {
+    (
+        any::<u32>(),
+        any_op(),
+        any::<u64>(),
+        0u32..(1 << 20),
+        any::<u8>(),
+    )
+        .prop_map(|(tag, op, offset, len, flags)| Request {
+            tag,
+            op,
+            offset,
+            len,
+            flags,
+        })
+}
+
+fn any_partition_info() -> impl Strategy<Value = PartitionInfo> {
+    (
+        any::<u32>(),
+        "[a-z]{1,20}",
+        any::<u64>(),
+        any::<bool>(),
+        any::<u32>(),
+    )
+        .prop_map(|(id, name, size, shared, features)| PartitionInfo {
+            id,
+            name,
+            size,
+            block_size: 512,
+            chunk_size: 65536,
+            stripe_disks: 3,
+            access: if shared {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            },
+            shared,
+            features: Features(features),
+        })
+}
+
+proptest! {
+    #[test]
+    fn hello_round_trips(hello in any_hello()) {
+        let bytes = frame::encode_message(&hello).unwrap();
+        let parsed = frame::parse::<Hello>(&bytes, Limits::HANDSHAKE, "Hello").unwrap().unwrap();
+        prop_assert_eq!(parsed.message, hello);
+        prop_assert_eq!(parsed.consumed, bytes.len());
+        prop_assert!(parsed.payload.is_empty());
+    }
+
+    #[test]
+    fn partitions_round_trip(generation in any::<u64>(), partitions in prop::collection::vec(any_partition_info(), 0..20)) {
+        let event = ControlEvent::Partitions { generation, partitions };
+        let bytes = frame::encode_message(&event).unwrap();
+        let parsed = frame::parse::<ControlEvent>(&bytes, Limits::HANDSHAKE, "ControlEvent").unwrap().unwrap();
+        prop_assert_eq!(parsed.message, event);
+    }
+
+    #[test]
+    fn request_with_payload_round_trips(request in any_request()) {
+        let payload: Vec<u8> = (0..request.payload_len()).map(|i| i as u8).collect();
+        let mut bytes = Vec::new();
+        frame::encode_head(&request, request.payload_len(), &mut bytes).unwrap();
+        bytes.extend_from_slice(&payload);
+        let prefix = frame::check(&bytes, Limits::data(1 << 20)).unwrap().unwrap();
+        let header = &bytes[PREFIX_LEN..prefix.head_len()];
+        let decoded = frame::decode_request(header, prefix).unwrap();
+        prop_assert_eq!(decoded, request);
+        prop_assert_eq!(&bytes[prefix.head_len()..], &payload[..]);
+    }
+
+    #[test]
+    fn every_truncation_is_incomplete_never_wrong(request in any_request()) {
+        let mut bytes = Vec::new();
+        frame::encode_head(&request, request.payload_len(), &mut bytes).unwrap();
+        bytes.resize(bytes.len() + request.payload_len() as usize, 0xAB);
+        let limits = Limits::data(1 << 20);
+        for cut in 0..bytes.len() {
+            let partial = &bytes[..cut];
+            prop_assert_eq!(frame::check(partial, limits).unwrap(), None);
+            let eof = frame::check_eof(partial, limits);
+            if cut == 0 {
+                prop_assert!(eof.is_ok());
+            } else {
+                let is_truncated = matches!(eof, Err(WireError::Truncated { .. }));
+                prop_assert!(is_truncated);
+            }
+        }
+        prop_assert!(frame::check(&bytes, limits).unwrap().is_some());
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let limits = Limits::data(1 << 20);
+        let _ = frame::parse::<Hello>(&bytes, Limits::HANDSHAKE, "Hello");
+        let _ = frame::parse::<ControlEvent>(&bytes, Limits::HANDSHAKE, "ControlEvent");
+        if let Ok(Some(prefix)) = frame::check(&bytes, limits) {
+            let header = &bytes[PREFIX_LEN..prefix.head_len()];
+            let _ = frame::decode_request(header, prefix);
+            let _ = frame::decode_reply(header, prefix);
+        }
+        let _ = frame::check_eof(&bytes, limits);
+    }
+
+    #[test]
+    fn flipped_header_bytes_never_panic(request in any_request(), position in any::<prop::sample::Index>(), value in any::<u8>()) {
+        let mut bytes = Vec::new();
+        frame::encode_head(&request, 0, &mut bytes).unwrap();
+        let index = PREFIX_LEN + position.index(bytes.len() - PREFIX_LEN);
+        bytes[index] = value;
+        if let Ok(Some(prefix)) = frame::check(&bytes, Limits::data(1 << 20)) {
+            let _ = frame::decode_request(&bytes[PREFIX_LEN..prefix.head_len()], prefix);
+        }
+    }
+}
+
+#[test]
+fn oversized_lengths_are_refused_before_allocation() {
+    let huge_header = FramePrefix {
+        header_len: u32::MAX,
+        payload_len: 0,
+    }
+    .encode();
+    assert_eq!(
+        frame::check(&huge_header, Limits::HANDSHAKE),
+        Err(WireError::HeaderTooLarge {
+            len: u32::MAX,
+            max: MAX_HEADER_LEN
+        })
+    );
+    let huge_payload = FramePrefix {
+        header_len: 4,
+        payload_len: (1 << 20) + 1,
+    }
+    .encode();
+    assert_eq!(
+        frame::check(&huge_payload, Limits::data(1 << 20)),
+        Err(WireError::PayloadTooLarge {
+            len: (1 << 20) + 1,
+            max: 1 << 20
+        })
+    );
+    let empty = FramePrefix {
+        header_len: 0,
+        payload_len: 0,
+    }
+    .encode();
+    assert_eq!(
+        frame::check(&empty, Limits::HANDSHAKE),
+        Err(WireError::EmptyHeader)
+    );
+}
+
+#[test]
+fn payload_must_match_the_message() {
+    let request = Request {
+        tag: 7,
+        op: Op::Write,
+        offset: 0,
+        len: 4096,
+        flags: 0,
+    };
+    let mut bytes = Vec::new();
+    frame::encode_head(&request, 512, &mut bytes).unwrap();
+    let prefix = FramePrefix::decode(bytes.first_chunk().unwrap(), Limits::data(1 << 20)).unwrap();
+    assert_eq!(
+        frame::decode_request(&bytes[PREFIX_LEN..prefix.head_len()], prefix),
+        Err(WireError::PayloadMismatch {
+            expected: 4096,
+            actual: 512
+        })
+    );
+    let failed_with_data = Reply {
+        tag: 1,
+        status: Status::Errno(libc_errno::EIO),
+        len: 512,
+    };
+    let mut bytes = Vec::new();
+    frame::encode_head(&failed_with_data, 512, &mut bytes).unwrap();
+    let prefix = FramePrefix::decode(bytes.first_chunk().unwrap(), Limits::data(1 << 20)).unwrap();
+    assert!(frame::decode_reply(&bytes[PREFIX_LEN..prefix.head_len()], prefix).is_err());
+}
+
+#[test]
+fn trailing_header_bytes_are_refused() {
+    let mut bytes = frame::encode_message(&ControlRequest::Ping(3)).unwrap();
+    bytes.push(0);
+    let header_len = (bytes.len() - PREFIX_LEN) as u32;
+    bytes[..4].copy_from_slice(&header_len.to_le_bytes());
+    let result = frame::parse::<ControlRequest>(&bytes, Limits::HANDSHAKE, "ControlRequest");
+    assert_eq!(
+        result,
+        Err(WireError::TrailingBytes {
+            what: "ControlRequest",
+            extra: 1
+        })
+    );
+}
+
+#[test]
+fn unknown_op_variant_is_malformed() {
+    let request = Request {
+        tag: 1,
+        op: Op::Read,
+        offset: 0,
+        len: 512,
+        flags: 0,
+    };
+    let mut bytes = Vec::new();
+    frame::encode_head(&request, 0, &mut bytes).unwrap();
+    // The op is the byte after the one-byte varint tag.
+    bytes[PREFIX_LEN + 1] = 42;
+    let prefix = FramePrefix::decode(bytes.first_chunk().unwrap(), Limits::data(1 << 20)).unwrap();
+    let error = frame::decode_request(&bytes[PREFIX_LEN..prefix.head_len()], prefix).unwrap_err();
+    assert!(matches!(
+        error,
+        WireError::Malformed {
+            what: "Request",
+            ..
+        }
+    ));
+}
