@@ -1,4 +1,4 @@
-# shellcheck shell=sh
+# shellcheck shell=dash
 # Multilane VM lab — helpers for scenarios. Runs in the GUEST under busybox ash (POSIX sh +
 # `local`); no bash there. The guest runner sources this file, then the scenario, in a fresh
 # shell per scenario with `set -e`: any failing command fails the scenario.
@@ -75,7 +75,7 @@ assert_eq() {
 }
 
 wait_for() {
-	local target=$1 secs=$2 what=${3:-$1} end
+	local target="$1" secs="$2" what="${3:-$1}" end
 	end=$(($(now_ms) + secs * 1000))
 	while :; do
 		case $target in
@@ -104,7 +104,7 @@ need_dev() {
 }
 
 bg_start() {
-	local name=$1
+	local name="$1"
 	shift
 	"$@" >"$LAB_WORK/$name.log" 2>&1 </dev/null &
 	BG_PID=$!
@@ -128,7 +128,7 @@ bg_alive() {
 
 # Stop pid $1 (name $2) with signal $3; escalate to KILL after 10 s. Returns the exit status.
 lab_stop_pid() {
-	local pid=$1 name=$2 sig=${3:-TERM} end rc=0
+	local pid="$1" name="$2" sig="${3:-TERM}" end rc=0
 	if kill -0 "$pid" 2>/dev/null; then
 		kill "-$sig" "$pid" 2>/dev/null || true
 		end=$(($(now_ms) + 10000))
@@ -173,7 +173,7 @@ fio_iops() {
 # --- runner side (called by /init; scenarios do not use these) ---------------------------
 
 lab_cleanup() {
-	local rc=$1 cmd pid name cleanup_failed=0
+	local rc="$1" cmd pid name cleanup_failed=0
 	set +e
 	trap - EXIT TERM INT
 	# not a pipeline: the loops must run in this shell (wait, variables)
