@@ -1,7 +1,11 @@
-# shellcheck shell=dash
-# Multilane VM lab — helpers for scenarios. Runs in the GUEST under busybox ash (POSIX sh +
-# `local`); no bash there. The guest runner sources this file, then the scenario, in a fresh
-# shell per scenario with `set -e`: any failing command fails the scenario.
+# shellcheck shell=bash
+# Multilane VM lab — helpers for scenarios. Runs in the GUEST under bash (copied into the
+# initramfs; busybox provides the small tools). The guest runner sources this file, then the
+# scenario, in a fresh bash per scenario with `set -eE -o pipefail` and an ERR trap: any failing
+# command fails the scenario, and the reason names the file, line and command.
+# Why bash and not busybox ash: Debian's busybox-static ash always runs its own applets before
+# PATH (FEATURE_SH_STANDALONE), so `ip`, `dd`, `blockdev`... would be busybox's, not the real
+# iproute2/coreutils/util-linux tools. In bash, PATH decides (real tools come first).
 #
 #   log MSG...                 print a timestamped line (guest uptime)
 #   fail MSG...                record MSG as the reason and exit: scenario FAILs
@@ -174,8 +178,8 @@ fio_iops() {
 
 lab_cleanup() {
 	local rc="$1" cmd pid name cleanup_failed=0
-	set +e
-	trap - EXIT TERM INT
+	set +eE
+	trap - EXIT TERM INT ERR
 	# not a pipeline: the loops must run in this shell (wait, variables)
 	while IFS= read -r cmd; do
 		[ -n "$cmd" ] || continue
@@ -203,11 +207,16 @@ EOF
 	exit "$rc"
 }
 
+lab_on_err() {
+	lab_set_reason "${3##*/}:$2: '$4' failed with status $1"
+}
+
 lab_main() {
 	log "scenario start"
 	trap 'lab_cleanup $?' EXIT
 	trap 'lab_set_reason "stopped by signal (timeout?)"; exit 143' TERM INT
-	set -e
+	trap 'lab_on_err $? $LINENO "${BASH_SOURCE[0]}" "$BASH_COMMAND"' ERR
+	set -eE -o pipefail
 	# shellcheck disable=SC1090
 	. "/lab/scenarios/$LAB_SCENARIO.sh"
 }

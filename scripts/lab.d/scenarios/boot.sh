@@ -1,6 +1,6 @@
-# shellcheck shell=dash
+# shellcheck shell=bash
 # lab-desc: kernel + modules sanity: ublk-control, virtio disks, nbd, null_blk fio, veth/netns ping
-# Sourced by the guest runner after lib.sh (busybox ash, set -e).
+# Sourced by the guest runner after lib.sh (bash, set -eE -o pipefail, ERR trap).
 
 log "kernel $(uname -r); modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 

@@ -1,4 +1,4 @@
-# shellcheck shell=dash
+# shellcheck shell=bash
 # lab-desc: libublk's own null example: /dev/ublkb0 with 2 queues, fio on it, delete it
 # Needs the example binary `libublk-null` (built on the host by ublk-null.host).
 
