@@ -1,1 +1,24 @@
-//! placeholder
+//! The Multilane array server: member disks striped into one array, carved into
+//! partitions, served to authenticated hosts over TCP.
+//!
+//! # Layout
+//!
+//! - [`array`]: member disks ([`array::disk`]), the RAID-0 stripe map ([`array::stripe`]),
+//!   on-disk metadata slots ([`array::metadata`]), free space ([`array::space`]), the
+//!   operator's mutations as pure functions ([`array::catalog`]), the data lanes' snapshot
+//!   ([`array::grant`]) and the management handle [`Array`] with its serialisable views.
+//! - [`net`]: the TCP server: thread-per-core tokio-uring runtimes ([`net::start`]),
+//!   handshake, control sessions (discovery, live pushes), data sessions (block I/O), the
+//!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers.
+//! - [`error`]: [`Error`], one enum for the crate, with the errno each variant fails a
+//!   block request with.
+//! - [`units`]: human-readable sizes (`4K`, `1.5G`).
+//!
+//! The binary (`src/main.rs`) formats arrays, serves them and runs offline admin commands.
+
+pub mod array;
+pub mod error;
+pub mod units;
+
+pub use array::{Array, FormatOptions};
+pub use error::{Error, Result};

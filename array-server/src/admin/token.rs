@@ -1,0 +1,138 @@
+//! The admin token: 32 random bytes as 64 hex digits, kept in a 0600 file, compared in
+//! constant time.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Random bytes in a freshly generated token.
+const TOKEN_BYTES: usize = 32;
+/// Shortest token accepted from a file the operator wrote.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The secret that every admin request must present. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A fresh random token.
+    pub fn generate() -> Result<AdminToken> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| Error::io("generating the admin token", std::io::Error::other(e)))?;
+        Ok(AdminToken(hex::encode(bytes)))
+    }
+
+    /// A token given as text (surrounding whitespace ignored); at least 16 visible ASCII
+    /// characters.
+    pub fn from_text(text: &str) -> Result<AdminToken> {
+        let text = text.trim();
+        let visible = text.bytes().all(|b| b.is_ascii_graphic());
+        if text.len() < MIN_TOKEN_LEN || !visible {
+            return Err(Error::io(
+                "reading the admin token",
+                std::io::Error::other(format!(
+                    "an admin token is at least {MIN_TOKEN_LEN} visible ASCII characters"
+                )),
+            ));
+        }
+        Ok(AdminToken(text.to_owned()))
+    }
+
+    /// Reads the token from `path`.
+    pub fn load(path: &Path) -> Result<AdminToken> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading admin token file {}", path.display()), e))?;
+        AdminToken::from_text(&text)
+    }
+
+    /// Reads the token from `path`, or generates one into a new 0600 file there.
+    pub fn load_or_create(path: &Path) -> Result<AdminToken> {
+        if path.exists() {
+            return AdminToken::load(path);
+        }
+        let token = AdminToken::generate()?;
+        token.write_new(path)?;
+        Ok(token)
+    }
+
+    /// Writes the token into `path`, created with mode 0600 (replacing an existing file).
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        let context = || format!("writing admin token file {}", path.display());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| Error::io(context(), e))?;
+        }
+        let _ = fs::remove_file(path);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(context(), e))?;
+        writeln!(file, "{}", self.0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(context(), e))
+    }
+
+    /// The token's text, for a client that must present it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token; takes the same time wherever they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+    }
+}
+
+/// Compares two byte strings without an early exit on the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_tokens_differ_and_match_themselves() {
+        let a = AdminToken::generate().unwrap();
+        let b = AdminToken::generate().unwrap();
+        assert_ne!(a, b);
+        assert!(a.matches(a.expose()));
+        assert!(!a.matches(b.expose()));
+        assert!(!a.matches(&a.expose()[1..]));
+        assert!(!a.matches(""));
+    }
+
+    #[test]
+    fn file_is_private_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/token");
+        let token = AdminToken::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(AdminToken::load_or_create(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn short_or_blank_tokens_are_refused() {
+        assert!(AdminToken::from_text("short").is_err());
+        assert!(AdminToken::from_text("has spaces in the middle of it").is_err());
+        assert!(AdminToken::from_text("  0123456789abcdef\n").is_ok());
+    }
+}

@@ -1,0 +1,226 @@
+//! Member disks: block devices or plain files, locked against other processes, with an
+//! O_DIRECT handle for data and a buffered one for metadata.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{DiskOp, Error, Result};
+
+/// The smallest logical block any member disk uses.
+pub const SECTOR_SIZE: u32 = wire::SECTOR_SIZE;
+/// `ioctl` returning a block device's logical sector size (`_IO(0x12, 104)`).
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// One opened member disk.
+#[derive(Debug)]
+pub struct MemberDisk {
+    path: PathBuf,
+    /// Buffered handle: metadata I/O, and the holder of the exclusive `flock`.
+    control: File,
+    /// Data handle: O_DIRECT when the file system allows it.
+    data: File,
+    direct: bool,
+    block_device: bool,
+    size: u64,
+    logical_block: u32,
+}
+
+/// What the admin layer shows about a disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskView {
+    /// Path as given.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether it is a block device (else a plain file).
+    pub block_device: bool,
+    /// Whether data I/O bypasses the page cache.
+    pub direct_io: bool,
+    /// The device's logical block size.
+    pub logical_block: u32,
+}
+
+impl MemberDisk {
+    /// Opens `path` read-write and takes an exclusive lock on it, so that a running server
+    /// and an offline command never touch the same disk at once.
+    pub fn open(path: &Path) -> Result<MemberDisk> {
+        let open_error = |source| Error::Disk {
+            path: path.to_owned(),
+            offset: 0,
+            op: DiskOp::Open,
+            source,
+        };
+        let control = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(open_error)?;
+        lock_exclusive(&control, path)?;
+        let block_device = control.metadata().map_err(open_error)?.file_type().is_block_device();
+        let size = (&control).seek(SeekFrom::End(0)).map_err(open_error)?;
+        let logical_block = if block_device {
+            device_logical_block(&control).map_err(open_error)?
+        } else {
+            SECTOR_SIZE
+        };
+        let (data, direct) = open_data_handle(path, &control, logical_block)?;
+        Ok(MemberDisk {
+            path: path.to_owned(),
+            control,
+            data,
+            direct,
+            block_device,
+            size,
+            logical_block,
+        })
+    }
+
+    /// Path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether it is a block device.
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// The device's logical block size.
+    pub fn logical_block(&self) -> u32 {
+        self.logical_block
+    }
+
+    /// The buffered handle used for metadata.
+    pub fn control_file(&self) -> &File {
+        &self.control
+    }
+
+    /// The handle used for data I/O (O_DIRECT when possible).
+    pub fn data_file(&self) -> &File {
+        &self.data
+    }
+
+    /// The admin view.
+    pub fn view(&self) -> DiskView {
+        DiskView {
+            path: self.path.clone(),
+            size: self.size,
+            block_device: self.block_device,
+            direct_io: self.direct,
+            logical_block: self.logical_block,
+        }
+    }
+}
+
+fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: flock on a file descriptor this `File` owns and keeps open; no memory involved.
+    let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if status == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(Error::Locked {
+            path: path.to_owned(),
+        });
+    }
+    Err(Error::Disk {
+        path: path.to_owned(),
+        offset: 0,
+        op: DiskOp::Open,
+        source: error,
+    })
+}
+
+fn device_logical_block(file: &File) -> std::io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one c_int through the pointer, which points at `size`.
+    let status = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size) };
+    if status < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u32::try_from(size).unwrap_or(SECTOR_SIZE).max(SECTOR_SIZE))
+}
+
+/// Opens the O_DIRECT data handle and proves it works with one aligned read; falls back to
+/// a duplicate of the buffered handle (with a warning) where the file system refuses.
+fn open_data_handle(path: &Path, control: &File, logical_block: u32) -> Result<(File, bool)> {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    match direct.and_then(|file| probe_direct(&file, logical_block).map(|()| file)) {
+        Ok(file) => Ok((file, true)),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            log::warn!(
+                "{}: O_DIRECT refused ({error}); using buffered I/O, FLUSH and FUA still sync",
+                path.display()
+            );
+            let buffered = control.try_clone().map_err(|source| Error::Disk {
+                path: path.to_owned(),
+                offset: 0,
+                op: DiskOp::Open,
+                source,
+            })?;
+            Ok((buffered, false))
+        }
+        Err(source) => Err(Error::Disk {
+            path: path.to_owned(),
+            offset: 0,
+            op: DiskOp::Open,
+            source,
+        }),
+    }
+}
+
+fn probe_direct(file: &File, logical_block: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = logical_block as usize;
+    let layout = std::alloc::Layout::from_size_align(len, len)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `layout` has a non-zero size (a logical block is at least 512 bytes).
+    let memory = unsafe { std::alloc::alloc_zeroed(layout) };
+    if memory.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `memory` points to `len` initialised (zeroed) bytes that nothing else uses.
+    let buffer = unsafe { std::slice::from_raw_parts_mut(memory, len) };
+    let result = file.read_at(buffer, 0).map(|_| ());
+    // SAFETY: `memory` came from `alloc_zeroed` with this very layout and is freed once.
+    unsafe { std::alloc::dealloc(memory, layout) };
+    result
+}
+
+/// Creates `path` as a plain file of `size` bytes if it does not exist yet.
+pub fn create_file_if_missing(path: &Path, size: u64) -> Result<bool> {
+    let created = OpenOptions::new().write(true).create_new(true).open(path);
+    match created {
+        Ok(file) => {
+            file.set_len(size).map_err(|source| Error::Disk {
+                path: path.to_owned(),
+                offset: size,
+                op: DiskOp::Open,
+                source,
+            })?;
+            Ok(true)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(Error::Disk {
+            path: path.to_owned(),
+            offset: 0,
+            op: DiskOp::Open,
+            source,
+        }),
+    }
+}
