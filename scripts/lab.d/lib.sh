@@ -211,12 +211,13 @@ lab_on_err() {
 	lab_set_reason "${3##*/}:$2: '$4' failed with status $1"
 }
 
-lab_main() {
+# Called by the runner at top level (not inside a function: bash's exit-from-ERR-trap inside a
+# sourced file within a function corrupts its function context). The runner then sources the
+# scenario: bash -c '. /lab/lib.sh; lab_setup; . "/lab/scenarios/$LAB_SCENARIO.sh"'
+lab_setup() {
 	log "scenario start"
 	trap 'lab_cleanup $?' EXIT
 	trap 'lab_set_reason "stopped by signal (timeout?)"; exit 143' TERM INT
 	trap 'lab_on_err $? $LINENO "${BASH_SOURCE[0]}" "$BASH_COMMAND"' ERR
 	set -eE -o pipefail
-	# shellcheck disable=SC1090
-	. "/lab/scenarios/$LAB_SCENARIO.sh"
 }
