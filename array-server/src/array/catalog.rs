@@ -20,10 +20,11 @@ pub struct Space {
 impl Space {
     /// `size` rounded up to whole stripes.
     pub fn round_up(&self, size: u64) -> Result<u64> {
-        size.checked_next_multiple_of(self.stripe).ok_or(Error::NoSpace {
-            needed: size,
-            free: 0,
-        })
+        size.checked_next_multiple_of(self.stripe)
+            .ok_or(Error::NoSpace {
+                needed: size,
+                free: 0,
+            })
     }
 }
 
@@ -109,10 +110,12 @@ pub fn grow_partition(
         return Ok(next);
     }
     let free = space::free_extents(current, space.capacity);
-    let extents = space::allocate_after(&free, existing.extents.last().copied(), more)
-        .ok_or_else(|| Error::NoSpace {
-            needed: more,
-            free: free.iter().map(|e| e.len).sum(),
+    let extents =
+        space::allocate_after(&free, existing.extents.last().copied(), more).ok_or_else(|| {
+            Error::NoSpace {
+                needed: more,
+                free: free.iter().map(|e| e.len).sum(),
+            }
         })?;
     let record = next
         .partitions
@@ -193,7 +196,11 @@ pub fn rotate_secret(
 ) -> Result<ArrayMetadata> {
     host(current, name)?;
     let mut next = current.clone();
-    let record = next.hosts.iter_mut().find(|h| h.name == name).expect("found above");
+    let record = next
+        .hosts
+        .iter_mut()
+        .find(|h| h.name == name)
+        .expect("found above");
     record.secret = secret;
     Ok(next)
 }
@@ -207,7 +214,10 @@ pub fn assign(
 ) -> Result<ArrayMetadata> {
     host(current, host_name)?;
     let target = partition(current, partition_name)?;
-    let mut holders = current.assignments.iter().filter(|a| a.partition == target.id);
+    let mut holders = current
+        .assignments
+        .iter()
+        .filter(|a| a.partition == target.id);
     if let Some(existing) = holders.clone().find(|a| a.host == host_name) {
         debug_assert_eq!(existing.partition, target.id);
         return Err(Error::AlreadyAssigned {
@@ -249,6 +259,44 @@ pub fn unassign(
     let mut next = current.clone();
     next.assignments.remove(position);
     Ok(next)
+}
+
+/// Changes the access of an existing assignment (discovery pushes the new right).
+pub fn set_access(
+    current: &ArrayMetadata,
+    host_name: &str,
+    partition_name: &str,
+    access: Access,
+) -> Result<ArrayMetadata> {
+    host(current, host_name)?;
+    let id = partition(current, partition_name)?.id;
+    let mut next = current.clone();
+    let record = next
+        .assignments
+        .iter_mut()
+        .find(|a| a.host == host_name && a.partition == id)
+        .ok_or_else(|| Error::NotAssigned {
+            host: host_name.to_owned(),
+            partition: partition_name.to_owned(),
+        })?;
+    record.access = access;
+    Ok(next)
+}
+
+/// Removes a partition and every assignment of it at once (a forced delete).
+pub fn purge_partition(current: &ArrayMetadata, name: &str) -> Result<ArrayMetadata> {
+    let id = partition(current, name)?.id;
+    let mut next = current.clone();
+    next.assignments.retain(|a| a.partition != id);
+    delete_partition(&next, name)
+}
+
+/// Removes a host and every assignment it has at once (a forced delete).
+pub fn purge_host(current: &ArrayMetadata, name: &str) -> Result<ArrayMetadata> {
+    host(current, name)?;
+    let mut next = current.clone();
+    next.assignments.retain(|a| a.host != name);
+    delete_host(&next, name)
 }
 
 #[cfg(test)]
@@ -313,10 +361,40 @@ mod tests {
         ));
         meta = assign(&meta, "h1", "s", Access::ReadWrite).unwrap();
         meta = assign(&meta, "h2", "s", Access::ReadOnly).unwrap();
-        assert!(matches!(delete_partition(&meta, "s"), Err(Error::StillAssigned { .. })));
-        assert!(matches!(delete_host(&meta, "h2"), Err(Error::StillAssigned { .. })));
+        assert!(matches!(
+            delete_partition(&meta, "s"),
+            Err(Error::StillAssigned { .. })
+        ));
+        assert!(matches!(
+            delete_host(&meta, "h2"),
+            Err(Error::StillAssigned { .. })
+        ));
         meta = unassign(&meta, "h2", "s").unwrap();
         meta = delete_host(&meta, "h2").unwrap();
-        assert!(matches!(unassign(&meta, "h2", "s"), Err(Error::HostNotFound(_))));
+        assert!(matches!(
+            unassign(&meta, "h2", "s"),
+            Err(Error::HostNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn access_changes_and_forced_deletes_drop_assignments() {
+        let mut meta = ArrayMetadata::default();
+        meta = create_host(&meta, "h1", [1; 32]).unwrap();
+        meta = create_partition(&meta, SPACE, "p", 4096, false).unwrap().0;
+        assert!(matches!(
+            set_access(&meta, "h1", "p", Access::ReadOnly),
+            Err(Error::NotAssigned { .. })
+        ));
+        meta = assign(&meta, "h1", "p", Access::ReadWrite).unwrap();
+        meta = set_access(&meta, "h1", "p", Access::ReadOnly).unwrap();
+        assert_eq!(meta.assignments[0].access, Access::ReadOnly);
+        let without_partition = purge_partition(&meta, "p").unwrap();
+        assert!(
+            without_partition.partitions.is_empty() && without_partition.assignments.is_empty()
+        );
+        let without_host = purge_host(&meta, "h1").unwrap();
+        assert!(without_host.hosts.is_empty() && without_host.assignments.is_empty());
+        assert_eq!(without_host.partitions.len(), 1);
     }
 }

@@ -125,7 +125,13 @@ impl Array {
             };
             metadata::write_slot(member.control_file(), member.path(), &slot)?;
         }
-        Ok(Array::assemble(disks, array_id, chunk, first_generation, metadata))
+        Ok(Array::assemble(
+            disks,
+            array_id,
+            chunk,
+            first_generation,
+            metadata,
+        ))
     }
 
     /// Opens the array on `paths` (any order): the newest valid slot across all disks
@@ -146,7 +152,9 @@ impl Array {
             found.push((member, newest));
         }
         let winner = check_disk_set(&found)?.clone();
-        let lagging = found.iter().any(|(_, slot)| slot.generation != winner.generation);
+        let lagging = found
+            .iter()
+            .any(|(_, slot)| slot.generation != winner.generation);
         found.sort_by_key(|(_, slot)| slot.disk_index);
         let disks = found.into_iter().map(|(member, _)| member).collect();
         let array = Array::assemble(
@@ -386,6 +394,37 @@ impl Array {
         self.commit(|current| Ok((catalog::unassign(current, host, partition)?, ())))
     }
 
+    /// Changes the access of an existing assignment; control sessions get the new list
+    /// and the host's open lanes pick up the new right on their next request.
+    pub fn set_access(
+        &self,
+        host: &str,
+        partition: &str,
+        access: Access,
+    ) -> Result<AssignmentView> {
+        self.commit(|current| {
+            let next = catalog::set_access(current, host, partition, access)?;
+            let view = next
+                .assignments
+                .iter()
+                .filter_map(|record| AssignmentView::new(record, &next))
+                .find(|view| view.host == host && view.partition == partition)
+                .expect("the assignment exists");
+            Ok((next, view))
+        })
+    }
+
+    /// Deletes a partition and every assignment of it in one commit; lanes on it fail
+    /// their next request with `EACCES` and close.
+    pub fn delete_partition_forced(&self, name: &str) -> Result<()> {
+        self.commit(|current| Ok((catalog::purge_partition(current, name)?, ())))
+    }
+
+    /// Deletes a host and every assignment it has in one commit.
+    pub fn delete_host_forced(&self, name: &str) -> Result<()> {
+        self.commit(|current| Ok((catalog::purge_host(current, name)?, ())))
+    }
+
     /// The secret of `host`, if it exists (for the handshake).
     pub fn host_secret(&self, host: &str) -> Option<Secret> {
         let state = self.lock();
@@ -450,8 +489,12 @@ impl Array {
 
 fn random_secret() -> Result<Secret> {
     let mut bytes = [0u8; SECRET_LEN];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| Error::io("drawing a random secret", std::io::Error::other(e.to_string())))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        Error::io(
+            "drawing a random secret",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     Ok(Secret(bytes))
 }
 
