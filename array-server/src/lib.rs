@@ -16,6 +16,7 @@
 //!
 //! The binary (`src/main.rs`) formats arrays, serves them and runs offline admin commands.
 
+pub mod admin;
 pub mod array;
 pub mod error;
 pub mod units;

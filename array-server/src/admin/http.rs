@@ -98,7 +98,9 @@ pub struct HttpService {
 
 impl std::fmt::Debug for HttpService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpService").field("addr", &self.addr).finish()
+        f.debug_struct("HttpService")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -107,7 +109,10 @@ impl HttpService {
     /// token check.
     pub fn start(addr: SocketAddr, token: AdminToken, handler: Handler) -> Result<HttpService> {
         let server = Server::http(addr).map_err(|e| {
-            Error::io(format!("listening for admin HTTP on {addr}"), std::io::Error::other(e))
+            Error::io(
+                format!("listening for admin HTTP on {addr}"),
+                std::io::Error::other(e),
+            )
         })?;
         let addr = server.server_addr().to_ip().ok_or_else(|| {
             Error::io("admin listener", std::io::Error::other("not an IP address"))
@@ -209,7 +214,10 @@ enum Auth {
 }
 
 fn authenticate(request: &tiny_http::Request, api: &ApiRequest, token: &AdminToken) -> Auth {
-    let is_api = api.segments.first().is_some_and(|s| s == "api" || s == "metrics");
+    let is_api = api
+        .segments
+        .first()
+        .is_some_and(|s| s == "api" || s == "metrics");
     if let Some(bearer) = header(request, "Authorization").and_then(|v| bearer_token(&v)) {
         return if token.matches(&bearer) {
             Auth::Allowed
@@ -230,12 +238,17 @@ fn authenticate(request: &tiny_http::Request, api: &ApiRequest, token: &AdminTok
             if mutating && header(request, CSRF_HEADER).is_none() {
                 return Auth::Denied(ApiResponse::error(
                     403,
-                    format!("a browser request that changes something needs the {CSRF_HEADER} header"),
+                    format!(
+                        "a browser request that changes something needs the {CSRF_HEADER} header"
+                    ),
                 ));
             }
             Auth::Allowed
         }
-        Some(_) => Auth::Denied(unauthorized(is_api, "the admin token in the cookie is wrong")),
+        Some(_) => Auth::Denied(unauthorized(
+            is_api,
+            "the admin token in the cookie is wrong",
+        )),
         None => Auth::Denied(unauthorized(is_api, "no admin token given")),
     }
 }
@@ -267,7 +280,7 @@ fn header(request: &tiny_http::Request, name: &str) -> Option<String> {
     request
         .headers()
         .iter()
-        .find(|h| h.field.equiv(name))
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
         .map(|h| h.value.as_str().to_owned())
 }
 

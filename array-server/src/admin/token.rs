@@ -27,8 +27,12 @@ impl AdminToken {
     /// A fresh random token.
     pub fn generate() -> Result<AdminToken> {
         let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| Error::io("generating the admin token", std::io::Error::other(e)))?;
+        getrandom::getrandom(&mut bytes).map_err(|e| {
+            Error::io(
+                "generating the admin token",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         Ok(AdminToken(hex::encode(bytes)))
     }
 

@@ -1,0 +1,68 @@
+//! The admin service: a JSON API and a web page to manage the array from a browser,
+//! and Prometheus `/metrics`. Control plane only: it runs on its own threads, apart from
+//! the tokio-uring data path, and changes the array through the same [`Array`] handle
+//! the CLI uses, so every change reaches connected hosts through discovery.
+//!
+//! - [`token`]: the admin token (a 0600 file, constant-time comparison).
+//! - [`http`]: the HTTP server (`tiny_http`), authentication, request/response plumbing.
+//! - [`routes`]: the API routes and the error → status mapping.
+//! - [`json`]: request bodies and the API's JSON shapes.
+//! - [`live`]: what the admin layer needs from the network server ([`LiveSessions`]).
+//! - [`metrics`]: the Prometheus text format.
+//! - [`page`]: the page, HTML/CSS/JS compiled in with `include_str!`.
+//!
+//! The API is documented in `docs/admin-api.md`.
+
+pub mod http;
+pub mod json;
+pub mod live;
+pub mod metrics;
+pub mod page;
+pub mod routes;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::array::Array;
+use crate::error::Result;
+pub use live::{LiveSessions, NoSessions};
+pub use token::AdminToken;
+
+/// Default address of the admin service: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7780";
+
+/// How to run the admin service.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where to listen (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// The token every request must carry.
+    pub token: AdminToken,
+}
+
+/// A running admin service; dropping it stops it.
+#[derive(Debug)]
+pub struct AdminServer {
+    service: http::HttpService,
+}
+
+impl AdminServer {
+    /// Starts serving the API, the page and `/metrics` for `array`.
+    pub fn start(
+        config: AdminConfig,
+        array: Arc<Array>,
+        sessions: Arc<dyn LiveSessions>,
+    ) -> Result<AdminServer> {
+        let context = routes::Context { array, sessions };
+        let handler: http::Handler = Arc::new(move |request| routes::route(&context, request));
+        let service = http::HttpService::start(config.addr, config.token, handler)?;
+        log::info!("admin page and API on http://{}/", service.local_addr());
+        Ok(AdminServer { service })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.service.local_addr()
+    }
+}
