@@ -1,1 +1,47 @@
-//! placeholder
+//! The Multilane host driver: makes a partition of an array server a local block device,
+//! `/dev/ublkbN`, with one persistent TCP lane set per ublk hardware queue.
+//!
+//! # Layout
+//!
+//! - [`client`]: no kernel needed. [`client::connect`] (TCP + mutual handshake),
+//!   [`client::discovery`] (control connection: partition list and live pushes), and the
+//!   request engine [`client::QueueEngine`]: a queue's lanes, splitting at stripe-chunk
+//!   boundaries, batched sends and tag-matched replies on the queue's io_uring,
+//!   reconnection with reissue.
+//! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
+//!   hardware queue running the same engine, teardown.
+//! - [`error`]: [`HostError`] and the errno a failed block I/O completes with.
+//!
+//! # Driving the engine (tests, bench)
+//!
+//! One thread per queue. [`client::run_queue_thread`] gives the current thread libublk's
+//! thread-local io_uring and a smol `LocalExecutor`, opens the queue's lanes, runs your
+//! future, then closes the lanes:
+//!
+//! ```no_run
+//! use ublk_host::client::{run_queue_thread, BlockIo, ClientConfig, Discovery, EngineConfig};
+//! # fn main() -> ublk_host::Result<()> {
+//! let secret = ublk_host::client::config::read_secret_file("/etc/multilane/host.key")?;
+//! let client = ClientConfig::new("10.0.0.1:7700", "host-a", secret);
+//! let partition = Discovery::open(&client)?.list()?.find("vol0")?.clone();
+//! let mut config = EngineConfig::new(client);
+//! config.lanes_per_queue = 2;
+//! config.split = 128 << 10;
+//! let read_ok = run_queue_thread(&config, &partition, 0, |engine| async move {
+//!     let io = BlockIo { op: wire::Op::Read, offset: 0, len: 4096, fua: false };
+//!     // Many of these may run at once: spawn them with `engine.spawn(...)`.
+//!     let (outcome, _data) = engine.execute_owned(io, vec![0; 4096]).await;
+//!     outcome.is_ok()
+//! })?;
+//! # let _ = read_ok; Ok(()) }
+//! ```
+//!
+//! [`client::QueueEngine::execute`] is the zero-copy form (a raw buffer pointer, `unsafe`:
+//! the buffer must outlive the operation); the ublk queue uses it on its I/O buffers.
+//! Outcomes are `Result<(), Errno>`; a ublk I/O completes with `-errno`.
+
+pub mod client;
+pub mod error;
+pub mod ublk;
+
+pub use error::{Errno, HostError, Result};

@@ -1,0 +1,116 @@
+//! Settings of a client: where the server is, who we are, and how the engine behaves.
+
+use std::time::Duration;
+
+use wire::Secret;
+
+use crate::error::{HostError, Result};
+
+/// Default deadline of one connection attempt (TCP connect plus handshake).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a lane may stay down before its in-flight requests fail with `EIO`.
+pub const DEFAULT_RECONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How to reach and authenticate to one array server.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the server.
+    pub server: String,
+    /// This host's name, as created on the server.
+    pub host: String,
+    /// This host's shared secret.
+    pub secret: Secret,
+    /// Deadline of one connection attempt (TCP connect plus handshake).
+    pub handshake_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with the default handshake deadline.
+    pub fn new(server: impl Into<String>, host: impl Into<String>, secret: Secret) -> Self {
+        ClientConfig {
+            server: server.into(),
+            host: host.into(),
+            secret,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// How one queue's engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The server and credentials.
+    pub client: ClientConfig,
+    /// Lanes (TCP connections) each queue owns; at least 1.
+    pub lanes_per_queue: u16,
+    /// Requests longer than this many bytes are split at stripe-chunk boundaries into
+    /// parts that run in parallel over the queue's lanes; 0 never splits (requests longer
+    /// than the server's `max_io` are always cut to fit).
+    pub split: u32,
+    /// How long a lane may stay down before its requests fail with `EIO`.
+    pub reconnect_deadline: Duration,
+}
+
+impl EngineConfig {
+    /// One lane per queue, no splitting, the default reconnect deadline.
+    pub fn new(client: ClientConfig) -> Self {
+        EngineConfig {
+            client,
+            lanes_per_queue: 1,
+            split: 0,
+            reconnect_deadline: DEFAULT_RECONNECT_DEADLINE,
+        }
+    }
+}
+
+/// Reads a host secret (64 hex digits) from a file.
+pub fn read_secret_file(path: &str) -> Result<Secret> {
+    let text = std::fs::read_to_string(path).map_err(|e| HostError::Secret {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Secret::from_hex(&text).map_err(|e| HostError::Secret {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses a byte size: a number with an optional `K`, `M` or `G` suffix (powers of 1024,
+/// an optional trailing `B` or `iB` allowed), e.g. `128K`, `1MiB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bad = |reason: &str| HostError::Config {
+        what: "size",
+        reason: format!("{text:?}: {reason}"),
+    };
+    let upper = text.trim().to_ascii_uppercase();
+    let body = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match body.chars().last() {
+        Some('K') => (&body[..body.len() - 1], 10),
+        Some('M') => (&body[..body.len() - 1], 20),
+        Some('G') => (&body[..body.len() - 1], 30),
+        _ => (body, 0),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad("not a number"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| bad("too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("128K").unwrap(), 128 << 10);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Opening a connection: TCP (`TCP_NODELAY`), then the mutual handshake, with blocking
+//! std sockets and one deadline for the whole attempt.
+//!
+//! The established socket is handed over as a plain [`TcpStream`]; a data lane then does
+//! all its I/O on its queue's io_uring.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+use wire::frame::{decode_header, encode_message};
+use wire::{ClientHandshake, FramePrefix, HelloReply, Limits, ProofReply, Purpose, Welcome};
+
+use crate::client::config::ClientConfig;
+use crate::error::{HostError, Result};
+
+/// An authenticated connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket, blocking, with `TCP_NODELAY` and no timeouts set.
+    pub stream: TcpStream,
+    /// What the server said about the session.
+    pub welcome: Welcome,
+}
+
+/// Connects to the server and authenticates for `purpose`, within the configured deadline.
+pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let stream = connect_tcp(&config.server, deadline)?;
+    let timed_out = || HostError::HandshakeTimeout {
+        addr: config.server.clone(),
+        secs: config.handshake_timeout.as_secs_f64(),
+    };
+    let welcome = match handshake(&stream, config, purpose, deadline) {
+        Err(HostError::Io { source, .. }) if is_timeout(&source) => return Err(timed_out()),
+        other => other?,
+    };
+    stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+        .map_err(|e| HostError::io("clearing socket timeouts", e))?;
+    Ok(Connection { stream, welcome })
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn resolve(server: &str) -> Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = server
+        .to_socket_addrs()
+        .map_err(|source| HostError::Resolve {
+            addr: server.to_owned(),
+            source,
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(HostError::Resolve {
+            addr: server.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        });
+    }
+    Ok(addrs)
+}
+
+fn connect_tcp(server: &str, deadline: Instant) -> Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::TimedOut, "deadline passed");
+    for addr in resolve(server)? {
+        let Some(left) = remaining(deadline) else {
+            break;
+        };
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| HostError::io("setting TCP_NODELAY", e))?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(HostError::Connect {
+        addr: server.to_owned(),
+        source: last,
+    })
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
+/// Arms the socket's timeouts with what is left of the deadline.
+fn arm(stream: &TcpStream, deadline: Instant) -> Result<()> {
+    let left = remaining(deadline).ok_or_else(|| {
+        HostError::io(
+            "handshake",
+            io::Error::new(io::ErrorKind::TimedOut, "deadline passed"),
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(left))
+        .and_then(|()| stream.set_write_timeout(Some(left)))
+        .map_err(|e| HostError::io("setting socket timeouts", e))
+}
+
+fn handshake(
+    stream: &TcpStream,
+    config: &ClientConfig,
+    purpose: Purpose,
+    deadline: Instant,
+) -> Result<Welcome> {
+    let (mut state, hello) =
+        ClientHandshake::new(&config.host, config.secret.clone(), purpose, nonce()?)?;
+    arm(stream, deadline)?;
+    write_message(stream, &hello)?;
+    arm(stream, deadline)?;
+    let reply: HelloReply = read_message(stream, "HelloReply")?;
+    let proof = state.on_hello_reply(reply)?;
+    arm(stream, deadline)?;
+    write_message(stream, &proof)?;
+    arm(stream, deadline)?;
+    let reply: ProofReply = read_message(stream, "ProofReply")?;
+    Ok(state.on_proof_reply(reply)?)
+}
+
+/// A fresh random handshake nonce.
+pub fn nonce() -> Result<wire::Nonce> {
+    let mut nonce = [0u8; wire::NONCE_LEN];
+    getrandom::getrandom(&mut nonce).map_err(|e| {
+        HostError::io(
+            "generating a nonce",
+            io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    Ok(nonce)
+}
+
+/// Writes one payload-less frame.
+pub fn write_message<M: Serialize>(mut stream: &TcpStream, message: &M) -> Result<()> {
+    let bytes = encode_message(message)?;
+    stream
+        .write_all(&bytes)
+        .map_err(|e| HostError::io("sending a frame", e))
+}
+
+/// Reads one payload-less frame (handshake and control limits).
+pub fn read_message<M: DeserializeOwned>(mut stream: &TcpStream, what: &'static str) -> Result<M> {
+    let mut prefix = [0u8; wire::PREFIX_LEN];
+    read_exact(&mut stream, &mut prefix)?;
+    let prefix = FramePrefix::decode(&prefix, Limits::HANDSHAKE)?;
+    let mut header = vec![0u8; prefix.header_len as usize];
+    read_exact(&mut stream, &mut header)?;
+    Ok(decode_header(&header, what)?)
+}
+
+fn read_exact(stream: &mut &TcpStream, buf: &mut [u8]) -> Result<()> {
+    stream.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => HostError::Closed,
+        _ => HostError::io("receiving a frame", e),
+    })
+}

@@ -1,0 +1,275 @@
+//! The per-queue request engine: a queue's lanes, splitting, and [`QueueEngine::execute`].
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+
+use wire::{Op, PartitionInfo, FLAG_FUA};
+
+use crate::client::config::EngineConfig;
+use crate::client::lane::{Lane, LaneStats, PartRequest};
+use crate::client::slot::{Slot, SlotDone};
+use crate::client::split::{plan, SplitRules};
+use crate::client::uring;
+use crate::error::{Errno, HostError, Result};
+
+/// Operations the ring of a plain queue thread has room for at once; more wait in
+/// userspace (the submission helper flushes when the ring is full).
+const PLAIN_THREAD_RING_ENTRIES: u32 = 256;
+
+/// One block operation as the kernel (or bench) asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockIo {
+    /// What to do.
+    pub op: Op,
+    /// Byte offset in the partition; a multiple of its block size.
+    pub offset: u64,
+    /// Bytes; a multiple of the block size (0 for `Flush`).
+    pub len: u32,
+    /// Force unit access: the write is durable before it completes.
+    pub fua: bool,
+}
+
+impl BlockIo {
+    /// Whether the operation moves data through the caller's buffer.
+    pub fn has_data(&self) -> bool {
+        matches!(self.op, Op::Read | Op::Write)
+    }
+}
+
+/// One queue's engine: its lanes, on its thread's io_uring and executor.
+///
+/// Not `Send`: it lives and dies on its queue's thread. Many tasks of that thread may run
+/// [`QueueEngine::execute`] at once.
+#[derive(Debug)]
+pub struct QueueEngine {
+    queue: u16,
+    partition: PartitionInfo,
+    lanes: Vec<Rc<Lane>>,
+    rules: SplitRules,
+    next_lane: Cell<usize>,
+    executor: Rc<smol::LocalExecutor<'static>>,
+}
+
+impl QueueEngine {
+    /// Opens the queue's `config.lanes_per_queue` lanes to `partition` (blocking, each
+    /// within the handshake deadline) and starts their tasks on `executor`.
+    ///
+    /// The calling thread must have its task ring ([`uring::init_thread_ring`], or a ublk
+    /// queue's), and must run `executor` with an event loop that wakes ring completions.
+    pub fn open(
+        config: &EngineConfig,
+        partition: &PartitionInfo,
+        queue: u16,
+        executor: Rc<smol::LocalExecutor<'static>>,
+    ) -> Result<QueueEngine> {
+        if config.lanes_per_queue == 0 {
+            return Err(HostError::Config {
+                what: "lanes per queue",
+                reason: "at least one lane is needed".into(),
+            });
+        }
+        let shared = Rc::new(config.clone());
+        let mut lanes = Vec::with_capacity(config.lanes_per_queue.into());
+        let mut current = partition.clone();
+        for index in 0..config.lanes_per_queue {
+            let opened = Lane::open(shared.clone(), partition, queue, index, executor.clone());
+            match opened {
+                Ok((lane, info)) => {
+                    lanes.push(lane);
+                    current = info;
+                }
+                Err(error) => {
+                    lanes.iter().for_each(|lane: &Rc<Lane>| lane.close());
+                    return Err(error);
+                }
+            }
+        }
+        let max_io = lanes.iter().map(|lane| lane.max_io()).min().unwrap_or(0);
+        let block = current.block_size.max(wire::SECTOR_SIZE);
+        let rules = SplitRules {
+            chunk: current.chunk_size.max(block),
+            threshold: config.split,
+            max_part: (max_io / block * block).max(block),
+            block,
+            lanes: lanes.len(),
+        };
+        Ok(QueueEngine {
+            queue,
+            partition: current,
+            lanes,
+            rules,
+            next_lane: Cell::new(usize::from(queue)),
+            executor,
+        })
+    }
+
+    /// The partition as the server described it when the lanes opened.
+    pub fn partition(&self) -> &PartitionInfo {
+        &self.partition
+    }
+
+    /// The queue this engine serves.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Number of lanes.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Largest payload the server accepts in one request (requests longer than this are
+    /// cut into several).
+    pub fn max_io(&self) -> u32 {
+        self.rules.max_part
+    }
+
+    /// Per-lane counters, in lane order.
+    pub fn lane_stats(&self) -> Vec<LaneStats> {
+        self.lanes.iter().map(|lane| lane.stats()).collect()
+    }
+
+    /// Spawns a task on the queue's executor (the thread's only executor).
+    pub fn spawn<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> smol::Task<T> {
+        self.executor.spawn(future)
+    }
+
+    /// Runs one block operation to completion over the queue's lanes, splitting it if it
+    /// is longer than the split threshold or the server's `max_io`. Returns the positive
+    /// errno the operation failed with (the first failing part's); a ublk I/O completes
+    /// with its negation.
+    ///
+    /// # Safety
+    ///
+    /// For a read or write `buf` must point to `io.len` bytes that stay valid (readable
+    /// for a write, writable for a read, not otherwise accessed) until the returned future
+    /// completes, and the future must be polled to completion, not dropped early: the
+    /// kernel sends from and receives into that memory until then. Use
+    /// [`QueueEngine::execute_owned`] where these rules are inconvenient.
+    pub async unsafe fn execute(&self, io: BlockIo, buf: *mut u8) -> Result<(), Errno> {
+        self.run(io, buf, None).await
+    }
+
+    /// [`QueueEngine::execute`] on an owned buffer (at least `io.len` bytes for a read or
+    /// write), handed back with the outcome. Dropping the future early is safe: the lanes
+    /// keep the buffer alive until the server has answered.
+    pub async fn execute_owned(&self, io: BlockIo, buf: Vec<u8>) -> (Result<(), Errno>, Vec<u8>) {
+        if io.has_data() && buf.len() < io.len as usize {
+            return (Err(Errno::EINVAL), buf);
+        }
+        let owner = Rc::new(RefCell::new(buf));
+        let ptr = owner.borrow_mut().as_mut_ptr();
+        let keep: Rc<dyn Any> = owner.clone();
+        let outcome = self.run(io, ptr, Some(keep)).await;
+        let buf = match Rc::try_unwrap(owner) {
+            Ok(cell) => cell.into_inner(),
+            Err(shared) => shared.borrow().clone(),
+        };
+        (outcome, buf)
+    }
+
+    async fn run(&self, io: BlockIo, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
+        self.validate(&io)?;
+        let first = self.next_lane.get() % self.lanes.len();
+        self.next_lane.set(first + 1);
+        let flags = if io.fua { FLAG_FUA } else { 0 };
+        if io.op == Op::Flush {
+            let request = PartRequest {
+                op: Op::Flush,
+                offset: 0,
+                len: 0,
+                flags,
+                buf: std::ptr::null_mut(),
+            };
+            return SlotDone(self.lanes[first].start(request, keep)).await;
+        }
+        let slots: Vec<Rc<Slot>> = plan(self.rules, io.offset, io.len, first)
+            .into_iter()
+            .map(|part| {
+                let part_buf = if io.has_data() {
+                    // SAFETY: `buf_offset < io.len` and the caller vouches for `io.len`
+                    // bytes at `buf`.
+                    unsafe { buf.add(part.buf_offset) }
+                } else {
+                    std::ptr::null_mut()
+                };
+                let request = PartRequest {
+                    op: io.op,
+                    offset: part.offset,
+                    len: part.len,
+                    flags,
+                    buf: part_buf,
+                };
+                self.lanes[part.lane].start(request, keep.clone())
+            })
+            .collect();
+        let mut outcome = Ok(());
+        // Every part is awaited, even after a failure: each may still use the buffer.
+        for slot in slots {
+            if let Err(errno) = SlotDone(slot).await {
+                outcome = outcome.and(Err(errno));
+            }
+        }
+        outcome
+    }
+
+    fn validate(&self, io: &BlockIo) -> Result<(), Errno> {
+        if io.op == Op::Flush {
+            return Ok(());
+        }
+        let block = u64::from(self.rules.block);
+        let end = io.offset.checked_add(u64::from(io.len));
+        let aligned = io.offset % block == 0 && u64::from(io.len) % block == 0;
+        match end {
+            Some(end) if aligned && io.len > 0 && end <= self.partition.size => Ok(()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Closes every lane: tasks stop, anything still pending fails with `EIO`.
+    pub fn close(&self) {
+        self.lanes.iter().for_each(|lane| lane.close());
+    }
+
+    /// Resolves once [`QueueEngine::close`] has taken effect and no lane task runs.
+    pub async fn closed(&self) {
+        for lane in &self.lanes {
+            lane.closed().await;
+        }
+    }
+}
+
+/// Runs a queue engine on the current (plain) thread: gives the thread its task ring and
+/// an executor, opens the lanes, runs `body` to completion, then closes the lanes.
+///
+/// This is how tests and bench drive exactly the code a ublk queue thread runs. `body`
+/// may spawn more tasks with [`QueueEngine::spawn`]; ring completions are dispatched
+/// between executor ticks.
+pub fn run_queue_thread<T, F, Fut>(
+    config: &EngineConfig,
+    partition: &PartitionInfo,
+    queue: u16,
+    body: F,
+) -> Result<T>
+where
+    T: 'static,
+    F: FnOnce(Rc<QueueEngine>) -> Fut,
+    Fut: Future<Output = T> + 'static,
+{
+    uring::init_thread_ring(PLAIN_THREAD_RING_ENTRIES)?;
+    let executor = Rc::new(smol::LocalExecutor::new());
+    let engine = Rc::new(QueueEngine::open(
+        config,
+        partition,
+        queue,
+        executor.clone(),
+    )?);
+    let task = executor.spawn(body(engine.clone()));
+    let result = uring::run_until(&executor, task)?;
+    engine.close();
+    let closing = executor.spawn(async move { engine.closed().await });
+    uring::run_until(&executor, closing)?;
+    Ok(result)
+}

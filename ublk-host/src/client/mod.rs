@@ -1,0 +1,19 @@
+//! The request engine and everything it stands on: connections, the handshake, discovery,
+//! lanes, splitting, reconnection. No kernel device needed.
+
+pub mod config;
+pub mod connect;
+pub mod discovery;
+pub mod engine;
+pub mod uring;
+
+mod lane;
+mod reconnect;
+mod slot;
+mod split;
+mod transfer;
+
+pub use config::{ClientConfig, EngineConfig};
+pub use discovery::{Discovery, PartitionList};
+pub use engine::{run_queue_thread, BlockIo, QueueEngine};
+pub use lane::LaneStats;

@@ -1,0 +1,157 @@
+//! The queue's io_uring: libublk's thread-local task ring, shared by the ublk queue (when
+//! there is one) and every socket operation of the queue's lanes.
+//!
+//! Operations are submitted with [`submit`] (libublk's `ublk_submit_sqe_async`, marked as
+//! target I/O) and complete when the thread's event loop reaps their CQE and calls
+//! `ublk_wake_task`: libublk's loop on a ublk queue thread, [`run_until`] on a plain
+//! thread. Either way a future returned here must be awaited to completion, never dropped,
+//! because the kernel may use the memory the operation points at until its CQE arrives.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use libublk::uring_async::{ublk_wake_task, UblkUringOpFuture};
+use libublk::UblkUringData;
+
+use crate::error::{HostError, Result};
+
+/// Marks an operation as the target's own I/O (not a ublk command) in its user data.
+const TARGET_IO: u64 = UblkUringData::Target as u64;
+
+/// Gives the current thread its task ring with room for `entries` operations at once
+/// (twice that in the completion queue); does nothing if the thread already has one.
+pub fn init_thread_ring(entries: u32) -> Result<()> {
+    libublk::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = IoUring::<squeue::Entry>::builder()
+                .setup_cqsize(entries * 2)
+                .setup_coop_taskrun()
+                .build(entries)
+                .map_err(libublk::UblkError::IOError)?;
+            cell.set(RefCell::new(ring))
+                .map_err(|_| libublk::UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| HostError::Ring(format!("cannot create the queue's io_uring: {e}")))
+}
+
+/// Submits one operation on the thread's ring; resolves to its CQE result (`-errno` on
+/// failure).
+pub async fn submit(sqe: squeue::Entry) -> i32 {
+    let op = UblkUringOpFuture::new(TARGET_IO);
+    push(&[sqe.user_data(op.user_data)]);
+    op.await
+}
+
+/// Submits `sqe` linked to a timeout: if it has not completed after `timeout`, the kernel
+/// cancels it and it resolves to `-ECANCELED`.
+pub async fn submit_with_timeout(sqe: squeue::Entry, timeout: Duration) -> i32 {
+    let spec = types::Timespec::from(timeout);
+    let op = UblkUringOpFuture::new(TARGET_IO);
+    let timer = UblkUringOpFuture::new(TARGET_IO);
+    let linked = sqe.user_data(op.user_data).flags(squeue::Flags::IO_LINK);
+    let timeout_sqe = opcode::LinkTimeout::new(&spec)
+        .build()
+        .user_data(timer.user_data);
+    push(&[linked, timeout_sqe]);
+    let result = op.await;
+    // The timer's CQE always comes (-ETIME or -ECANCELED); `spec` must outlive it.
+    let _ = timer.await;
+    result
+}
+
+/// Pushes entries contiguously (a linked pair must not be separated), submitting first to
+/// make room if the submission queue is full.
+fn push(entries: &[squeue::Entry]) {
+    libublk::io::with_task_io_ring_mut(|ring| {
+        let free = |ring: &mut IoUring<squeue::Entry>| {
+            let queue = ring.submission();
+            queue.capacity() - queue.len()
+        };
+        while free(ring) < entries.len() {
+            if let Err(e) = ring.submit() {
+                log::warn!("io_uring submit while the queue is full: {e}");
+            }
+        }
+        for entry in entries {
+            // SAFETY: every entry points at memory owned by the future that awaits its
+            // completion; callers await that future to completion (see the module doc).
+            unsafe { ring.submission().push(entry) }.expect("room was made above");
+        }
+    });
+}
+
+/// Runs `executor` on this thread until `task` finishes, sleeping in the ring between
+/// completions; this is the event loop of a queue thread that has no ublk queue.
+pub fn run_until<T>(executor: &smol::LocalExecutor<'_>, task: smol::Task<T>) -> Result<T> {
+    loop {
+        while executor.try_tick() {}
+        if task.is_finished() {
+            return Ok(smol::future::block_on(task));
+        }
+        wait_and_wake()?;
+    }
+}
+
+/// Waits for at least one completion, then wakes the task of every completion reaped.
+fn wait_and_wake() -> Result<()> {
+    let submitted = libublk::io::with_task_io_ring_mut(|ring| ring.submit_and_wait(1));
+    match submitted {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        Err(e) => return Err(HostError::Ring(format!("submit_and_wait: {e}"))),
+    }
+    let completions: Vec<io_uring::cqueue::Entry> =
+        libublk::io::with_task_io_ring_mut(|ring| ring.completion().collect());
+    for cqe in &completions {
+        ublk_wake_task(cqe.user_data(), cqe);
+    }
+    Ok(())
+}
+
+/// An eventfd: how another thread (the reconnect helper) wakes a task of the queue.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new eventfd, counter 0.
+    pub fn new() -> Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(HostError::io("eventfd", io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds one to the counter, waking a pending [`EventFd::wait`].
+    pub fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local array.
+        let written = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if written < 0 {
+            log::warn!("eventfd write: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Waits on the ring until the counter is non-zero (and resets it), or `timeout`
+    /// passes; returns whether it was signalled.
+    pub fn wait(&self, timeout: Option<Duration>) -> impl Future<Output = bool> + '_ {
+        let fd: RawFd = self.0.as_raw_fd();
+        async move {
+            let mut value = Box::new([0u8; 8]);
+            let read = opcode::Read::new(types::Fd(fd), value.as_mut_ptr(), 8).build();
+            let result = match timeout {
+                Some(timeout) => submit_with_timeout(read, timeout).await,
+                None => submit(read).await,
+            };
+            result > 0
+        }
+    }
+}

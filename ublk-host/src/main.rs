@@ -1,0 +1,90 @@
+//! `ublk-host`: discover the partitions this host may use.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use argh::FromArgs;
+use ublk_host::client::config::read_secret_file;
+use ublk_host::client::discovery::{describe, DEFAULT_KEEPALIVE};
+use ublk_host::client::{ClientConfig, Discovery};
+
+/// Multilane host driver: network block devices over persistent TCP lanes.
+#[derive(FromArgs, Debug)]
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Discover(DiscoverArgs),
+}
+
+/// The server and the host's credentials, shared by every subcommand that connects.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "discover")]
+/// Print the partitions this host may use (name, id, size, access, shared).
+struct DiscoverArgs {
+    /// server address, host:port
+    #[argh(option)]
+    server: String,
+    /// this host's name on the server
+    #[argh(option)]
+    host: String,
+    /// file holding the host secret (64 hex digits)
+    #[argh(option)]
+    secret_file: String,
+    /// keep watching and print every change as the server pushes it
+    #[argh(switch)]
+    watch: bool,
+    /// handshake deadline in seconds (default 5)
+    #[argh(option, default = "5")]
+    timeout: u64,
+}
+
+/// Builds a client configuration from the common options.
+pub(crate) fn client_config(
+    server: &str,
+    host: &str,
+    secret_file: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<ClientConfig> {
+    let secret = read_secret_file(secret_file)?;
+    let mut config = ClientConfig::new(server, host, secret);
+    config.handshake_timeout = Duration::from_secs(timeout_secs);
+    Ok(config)
+}
+
+fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
+    let config = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
+    let mut discovery =
+        Discovery::open(&config).with_context(|| format!("discovery on {}", args.server))?;
+    let mut list = discovery.list()?;
+    loop {
+        println!(
+            "generation {}: {} partition(s)",
+            list.generation,
+            list.partitions.len()
+        );
+        for partition in &list.partitions {
+            println!("{}", describe(partition));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        list = discovery.next_change(DEFAULT_KEEPALIVE)?;
+    }
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli: Cli = argh::from_env();
+    let outcome = match &cli.command {
+        Command::Discover(args) => discover(args),
+    };
+    if let Err(error) = outcome {
+        eprintln!("ublk-host: {error:#}");
+        std::process::exit(1);
+    }
+}
