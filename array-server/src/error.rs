@@ -159,7 +159,9 @@ pub enum Error {
         free: u64,
     },
     /// Partitions can only grow.
-    #[error("partition {partition:?} is {current} bytes; it can only grow (asked for {requested})")]
+    #[error(
+        "partition {partition:?} is {current} bytes; it can only grow (asked for {requested})"
+    )]
     CannotShrink {
         /// The partition.
         partition: String,

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod array;
 pub mod error;
+pub mod net;
 pub mod units;
 
 pub use array::{Array, FormatOptions};

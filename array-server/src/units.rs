@@ -5,7 +5,9 @@ const UNITS: [(char, u32); 5] = [('K', 10), ('M', 20), ('G', 30), ('T', 40), ('P
 /// Parses a size such as `512`, `4K`, `4KiB`, `64M`, `1.5G`; units are powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let lower = trimmed.trim_end_matches(['B', 'b']).trim_end_matches(['i', 'I']);
+    let lower = trimmed
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches(['i', 'I']);
     let (number, shift) = match lower.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
             let upper = c.to_ascii_uppercase();

@@ -4,6 +4,7 @@
 //! the CLI uses, so every change reaches connected hosts through discovery.
 //!
 //! - [`token`]: the admin token (a 0600 file, constant-time comparison).
+//! - [`client`]: a minimal blocking client of the API (`array-server ctl`, tests).
 //! - [`http`]: the HTTP server (`tiny_http`), authentication, request/response plumbing.
 //! - [`routes`]: the API routes and the error → status mapping.
 //! - [`json`]: request bodies and the API's JSON shapes.
@@ -13,6 +14,7 @@
 //!
 //! The API is documented in `docs/admin-api.md`.
 
+pub mod client;
 pub mod http;
 pub mod json;
 pub mod live;

@@ -42,6 +42,8 @@ pub enum RouteError {
     Conflict(String),
     /// No such route or page (404).
     NotFound(String),
+    /// The route exists, but not with this method (405).
+    MethodNotAllowed(String),
 }
 
 impl From<BadRequest> for RouteError {
@@ -99,10 +101,10 @@ fn api(ctx: &Context, request: &ApiRequest, method: &str, path: &[&str]) -> Outc
             ok(json!({ "host": host, "partition": partition, "revoked": true }))
         }
         ("GET", ["sessions"]) => ok(super::live::sessions_json(ctx.sessions.as_ref())),
-        (_, known) if is_known(known) => Err(RouteError::Bad(BadRequest(format!(
-            "method {method} is not allowed on /api/{}",
+        (_, known) if is_known(known) => Err(RouteError::MethodNotAllowed(format!(
+            "method {method} is not allowed on /api/{} (see docs/admin-api.md)",
             known.join("/")
-        )))),
+        ))),
         _ => Err(not_found()),
     }
 }
@@ -276,6 +278,7 @@ pub fn error_response(error: &RouteError) -> ApiResponse {
         RouteError::Bad(BadRequest(message)) => ApiResponse::error(400, message.clone()),
         RouteError::Conflict(message) => ApiResponse::error(409, message.clone()),
         RouteError::NotFound(message) => ApiResponse::error(404, message.clone()),
+        RouteError::MethodNotAllowed(message) => ApiResponse::error(405, message.clone()),
         RouteError::Array(e @ Error::StillAssigned { .. }) => ApiResponse::error(
             409,
             format!("{e} (or delete with force=true, which revokes every assignment at once)"),

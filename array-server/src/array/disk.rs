@@ -61,7 +61,11 @@ impl MemberDisk {
             .open(path)
             .map_err(open_error)?;
         lock_exclusive(&control, path)?;
-        let block_device = control.metadata().map_err(open_error)?.file_type().is_block_device();
+        let block_device = control
+            .metadata()
+            .map_err(open_error)?
+            .file_type()
+            .is_block_device();
         let size = (&control).seek(SeekFrom::End(0)).map_err(open_error)?;
         let logical_block = if block_device {
             device_logical_block(&control).map_err(open_error)?

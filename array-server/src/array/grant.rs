@@ -79,8 +79,14 @@ mod tests {
                 features: Features::ALL,
             },
             extents: vec![
-                Extent { start: 8192, len: 8192 },
-                Extent { start: 32768, len: 16384 },
+                Extent {
+                    start: 8192,
+                    len: 8192,
+                },
+                Extent {
+                    start: 32768,
+                    len: 16384,
+                },
             ],
         };
         let map = StripeMap::new(4096, 2);
@@ -90,7 +96,11 @@ mod tests {
         assert_eq!(pieces[0].buffer_offset, 0);
         assert_eq!(pieces[1].piece.logical, 32768);
         assert_eq!(pieces[1].buffer_offset, 4096);
-        let total: u64 = grant.map(&map, 0, 3 * 8192).iter().map(|p| p.piece.len).sum();
+        let total: u64 = grant
+            .map(&map, 0, 3 * 8192)
+            .iter()
+            .map(|p| p.piece.len)
+            .sum();
         assert_eq!(total, 3 * 8192);
     }
 }

@@ -117,9 +117,8 @@ impl Slot {
 
     /// The slot as bytes, checksum included.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let body = postcard::to_stdvec(&self.metadata).map_err(|e| {
-            Error::io("encoding metadata", std::io::Error::other(e.to_string()))
-        })?;
+        let body = postcard::to_stdvec(&self.metadata)
+            .map_err(|e| Error::io("encoding metadata", std::io::Error::other(e.to_string())))?;
         if body.len() > MAX_BODY {
             return Err(Error::MetadataTooLarge {
                 len: body.len(),
@@ -258,9 +257,15 @@ mod tests {
                     name: "vm1".into(),
                     size: 1 << 20,
                     shared: false,
-                    extents: vec![Extent { start: 0, len: 1 << 20 }],
+                    extents: vec![Extent {
+                        start: 0,
+                        len: 1 << 20,
+                    }],
                 }],
-                hosts: vec![HostRecord { name: "h".into(), secret: [1; 32] }],
+                hosts: vec![HostRecord {
+                    name: "h".into(),
+                    secret: [1; 32],
+                }],
                 assignments: vec![AssignmentRecord {
                     host: "h".into(),
                     partition: 0,

@@ -92,10 +92,16 @@ mod tests {
     #[test]
     fn first_fit_then_scattered() {
         let free = vec![Extent { start: 0, len: 10 }, Extent { start: 20, len: 30 }];
-        assert_eq!(allocate(&free, 25), Some(vec![Extent { start: 20, len: 25 }]));
+        assert_eq!(
+            allocate(&free, 25),
+            Some(vec![Extent { start: 20, len: 25 }])
+        );
         assert_eq!(
             allocate(&free, 35),
-            Some(vec![Extent { start: 0, len: 10 }, Extent { start: 20, len: 25 }])
+            Some(vec![
+                Extent { start: 0, len: 10 },
+                Extent { start: 20, len: 25 }
+            ])
         );
         assert_eq!(allocate(&free, 41), None);
     }
@@ -103,7 +109,13 @@ mod tests {
     #[test]
     fn appending_merges_adjacent() {
         let mut extents = vec![Extent { start: 0, len: 10 }];
-        append_extents(&mut extents, vec![Extent { start: 10, len: 5 }, Extent { start: 30, len: 5 }]);
-        assert_eq!(extents, vec![Extent { start: 0, len: 15 }, Extent { start: 30, len: 5 }]);
+        append_extents(
+            &mut extents,
+            vec![Extent { start: 10, len: 5 }, Extent { start: 30, len: 5 }],
+        );
+        assert_eq!(
+            extents,
+            vec![Extent { start: 0, len: 15 }, Extent { start: 30, len: 5 }]
+        );
     }
 }

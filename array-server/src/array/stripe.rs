@@ -109,10 +109,34 @@ mod tests {
     #[test]
     fn follows_the_documented_formula() {
         let map = StripeMap::new(4096, 3);
-        assert_eq!(map.locate(0), DiskPosition { disk: 0, offset: METADATA_AREA });
-        assert_eq!(map.locate(4096), DiskPosition { disk: 1, offset: METADATA_AREA });
-        assert_eq!(map.locate(2 * 4096 + 7), DiskPosition { disk: 2, offset: METADATA_AREA + 7 });
-        assert_eq!(map.locate(3 * 4096), DiskPosition { disk: 0, offset: METADATA_AREA + 4096 });
+        assert_eq!(
+            map.locate(0),
+            DiskPosition {
+                disk: 0,
+                offset: METADATA_AREA
+            }
+        );
+        assert_eq!(
+            map.locate(4096),
+            DiskPosition {
+                disk: 1,
+                offset: METADATA_AREA
+            }
+        );
+        assert_eq!(
+            map.locate(2 * 4096 + 7),
+            DiskPosition {
+                disk: 2,
+                offset: METADATA_AREA + 7
+            }
+        );
+        assert_eq!(
+            map.locate(3 * 4096),
+            DiskPosition {
+                disk: 0,
+                offset: METADATA_AREA + 4096
+            }
+        );
     }
 
     #[test]

@@ -135,8 +135,14 @@ pub struct AssignmentView {
 }
 
 impl AssignmentView {
-    pub(super) fn new(record: &AssignmentRecord, metadata: &ArrayMetadata) -> Option<AssignmentView> {
-        let partition = metadata.partitions.iter().find(|p| p.id == record.partition)?;
+    pub(super) fn new(
+        record: &AssignmentRecord,
+        metadata: &ArrayMetadata,
+    ) -> Option<AssignmentView> {
+        let partition = metadata
+            .partitions
+            .iter()
+            .find(|p| p.id == record.partition)?;
         Some(AssignmentView {
             host: record.host.clone(),
             partition: partition.name.clone(),

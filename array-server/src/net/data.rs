@@ -1,0 +1,312 @@
+//! Data sessions ("lanes"): block requests on one partition, run concurrently up to
+//! `max_in_flight`, answered in any order by one writer task.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+use wire::frame::{self, Limits};
+use wire::{Op, Reply, Request, Status};
+
+use super::buffer::{AlignedBuf, DATA_OFFSET};
+use super::disk_io::DiskSet;
+use super::frames::{send_bytes, FrameReader};
+use super::sessions::{LaneCounters, Session};
+use super::Shared;
+use crate::array::grant::LaneGrant;
+use crate::error::{Error, Result};
+
+/// What the writer task sends.
+enum Outgoing {
+    /// A reply frame without payload.
+    Head(Vec<u8>),
+    /// A read reply: frame head and data, contiguous in `buffer[start..]`.
+    Data { buffer: AlignedBuf, start: usize },
+    /// Send nothing more and close the connection.
+    Close,
+}
+
+/// One lane's state, shared by its reader and its request tasks (one thread).
+struct Lane {
+    shared: Arc<Shared>,
+    disks: Rc<DiskSet>,
+    host: String,
+    partition: u32,
+    grant: RefCell<Arc<LaneGrant>>,
+    session: Arc<Session>,
+    replies: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// Serves one data connection until the peer leaves, a frame does not decode, or the
+/// assignment is revoked.
+pub async fn serve(
+    shared: Arc<Shared>,
+    disks: Rc<DiskSet>,
+    stream: Rc<TcpStream>,
+    mut reader: FrameReader,
+    session: Arc<Session>,
+    grant: Arc<LaneGrant>,
+) -> Result<()> {
+    let (replies, outgoing) = mpsc::unbounded_channel();
+    let writer = tokio_uring::spawn(write_replies(stream.clone(), outgoing));
+    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let lane = Rc::new(Lane {
+        host: session.host.clone(),
+        partition: grant.info.id,
+        shared,
+        disks,
+        grant: RefCell::new(grant),
+        session,
+        replies,
+    });
+    let outcome = read_requests(&lane, &mut reader, &permits).await;
+    if outcome.is_err() {
+        let _ = lane.replies.send(Outgoing::Close);
+    }
+    drop(lane);
+    let _ = writer.await;
+    outcome
+}
+
+async fn read_requests(
+    lane: &Rc<Lane>,
+    reader: &mut FrameReader,
+    permits: &Arc<Semaphore>,
+) -> Result<()> {
+    let limits = Limits::data(lane.shared.config.max_io);
+    loop {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let Some(prefix) = reader.next_head(limits).await? else {
+            return Ok(());
+        };
+        let request = frame::decode_request(reader.header(&prefix), prefix)?;
+        reader.consume_head(&prefix);
+        let payload = match request.op {
+            Op::Write => Some(reader.read_payload(request.len as usize).await?),
+            _ => None,
+        };
+        match lane.admit(&request) {
+            Ok(grant) => {
+                tokio_uring::spawn(execute(lane.clone(), grant, request, payload, permit));
+            }
+            Err(Error::Revoked) => {
+                log::info!(
+                    "host {:?} lost partition {}; closing lane",
+                    lane.host,
+                    lane.partition
+                );
+                lane.reply_error(&request, &Error::Revoked);
+                let _ = lane.replies.send(Outgoing::Close);
+                return Ok(());
+            }
+            Err(error) => lane.reply_error(&request, &error),
+        }
+    }
+}
+
+impl Lane {
+    /// Checks the request against the current grant, refreshing the grant when the
+    /// metadata generation moved (one atomic load per request otherwise).
+    fn admit(&self, request: &Request) -> Result<Arc<LaneGrant>> {
+        let current = self.shared.array.generation();
+        if current != self.grant.borrow().generation {
+            let fresh = self
+                .shared
+                .array
+                .lane_grant(&self.host, self.partition)
+                .ok_or(Error::Revoked)?;
+            *self.grant.borrow_mut() = fresh;
+        }
+        let grant = self.grant.borrow().clone();
+        check_request(&grant, request, self.shared.config.max_io)?;
+        Ok(grant)
+    }
+
+    fn reply_error(&self, request: &Request, error: &Error) {
+        self.session
+            .counters
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::debug!("request {request:?} failed: {error}");
+        self.reply_head(Reply {
+            tag: request.tag,
+            status: Status::Errno(error.errno()),
+            len: 0,
+        });
+    }
+
+    fn reply_head(&self, reply: Reply) {
+        let mut head = Vec::with_capacity(16);
+        if frame::encode_head(&reply, 0, &mut head).is_ok() {
+            let _ = self.replies.send(Outgoing::Head(head));
+        }
+    }
+
+    fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32) {
+        let reply = Reply {
+            tag,
+            status: Status::Ok,
+            len,
+        };
+        let mut head = Vec::with_capacity(16);
+        if frame::encode_head(&reply, len, &mut head).is_err() {
+            return;
+        }
+        let start = DATA_OFFSET - head.len();
+        buffer.as_mut_slice()[start..DATA_OFFSET].copy_from_slice(&head);
+        let _ = self.replies.send(Outgoing::Data { buffer, start });
+    }
+}
+
+/// EINVAL for misaligned or out-of-range requests, EROFS for writes on read-only grants.
+fn check_request(grant: &LaneGrant, request: &Request, max_io: u32) -> Result<()> {
+    if request.op == Op::Flush {
+        return Ok(());
+    }
+    let block_size = grant.info.block_size;
+    let (offset, len) = (request.offset, u64::from(request.len));
+    if offset % u64::from(block_size) != 0 || len % u64::from(block_size) != 0 {
+        return Err(Error::Misaligned {
+            offset,
+            len,
+            block_size,
+        });
+    }
+    let inside = offset
+        .checked_add(len)
+        .is_some_and(|end| end <= grant.info.size);
+    if !inside || (request.op == Op::Read && request.len > max_io) {
+        return Err(Error::OutOfRange {
+            offset,
+            len,
+            size: grant.info.size,
+        });
+    }
+    if request.op != Op::Read && grant.read_only() {
+        return Err(Error::ReadOnly);
+    }
+    Ok(())
+}
+
+async fn execute(
+    lane: Rc<Lane>,
+    grant: Arc<LaneGrant>,
+    request: Request,
+    payload: Option<AlignedBuf>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let disks = &lane.disks;
+    let counters = &lane.session.counters;
+    let (offset, len) = (request.offset, u64::from(request.len));
+    let outcome = match (request.op, payload) {
+        (Op::Read, _) => {
+            let buffer = AlignedBuf::for_data(len as usize);
+            match disks.read(&grant, offset, len, buffer).await {
+                Ok(buffer) => {
+                    LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
+                    lane.reply_data(request.tag, buffer, request.len);
+                    return;
+                }
+                Err(error) => {
+                    LaneCounters::count(&counters.reads, None);
+                    Err(error)
+                }
+            }
+        }
+        (Op::Write, Some(buffer)) => {
+            let result = disks
+                .write(&grant, offset, len, buffer, request.fua())
+                .await;
+            let bytes = result.is_ok().then_some((&counters.write_bytes, len));
+            LaneCounters::count(&counters.writes, bytes);
+            result
+        }
+        (Op::Write, None) => Err(Error::Wire(wire::WireError::PayloadMismatch {
+            expected: request.len,
+            actual: 0,
+        })),
+        (Op::Flush, _) => {
+            LaneCounters::count(&counters.flushes, None);
+            disks.flush().await
+        }
+        (Op::Discard, _) => {
+            LaneCounters::count(&counters.discards, None);
+            disks.discard(&grant, offset, len).await
+        }
+        (Op::WriteZeroes, _) => {
+            LaneCounters::count(&counters.write_zeroes, None);
+            disks.write_zeroes(&grant, offset, len).await
+        }
+    };
+    match outcome {
+        Ok(()) => lane.reply_head(Reply {
+            tag: request.tag,
+            status: Status::Ok,
+            len: 0,
+        }),
+        Err(error) => {
+            log::warn!("host {:?} partition {}: {error}", lane.host, lane.partition);
+            lane.reply_error(&request, &error);
+        }
+    }
+}
+
+/// The connection's one writer: batches payload-less replies, sends read replies from
+/// their own buffers, stops at `Close` or when every sender is gone.
+async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut batch = Vec::new();
+    while let Some(first) = outgoing.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Head(head) => batch.extend_from_slice(&head),
+                Outgoing::Data { buffer, start } => {
+                    if !flush_batch(&stream, &mut batch).await
+                        || !send_data(&stream, buffer, start).await
+                    {
+                        return;
+                    }
+                }
+                Outgoing::Close => {
+                    flush_batch(&stream, &mut batch).await;
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+            next = outgoing.try_recv().ok();
+        }
+        if !flush_batch(&stream, &mut batch).await {
+            return;
+        }
+    }
+}
+
+async fn flush_batch(stream: &TcpStream, batch: &mut Vec<u8>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    match send_bytes(stream, std::mem::take(batch)).await {
+        Ok(mut sent) => {
+            sent.clear();
+            *batch = sent;
+            true
+        }
+        Err(error) => {
+            log::debug!("{error}");
+            false
+        }
+    }
+}
+
+async fn send_data(stream: &TcpStream, buffer: AlignedBuf, start: usize) -> bool {
+    let end = buffer.len();
+    let (result, _) = stream.write_all(buffer.slice(start..end)).await;
+    result.is_ok()
+}

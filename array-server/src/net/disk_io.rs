@@ -1,0 +1,321 @@
+//! Block requests against the member disks: partition range → extents → stripe chunks →
+//! per-disk io_uring reads and writes, all pieces of a request in flight at once.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use futures_util::future::join_all;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::fs::File;
+
+use super::buffer::{AlignedBuf, BufPart, DATA_OFFSET};
+use crate::array::grant::{LaneGrant, MappedPiece};
+use crate::array::stripe::{Piece, StripeMap};
+use crate::array::Array;
+use crate::error::{DiskOp, Error, Result};
+
+/// `ioctl` discarding a byte range of a block device (`_IO(0x12, 119)`).
+const BLKDISCARD: libc::c_ulong = 0x1277;
+/// Largest zero buffer written at once when a disk cannot zero a range itself.
+const ZERO_FILL_LEN: u64 = 1 << 20;
+
+/// One member disk's data handle on this thread's ring.
+#[derive(Debug)]
+struct DiskHandle {
+    file: File,
+    raw_fd: i32,
+    path: PathBuf,
+    block_device: bool,
+}
+
+impl DiskHandle {
+    fn error(&self, op: DiskOp, offset: u64, source: io::Error) -> Error {
+        Error::Disk {
+            path: self.path.clone(),
+            offset,
+            op,
+            source,
+        }
+    }
+}
+
+/// The member disks as one thread's runtime sees them.
+#[derive(Debug)]
+pub struct DiskSet {
+    disks: Vec<DiskHandle>,
+    stripes: StripeMap,
+}
+
+/// A contiguous range on one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskRange {
+    disk: u32,
+    offset: u64,
+    len: u64,
+}
+
+impl DiskSet {
+    /// Duplicates the array's data handles onto the calling thread's tokio-uring runtime.
+    pub fn new(array: &Array) -> Result<DiskSet> {
+        let disks = array
+            .disks()
+            .iter()
+            .map(|member| {
+                let std_file = member
+                    .data_file()
+                    .try_clone()
+                    .map_err(|source| Error::Disk {
+                        path: member.path().to_owned(),
+                        offset: 0,
+                        op: DiskOp::Open,
+                        source,
+                    })?;
+                Ok(DiskHandle {
+                    raw_fd: std_file.as_raw_fd(),
+                    file: File::from_std(std_file),
+                    path: member.path().to_owned(),
+                    block_device: member.is_block_device(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DiskSet {
+            disks,
+            stripes: array.stripes(),
+        })
+    }
+
+    fn disk(&self, index: u32) -> &DiskHandle {
+        &self.disks[index as usize]
+    }
+
+    /// Reads `len` bytes at partition `offset` into the data area of `buffer`.
+    pub async fn read(
+        &self,
+        grant: &LaneGrant,
+        offset: u64,
+        len: u64,
+        buffer: AlignedBuf,
+    ) -> Result<AlignedBuf> {
+        let pieces = grant.map(&self.stripes, offset, len);
+        let owner = Rc::new(buffer);
+        let reads = pieces.iter().map(|mapped| {
+            let part = part_of(&owner, mapped);
+            self.read_piece(mapped.piece, part)
+        });
+        let results = join_all(reads).await;
+        let buffer = reclaim(owner)?;
+        results.into_iter().collect::<Result<()>>()?;
+        Ok(buffer)
+    }
+
+    /// Writes the data area of `buffer` (`len` bytes) at partition `offset`; with `fua`,
+    /// the touched disks are synced before this returns.
+    pub async fn write(
+        &self,
+        grant: &LaneGrant,
+        offset: u64,
+        len: u64,
+        buffer: AlignedBuf,
+        fua: bool,
+    ) -> Result<()> {
+        let pieces = grant.map(&self.stripes, offset, len);
+        let owner = Rc::new(buffer);
+        let writes = pieces.iter().map(|mapped| {
+            let part = part_of(&owner, mapped);
+            self.write_piece(mapped.piece, part)
+        });
+        let results = join_all(writes).await;
+        drop(reclaim(owner)?);
+        results.into_iter().collect::<Result<()>>()?;
+        if fua {
+            let mut touched: Vec<u32> = pieces.iter().map(|m| m.piece.disk).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            self.sync(&touched).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable: `fdatasync` on every member disk. The sync is
+    /// per inode, so it covers writes completed on any lane and any thread.
+    pub async fn flush(&self) -> Result<()> {
+        let all: Vec<u32> = (0..self.disks.len() as u32).collect();
+        self.sync(&all).await
+    }
+
+    async fn sync(&self, disks: &[u32]) -> Result<()> {
+        let syncs = disks.iter().map(|&index| async move {
+            let disk = self.disk(index);
+            disk.file
+                .sync_data()
+                .await
+                .map_err(|e| disk.error(DiskOp::Sync, 0, e))
+        });
+        join_all(syncs).await.into_iter().collect()
+    }
+
+    /// Releases the range: punch a hole in files, `BLKDISCARD` on block devices; where
+    /// neither is supported, the range is zeroed instead.
+    pub async fn discard(&self, grant: &LaneGrant, offset: u64, len: u64) -> Result<()> {
+        let ranges = self.disk_ranges(grant, offset, len);
+        let discards = ranges.iter().map(|&range| async move {
+            match self.release(range).await {
+                Err(error) if unsupported(&error) => self.fill_zeroes(range, DiskOp::Discard).await,
+                other => other.map_err(|e| {
+                    self.disk(range.disk)
+                        .error(DiskOp::Discard, range.offset, e)
+                }),
+            }
+        });
+        join_all(discards).await.into_iter().collect()
+    }
+
+    /// Makes the range read back as zeroes: `FALLOC_FL_ZERO_RANGE`, else zero writes.
+    pub async fn write_zeroes(&self, grant: &LaneGrant, offset: u64, len: u64) -> Result<()> {
+        let ranges = self.disk_ranges(grant, offset, len);
+        let zeroings = ranges.iter().map(|&range| async move {
+            let disk = self.disk(range.disk);
+            let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+            match disk.file.fallocate(range.offset, range.len, mode).await {
+                Err(error) if unsupported(&error) => {
+                    self.fill_zeroes(range, DiskOp::WriteZeroes).await
+                }
+                other => other.map_err(|e| disk.error(DiskOp::WriteZeroes, range.offset, e)),
+            }
+        });
+        join_all(zeroings).await.into_iter().collect()
+    }
+
+    /// The request's pieces merged into contiguous ranges per disk (consecutive chunks of
+    /// one disk are adjacent on it), so large discards are few system calls.
+    fn disk_ranges(&self, grant: &LaneGrant, offset: u64, len: u64) -> Vec<DiskRange> {
+        let mut ranges: Vec<DiskRange> = grant
+            .map(&self.stripes, offset, len)
+            .into_iter()
+            .map(|mapped| DiskRange {
+                disk: mapped.piece.disk,
+                offset: mapped.piece.disk_offset,
+                len: mapped.piece.len,
+            })
+            .collect();
+        ranges.sort_by_key(|range| (range.disk, range.offset));
+        let mut merged: Vec<DiskRange> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if last.disk == range.disk && last.offset + last.len == range.offset => {
+                    last.len += range.len;
+                }
+                _ => merged.push(range),
+            }
+        }
+        merged
+    }
+
+    async fn release(&self, range: DiskRange) -> io::Result<()> {
+        let disk = self.disk(range.disk);
+        if disk.block_device {
+            let span: [u64; 2] = [range.offset, range.len];
+            // SAFETY: BLKDISCARD reads two u64 (start, length) through the pointer, which
+            // points at `span`; the fd is this disk's open data handle.
+            let status = unsafe { libc::ioctl(disk.raw_fd, BLKDISCARD, span.as_ptr()) };
+            if status < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        disk.file.fallocate(range.offset, range.len, mode).await
+    }
+
+    async fn fill_zeroes(&self, range: DiskRange, op: DiskOp) -> Result<()> {
+        let disk = self.disk(range.disk);
+        let mut buffer = AlignedBuf::for_data(range.len.min(ZERO_FILL_LEN) as usize);
+        buffer.data_mut().fill(0);
+        let mut done = 0;
+        while done < range.len {
+            let step = (range.len - done).min(ZERO_FILL_LEN) as usize;
+            let at = range.offset + done;
+            let (result, slice) = disk
+                .file
+                .write_at(buffer.slice(DATA_OFFSET..DATA_OFFSET + step), at)
+                .submit()
+                .await;
+            buffer = slice.into_inner();
+            match result {
+                Ok(0) => return Err(disk.error(op, at, io::ErrorKind::WriteZero.into())),
+                Ok(written) => done += written as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(disk.error(op, at, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_piece(&self, piece: Piece, mut part: BufPart) -> Result<()> {
+        let disk = self.disk(piece.disk);
+        let total = piece.len as usize;
+        let mut done = 0;
+        while done < total {
+            let at = piece.disk_offset + done as u64;
+            let (result, slice) = disk.file.read_at(part.slice(done..total), at).await;
+            part = slice.into_inner();
+            match result {
+                Ok(0) => {
+                    return Err(disk.error(DiskOp::Read, at, io::ErrorKind::UnexpectedEof.into()))
+                }
+                Ok(read) => done += read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(disk.error(DiskOp::Read, at, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_piece(&self, piece: Piece, mut part: BufPart) -> Result<()> {
+        let disk = self.disk(piece.disk);
+        let total = piece.len as usize;
+        let mut done = 0;
+        while done < total {
+            let at = piece.disk_offset + done as u64;
+            let (result, slice) = disk
+                .file
+                .write_at(part.slice(done..total), at)
+                .submit()
+                .await;
+            part = slice.into_inner();
+            match result {
+                Ok(0) => {
+                    return Err(disk.error(DiskOp::Write, at, io::ErrorKind::WriteZero.into()))
+                }
+                Ok(written) => done += written,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(disk.error(DiskOp::Write, at, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn part_of(owner: &Rc<AlignedBuf>, mapped: &MappedPiece) -> BufPart {
+    let start = DATA_OFFSET + mapped.buffer_offset as usize;
+    BufPart::new(owner.clone(), start, mapped.piece.len as usize)
+}
+
+/// Takes the buffer back once every view of it has been dropped.
+fn reclaim(owner: Rc<AlignedBuf>) -> Result<AlignedBuf> {
+    Rc::try_unwrap(owner).map_err(|_| {
+        Error::io(
+            "reclaiming an I/O buffer",
+            io::Error::other("a disk I/O still holds a view of the buffer"),
+        )
+    })
+}
+
+fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOTTY)
+    )
+}

@@ -1,0 +1,148 @@
+//! Frames over a tokio-uring socket: a staging buffer for heads, write payloads received
+//! into their aligned buffer, and whole-frame sends.
+
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+use wire::frame::{self, FramePrefix, Limits};
+use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
+
+use super::buffer::{AlignedBuf, DATA_OFFSET};
+use crate::error::{Error, Result};
+
+/// Bytes of the staging buffer: the largest head plus room to batch small frames.
+const STAGING_LEN: usize = PREFIX_LEN + MAX_HEADER_LEN as usize + (64 << 10);
+
+/// Reads frames from one connection.
+///
+/// Heads are read into a staging buffer. A write's payload goes into its own aligned
+/// buffer: the part the staging read already took is copied (at most one staging read's
+/// worth), the rest is received from the socket straight into the aligned buffer.
+pub struct FrameReader {
+    stream: Rc<TcpStream>,
+    staging: Vec<u8>,
+    start: usize,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("buffered", &self.buffered().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameReader {
+    /// A reader on `stream`.
+    pub fn new(stream: Rc<TcpStream>) -> FrameReader {
+        FrameReader {
+            stream,
+            staging: Vec::with_capacity(STAGING_LEN),
+            start: 0,
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.staging[self.start..]
+    }
+
+    /// Reads more bytes into the staging buffer; `Ok(0)` at end of stream.
+    async fn fill(&mut self) -> Result<usize> {
+        if self.start == self.staging.len() {
+            self.staging.clear();
+            self.start = 0;
+        } else if self.staging.len() == self.staging.capacity() {
+            self.staging.drain(..self.start);
+            self.start = 0;
+        }
+        let staging = std::mem::take(&mut self.staging);
+        let filled = staging.len();
+        let (result, slice) = self.stream.read(staging.slice(filled..)).await;
+        self.staging = slice.into_inner();
+        result.map_err(|e| Error::io("receiving from the peer", e))
+    }
+
+    /// Waits for the next frame's prefix and header; `Ok(None)` on a clean end of stream.
+    /// The header is then available from [`FrameReader::header`].
+    pub async fn next_head(&mut self, limits: Limits) -> Result<Option<FramePrefix>> {
+        loop {
+            if let Some(bytes) = self.buffered().first_chunk::<PREFIX_LEN>() {
+                let prefix = FramePrefix::decode(bytes, limits)?;
+                if self.buffered().len() >= prefix.head_len() {
+                    return Ok(Some(prefix));
+                }
+            }
+            if self.fill().await? == 0 {
+                frame::check_eof(self.buffered(), limits)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The header of the frame [`FrameReader::next_head`] returned.
+    pub fn header(&self, prefix: &FramePrefix) -> &[u8] {
+        &self.buffered()[PREFIX_LEN..prefix.head_len()]
+    }
+
+    /// Drops the prefix and header of the current frame from the staging buffer.
+    pub fn consume_head(&mut self, prefix: &FramePrefix) {
+        self.start += prefix.head_len();
+    }
+
+    /// Receives the current frame's `len`-byte payload into a fresh aligned buffer's
+    /// data area.
+    pub async fn read_payload(&mut self, len: usize) -> Result<AlignedBuf> {
+        let mut buffer = AlignedBuf::for_data(len);
+        let copied = self.buffered().len().min(len);
+        buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
+        self.start += copied;
+        let mut received = copied;
+        while received < len {
+            let range = DATA_OFFSET + received..DATA_OFFSET + len;
+            let (result, slice) = self.stream.read(buffer.slice(range)).await;
+            buffer = slice.into_inner();
+            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
+            if read == 0 {
+                return Err(WireError::Truncated {
+                    have: received,
+                    need: len,
+                }
+                .into());
+            }
+            received += read;
+        }
+        buffer.set_len(DATA_OFFSET + len);
+        Ok(buffer)
+    }
+
+    /// Reads one payload-less message; `Ok(None)` on a clean end of stream.
+    pub async fn next_message<M: DeserializeOwned>(
+        &mut self,
+        limits: Limits,
+        what: &'static str,
+    ) -> Result<Option<M>> {
+        let Some(prefix) = self.next_head(limits).await? else {
+            return Ok(None);
+        };
+        let message = frame::decode_header(self.header(&prefix), what)?;
+        self.consume_head(&prefix);
+        Ok(Some(message))
+    }
+}
+
+/// Sends all of `bytes`.
+pub async fn send_bytes(stream: &TcpStream, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let (result, bytes) = stream.write_all(bytes).await;
+    result.map_err(|e| Error::io("sending to the peer", e))?;
+    Ok(bytes)
+}
+
+/// Sends one payload-less message as a frame.
+pub async fn send_message<M: Serialize>(stream: &TcpStream, message: &M) -> Result<()> {
+    send_bytes(stream, frame::encode_message(message)?)
+        .await
+        .map(drop)
+}

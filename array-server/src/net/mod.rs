@@ -1,0 +1,351 @@
+//! The TCP server.
+//!
+//! # Threads
+//!
+//! [`start`] binds `threads` listening sockets to the same address with `SO_REUSEPORT`
+//! (the first one picks the port when it is 0) and runs one tokio-uring runtime per
+//! thread, each accepting on its own socket: the kernel spreads new connections over
+//! the threads, and a connection lives on the thread that accepted it, with its own
+//! io_uring for the socket and the disks. Nothing on the data path crosses threads.
+//!
+//! # Connections
+//!
+//! Each connection runs the handshake under a deadline, registers in [`Sessions`], then
+//! serves control ([`control`]) or data ([`data`]). A frame that does not decode closes
+//! that connection only. Beyond `max_connections`, hellos are answered `Refused(Busy)`.
+
+mod buffer;
+mod control;
+mod data;
+mod disk_io;
+mod frames;
+mod handshake;
+mod sessions;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use socket2::{Domain, Socket, Type};
+use tokio::sync::watch;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+pub use buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
+pub use sessions::{CounterView, LaneCounters, Session, SessionView, Sessions};
+
+use crate::array::Array;
+use crate::error::{Error, Result};
+use disk_io::DiskSet;
+use frames::{send_message, FrameReader};
+
+/// Default TCP port.
+pub const DEFAULT_PORT: u16 = 7700;
+/// Default cap on live connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default number of requests one connection runs at once.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+/// Default deadline for a handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Listen backlog of each socket.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after a failed accept (out of file descriptors...) before trying again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Runtime threads, each with its own listener and io_uring.
+    pub threads: usize,
+    /// Most live connections; more are refused with `Busy`.
+    pub max_connections: usize,
+    /// Largest payload per request, offered in `Welcome`.
+    pub max_io: u32,
+    /// Requests one data connection runs at once.
+    pub max_in_flight: u32,
+    /// Deadline for a connection's handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_io: wire::DEFAULT_MAX_IO,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Server-wide counters.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Hellos refused because of `max_connections`.
+    pub refused_busy: AtomicU64,
+    /// Proofs that failed (unknown host or wrong secret).
+    pub failed_authentications: AtomicU64,
+    /// Data connections for a partition the host does not hold.
+    pub refused_not_assigned: AtomicU64,
+    /// Handshakes that missed their deadline.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed for a frame that did not decode.
+    pub protocol_errors: AtomicU64,
+}
+
+/// A snapshot of [`ServerStats`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StatsView {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Hellos refused for the connection cap.
+    pub refused_busy: u64,
+    /// Failed proofs.
+    pub failed_authentications: u64,
+    /// Refused data connections (not assigned).
+    pub refused_not_assigned: u64,
+    /// Handshake deadlines missed.
+    pub handshake_timeouts: u64,
+    /// Connections closed for malformed frames.
+    pub protocol_errors: u64,
+    /// Connections open now.
+    pub live_connections: usize,
+}
+
+/// What every thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) array: Arc<Array>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) config: ServerConfig,
+    live: Arc<AtomicUsize>,
+}
+
+/// A running server; [`RunningServer::stop`] (or dropping it) shuts it down.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The array it serves.
+    pub fn array(&self) -> &Arc<Array> {
+        &self.shared.array
+    }
+
+    /// Live sessions and their counters.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.shared.sessions
+    }
+
+    /// Server-wide counters.
+    pub fn stats(&self) -> StatsView {
+        let stats = &self.shared.stats;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsView {
+            accepted: get(&stats.accepted),
+            refused_busy: get(&stats.refused_busy),
+            failed_authentications: get(&stats.failed_authentications),
+            refused_not_assigned: get(&stats.refused_not_assigned),
+            handshake_timeouts: get(&stats.handshake_timeouts),
+            protocol_errors: get(&stats.protocol_errors),
+            live_connections: self.shared.live.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, closes every connection, and waits for the threads to end. The
+    /// server's references to the array (and the disks' locks with it, once the caller's
+    /// own handles are gone) are released when this returns.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    /// Blocks until the server stops (it only stops through [`RunningServer::stop`] on
+    /// another handle, so this is for binaries that serve until killed).
+    pub fn wait(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    fn shut_down(&mut self) {
+        self.shutdown.send_replace(true);
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                log::error!("a server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Starts serving `array` with `config`; returns once every listener is bound.
+pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
+    let threads = config.threads.max(1);
+    let first = bind_reuseport(config.listen)?;
+    let local_addr = first
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(bind_reuseport(local_addr)?);
+    }
+    let shared = Arc::new(Shared {
+        array,
+        sessions: Arc::default(),
+        stats: Arc::default(),
+        config,
+        live: Arc::default(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut handles = Vec::with_capacity(threads);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let shutdown_rx = shutdown_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("array-net-{index}"))
+            .spawn(move || tokio_uring::start(run_thread(listener, shared, shutdown_rx)))
+            .map_err(|e| Error::io("starting a server thread", e))?;
+        handles.push(handle);
+    }
+    log::info!("serving on {local_addr} with {threads} threads");
+    Ok(RunningServer {
+        local_addr,
+        shared,
+        shutdown,
+        threads: handles,
+    })
+}
+
+fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
+    let fail = |e| Error::io(format!("listening on {address}"), e);
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.bind(&address.into()).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)?;
+    Ok(socket.into())
+}
+
+async fn run_thread(
+    listener: StdListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = TcpListener::from_std(listener);
+    let disks = match DiskSet::new(&shared.array) {
+        Ok(disks) => Rc::new(disks),
+        Err(error) => {
+            log::error!("server thread cannot open the disks: {error}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer));
+                }
+                Err(error) => {
+                    log::warn!("accept failed: {error}");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Counts a live connection while it exists.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, peer: SocketAddr) {
+    let live = shared.live.fetch_add(1, Ordering::Relaxed) + 1;
+    let _live = LiveGuard(shared.live.clone());
+    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    if let Err(error) = stream.set_nodelay(true) {
+        log::debug!("{peer}: TCP_NODELAY: {error}");
+    }
+    let stream = Rc::new(stream);
+    let mut reader = FrameReader::new(stream.clone());
+    let busy = live > shared.config.max_connections;
+    let deadline = shared.config.handshake_timeout;
+    let handshake = handshake::run(&stream, &mut reader, &shared, peer, busy);
+    let admitted = match tokio::time::timeout(deadline, handshake).await {
+        Err(_) => {
+            shared
+                .stats
+                .handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!("{peer}: handshake not done within {deadline:?}; closing");
+            return;
+        }
+        Ok(Err(error)) => {
+            note_failure(&shared, peer, &error);
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(admitted))) => admitted,
+    };
+    let guard = shared
+        .sessions
+        .register(&admitted.host, peer, admitted.purpose);
+    if let Err(error) = send_message(&stream, &wire::ProofReply::Welcome(admitted.welcome)).await {
+        log::debug!("{peer}: {error}");
+        return;
+    }
+    log::debug!(
+        "{peer}: host {:?} connected for {:?}",
+        admitted.host,
+        admitted.purpose
+    );
+    let outcome = match admitted.grant {
+        None => control::serve(&shared, stream, reader, &admitted.host).await,
+        Some(grant) => {
+            let session = guard.session.clone();
+            data::serve(shared.clone(), disks, stream, reader, session, grant).await
+        }
+    };
+    if let Err(error) = outcome {
+        note_failure(&shared, peer, &error);
+    }
+    drop(guard);
+}
+
+fn note_failure(shared: &Shared, peer: SocketAddr, error: &Error) {
+    if matches!(error, Error::Wire(_)) {
+        shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        log::info!("{peer}: closing connection: {error}");
+    } else {
+        log::debug!("{peer}: connection ended: {error}");
+    }
+}

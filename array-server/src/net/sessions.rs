@@ -1,0 +1,221 @@
+//! The registry of live connections, with per-lane counters readable by the admin layer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use wire::Purpose;
+
+/// Per-connection counters; the connection increments them, anyone may read them.
+#[derive(Debug, Default)]
+pub struct LaneCounters {
+    /// READ requests completed (successfully or not).
+    pub reads: AtomicU64,
+    /// Bytes returned by successful reads.
+    pub read_bytes: AtomicU64,
+    /// WRITE requests completed.
+    pub writes: AtomicU64,
+    /// Bytes stored by successful writes.
+    pub write_bytes: AtomicU64,
+    /// FLUSH requests completed.
+    pub flushes: AtomicU64,
+    /// DISCARD requests completed.
+    pub discards: AtomicU64,
+    /// WRITE_ZEROES requests completed.
+    pub write_zeroes: AtomicU64,
+    /// Requests answered with an errno.
+    pub errors: AtomicU64,
+}
+
+/// A snapshot of [`LaneCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CounterView {
+    /// READ requests.
+    pub reads: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// WRITE requests.
+    pub writes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// FLUSH requests.
+    pub flushes: u64,
+    /// DISCARD requests.
+    pub discards: u64,
+    /// WRITE_ZEROES requests.
+    pub write_zeroes: u64,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+impl CounterView {
+    /// Every request of any kind.
+    pub fn ops(&self) -> u64 {
+        self.reads + self.writes + self.flushes + self.discards + self.write_zeroes
+    }
+}
+
+impl LaneCounters {
+    /// The counters now.
+    pub fn snapshot(&self) -> CounterView {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CounterView {
+            reads: get(&self.reads),
+            read_bytes: get(&self.read_bytes),
+            writes: get(&self.writes),
+            write_bytes: get(&self.write_bytes),
+            flushes: get(&self.flushes),
+            discards: get(&self.discards),
+            write_zeroes: get(&self.write_zeroes),
+            errors: get(&self.errors),
+        }
+    }
+
+    /// Adds one to `counter` (and `bytes` to `byte_counter` when given).
+    pub(crate) fn count(counter: &AtomicU64, byte_counter: Option<(&AtomicU64, u64)>) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((bytes, amount)) = byte_counter {
+            bytes.fetch_add(amount, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One live, authenticated connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Registry id, unique for the server's life.
+    pub id: u64,
+    /// The authenticated host.
+    pub host: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Control, or data with partition, queue and lane.
+    pub purpose: Purpose,
+    /// When the handshake completed.
+    pub since: SystemTime,
+    /// What the connection carried.
+    pub counters: LaneCounters,
+}
+
+/// A serialisable snapshot of a [`Session`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// Registry id.
+    pub id: u64,
+    /// Host name.
+    pub host: String,
+    /// Peer address.
+    pub peer: String,
+    /// Control or data (partition, queue, lane).
+    pub purpose: Purpose,
+    /// Seconds since the Unix epoch when it connected.
+    pub connected_since: u64,
+    /// Counters.
+    pub counters: CounterView,
+}
+
+impl Session {
+    /// The partition id of a data session.
+    pub fn partition(&self) -> Option<u32> {
+        match self.purpose {
+            Purpose::Data { partition, .. } => Some(partition),
+            Purpose::Control => None,
+        }
+    }
+
+    /// A snapshot for display.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            id: self.id,
+            host: self.host.clone(),
+            peer: self.peer.to_string(),
+            purpose: self.purpose,
+            connected_since: self
+                .since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            counters: self.counters.snapshot(),
+        }
+    }
+}
+
+/// Every live session of a server.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next_id: AtomicU64,
+    live: Mutex<BTreeMap<u64, Arc<Session>>>,
+}
+
+impl Sessions {
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every live session, oldest first.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        self.live().values().cloned().collect()
+    }
+
+    /// Snapshots of every live session, for the admin layer.
+    pub fn views(&self) -> Vec<SessionView> {
+        self.live().values().map(|session| session.view()).collect()
+    }
+
+    /// The live data lanes of `host` on partition `partition`.
+    pub fn data_lanes(&self, host: &str, partition: u32) -> Vec<Arc<Session>> {
+        self.live()
+            .values()
+            .filter(|s| s.host == host && s.partition() == Some(partition))
+            .cloned()
+            .collect()
+    }
+
+    /// The live control sessions of `host`.
+    pub fn control_sessions(&self, host: &str) -> Vec<Arc<Session>> {
+        self.live()
+            .values()
+            .filter(|s| s.host == host && s.purpose == Purpose::Control)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a session; it leaves the registry when the guard drops.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        host: &str,
+        peer: SocketAddr,
+        purpose: Purpose,
+    ) -> SessionGuard {
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            host: host.to_owned(),
+            peer,
+            purpose,
+            since: SystemTime::now(),
+            counters: LaneCounters::default(),
+        });
+        self.live().insert(session.id, session.clone());
+        SessionGuard {
+            registry: self.clone(),
+            session,
+        }
+    }
+}
+
+/// Keeps a session registered while the connection lives.
+#[derive(Debug)]
+pub(crate) struct SessionGuard {
+    registry: Arc<Sessions>,
+    /// The registered session.
+    pub session: Arc<Session>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.live().remove(&self.session.id);
+    }
+}
