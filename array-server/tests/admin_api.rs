@@ -164,7 +164,7 @@ fn bad_partition_requests_say_why_and_change_nothing() {
     fx.refused(
         "POST",
         "/api/partitions",
-        create(json!({"name": "x", "size": "lots"})),
+        create(json!({"name": "x", "size": "1..5M"})),
         400,
         "cannot read size",
     );
@@ -284,7 +284,7 @@ fn bad_partition_requests_say_why_and_change_nothing() {
 
     let before = fx.metadata();
     let raw = format!(
-        "POST /api/partitions HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{{\"name\":",
+        "POST /api/partitions HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{{\"name\":",
         fx.token.expose()
     );
     let answer = fx.client.raw(raw.as_bytes()).unwrap();
