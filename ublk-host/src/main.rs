@@ -1,12 +1,14 @@
-//! `ublk-host`: discover the partitions this host may use.
+//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, list and detach devices.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use argh::FromArgs;
-use ublk_host::client::config::read_secret_file;
+use ublk_host::client::config::{parse_size, read_secret_file};
 use ublk_host::client::discovery::{describe, DEFAULT_KEEPALIVE};
 use ublk_host::client::{ClientConfig, Discovery};
+
+mod device_cmds;
 
 /// Multilane host driver: network block devices over persistent TCP lanes.
 #[derive(FromArgs, Debug)]
@@ -19,9 +21,11 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     Discover(DiscoverArgs),
+    Attach(device_cmds::AttachArgs),
+    Detach(device_cmds::DetachArgs),
+    List(device_cmds::ListArgs),
 }
 
-/// The server and the host's credentials, shared by every subcommand that connects.
 #[derive(FromArgs, Debug, Clone)]
 #[argh(subcommand, name = "discover")]
 /// Print the partitions this host may use (name, id, size, access, shared).
@@ -56,6 +60,12 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// Parses a size option such as `128K`.
+pub(crate) fn size_option(text: &str) -> anyhow::Result<u32> {
+    let size = parse_size(text)?;
+    u32::try_from(size).with_context(|| format!("size {text} is too large"))
+}
+
 fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
     let config = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
     let mut discovery =
@@ -82,6 +92,9 @@ fn main() {
     let cli: Cli = argh::from_env();
     let outcome = match &cli.command {
         Command::Discover(args) => discover(args),
+        Command::Attach(args) => device_cmds::attach(args),
+        Command::Detach(args) => device_cmds::detach(args),
+        Command::List(args) => device_cmds::list(args),
     };
     if let Err(error) = outcome {
         eprintln!("ublk-host: {error:#}");

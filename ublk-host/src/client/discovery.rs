@@ -5,7 +5,7 @@ use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose};
+use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose, Welcome};
 
 use crate::client::config::ClientConfig;
 use crate::client::connect::{connect, read_message, write_message};
@@ -37,6 +37,7 @@ impl PartitionList {
 #[derive(Debug)]
 pub struct Discovery {
     stream: TcpStream,
+    welcome: Welcome,
     next_ping: u64,
 }
 
@@ -46,8 +47,14 @@ impl Discovery {
         let connection = connect(config, Purpose::Control)?;
         Ok(Discovery {
             stream: connection.stream,
+            welcome: connection.welcome,
             next_ping: 0,
         })
+    }
+
+    /// What the server said when the connection opened (its `max_io`, its array id).
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
     }
 
     /// Asks for the partition list and waits for it.

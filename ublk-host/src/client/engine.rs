@@ -233,6 +233,11 @@ impl QueueEngine {
         self.lanes.iter().for_each(|lane| lane.close());
     }
 
+    /// Whether [`QueueEngine::close`] has taken effect and no lane task runs.
+    pub fn lanes_closed(&self) -> bool {
+        self.lanes.iter().all(|lane| lane.is_closed())
+    }
+
     /// Resolves once [`QueueEngine::close`] has taken effect and no lane task runs.
     pub async fn closed(&self) {
         for lane in &self.lanes {

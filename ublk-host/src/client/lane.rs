@@ -206,7 +206,7 @@ impl Lane {
     /// Resolves once the lane is closed and none of its tasks runs any more.
     pub async fn closed(&self) {
         std::future::poll_fn(|cx| {
-            if self.state.get() == State::Closed && self.live_tasks.get() == 0 {
+            if self.is_closed() {
                 Poll::Ready(())
             } else {
                 self.idle_waiters.borrow_mut().push(cx.waker().clone());
@@ -214,6 +214,11 @@ impl Lane {
             }
         })
         .await
+    }
+
+    /// Whether the lane is closed and none of its tasks runs any more.
+    pub fn is_closed(&self) -> bool {
+        self.state.get() == State::Closed && self.live_tasks.get() == 0
     }
 
     fn fd(&self) -> RawFd {
