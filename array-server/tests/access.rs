@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use array_server::Error;
 use common::*;
 use wire::frame::{self, Limits};
-use wire::libc_errno::{EACCES, EROFS};
+use wire::libc_errno::EROFS;
 use wire::{
     ClientHandshake, ControlEvent, ControlRequest, HelloReply, ProofReply, Purpose, RefusedCode,
     Secret, Status, WireError,
@@ -178,7 +178,8 @@ fn unassign_revokes_open_lanes_and_pushes_the_list() {
         "push took {:?}",
         unassigned_at.elapsed()
     );
-    assert_eq!(lane.read(0, 4096).0, Status::Errno(EACCES));
+    // The server closes a revoked lane at once, idle or not, so the admin page stops
+    // listing it; a request racing the close is answered EACCES before the close.
     assert!(lane.closed_by_server());
 
     // Assigning again is pushed too, and the control session still answers pings.

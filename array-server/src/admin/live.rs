@@ -2,50 +2,15 @@
 //! and the traffic totals for `/metrics`, behind a small trait so the API can be served
 //! (and tested) whatever runs the sessions.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
+use wire::Purpose;
 
-/// Upper bounds of the latency histogram's buckets, in microseconds (the last bucket,
-/// `+Inf`, is implied).
-pub const LATENCY_BOUNDS_US: [u64; 12] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
-];
+use crate::net::Shared;
 
-/// Counts of finished block requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Traffic {
-    /// Requests answered (any op, any outcome).
-    pub ops: u64,
-    /// Requests answered with an errno.
-    pub errors: u64,
-    /// Bytes returned by reads.
-    pub bytes_read: u64,
-    /// Bytes accepted by writes.
-    pub bytes_written: u64,
-    /// Requests per latency bucket (not cumulative), one more than
-    /// [`LATENCY_BOUNDS_US`] (the last is `+Inf`).
-    pub latency_buckets: Vec<u64>,
-    /// Sum of all latencies, in microseconds.
-    pub latency_sum_us: u64,
-}
-
-impl Traffic {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &Traffic) {
-        self.ops += other.ops;
-        self.errors += other.errors;
-        self.bytes_read += other.bytes_read;
-        self.bytes_written += other.bytes_written;
-        self.latency_sum_us += other.latency_sum_us;
-        if self.latency_buckets.len() < other.latency_buckets.len() {
-            self.latency_buckets.resize(other.latency_buckets.len(), 0);
-        }
-        for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
-            *mine += theirs;
-        }
-    }
-}
+pub use crate::net::{CounterView as Traffic, LATENCY_BOUNDS_US};
 
 /// Control (discovery) or data (one lane of one queue on one partition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +64,6 @@ pub trait LiveSessions: Send + Sync {
     fn snapshot(&self) -> Vec<SessionSnapshot>;
     /// Lifetime traffic per host and partition.
     fn traffic(&self) -> Vec<PartitionTraffic>;
-    /// I/O errors per member disk, in stripe order.
-    fn disk_errors(&self) -> Vec<u64>;
     /// Handshakes refused since start (unknown host, bad proof, not assigned...).
     fn refused_handshakes(&self) -> u64;
 }
@@ -114,9 +77,6 @@ impl LiveSessions for NoSessions {
         Vec::new()
     }
     fn traffic(&self) -> Vec<PartitionTraffic> {
-        Vec::new()
-    }
-    fn disk_errors(&self) -> Vec<u64> {
         Vec::new()
     }
     fn refused_handshakes(&self) -> u64 {
@@ -156,12 +116,90 @@ pub fn sessions_json(sessions: &dyn LiveSessions) -> Value {
                 "lane": s.lane,
                 "peer": s.peer,
                 "age_seconds": s.age.as_secs_f64(),
-                "ops": s.traffic.ops,
+                "ops": s.traffic.ops(),
+                "reads": s.traffic.reads,
+                "writes": s.traffic.writes,
                 "errors": s.traffic.errors,
-                "bytes_read": s.traffic.bytes_read,
-                "bytes_written": s.traffic.bytes_written,
+                "bytes_read": s.traffic.read_bytes,
+                "bytes_written": s.traffic.write_bytes,
             })
         })
         .collect();
     json!({ "sessions": list })
+}
+
+/// The running network server's view, for the admin service.
+impl LiveSessions for Shared {
+    fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let names = partition_names(self);
+        let now = SystemTime::now();
+        self.sessions
+            .list()
+            .iter()
+            .map(|session| {
+                let (kind, partition, queue, lane) = match session.purpose {
+                    Purpose::Control => (SessionKind::Control, None, None, None),
+                    Purpose::Data {
+                        partition,
+                        queue,
+                        lane,
+                    } => (SessionKind::Data, Some(partition), Some(queue), Some(lane)),
+                };
+                SessionSnapshot {
+                    id: session.id,
+                    host: session.host.clone(),
+                    kind,
+                    partition,
+                    partition_name: partition.map(|id| name_of(&names, id)),
+                    queue,
+                    lane,
+                    peer: session.peer.to_string(),
+                    age: now.duration_since(session.since).unwrap_or_default(),
+                    traffic: session.counters.snapshot(),
+                }
+            })
+            .collect()
+    }
+
+    fn traffic(&self) -> Vec<PartitionTraffic> {
+        let names = partition_names(self);
+        self.sessions
+            .traffic()
+            .into_iter()
+            .map(|((host, id), traffic)| PartitionTraffic {
+                host,
+                partition: name_of(&names, id),
+                traffic,
+            })
+            .collect()
+    }
+
+    fn refused_handshakes(&self) -> u64 {
+        let stats = &self.stats;
+        [
+            &stats.refused_busy,
+            &stats.failed_authentications,
+            &stats.refused_not_assigned,
+        ]
+        .iter()
+        .map(|counter| counter.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+fn partition_names(shared: &Shared) -> Vec<(u32, String)> {
+    shared
+        .array
+        .partitions()
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect()
+}
+
+/// A partition's name, or `#ID` for one deleted since.
+fn name_of(names: &[(u32, String)], id: u32) -> String {
+    names
+        .iter()
+        .find(|(known, _)| *known == id)
+        .map_or_else(|| format!("#{id}"), |(_, name)| name.clone())
 }

@@ -128,12 +128,27 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
             .or_default()
             .add(&t.traffic);
     }
-    let counters: [(&str, &str, fn(&Traffic) -> u64); 4] = [
-        (
-            "multilane_requests_total",
-            "Block requests answered.",
-            |t| t.ops,
-        ),
+    let ops: [(&str, fn(&Traffic) -> u64); 5] = [
+        ("read", |t| t.reads),
+        ("write", |t| t.writes),
+        ("flush", |t| t.flushes),
+        ("discard", |t| t.discards),
+        ("write_zeroes", |t| t.write_zeroes),
+    ];
+    let name = "multilane_requests_total";
+    help(out, name, "counter", "Block requests run, per operation.");
+    for ((host, partition), traffic) in &totals {
+        for (op, value) in ops {
+            let _ = writeln!(
+                out,
+                "{name}{{host=\"{}\",partition=\"{}\",op=\"{op}\"}} {}",
+                label(host),
+                label(partition),
+                value(traffic)
+            );
+        }
+    }
+    let counters: [(&str, &str, fn(&Traffic) -> u64); 3] = [
         (
             "multilane_request_errors_total",
             "Block requests answered with an errno.",
@@ -142,12 +157,12 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
         (
             "multilane_read_bytes_total",
             "Bytes returned by reads.",
-            |t| t.bytes_read,
+            |t| t.read_bytes,
         ),
         (
             "multilane_written_bytes_total",
             "Bytes accepted by writes.",
-            |t| t.bytes_written,
+            |t| t.write_bytes,
         ),
     ];
     for (name, text, value) in counters {
@@ -182,11 +197,11 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
 fn histogram(out: &mut String, name: &str, labels: &str, traffic: &Traffic) {
     let mut cumulative = 0u64;
     for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
-        cumulative += traffic.latency_buckets.get(i).copied().unwrap_or(0);
+        cumulative += traffic.latency[i];
         let le = *bound as f64 / 1e6;
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
-    let count: u64 = traffic.latency_buckets.iter().sum();
+    let count: u64 = traffic.latency.iter().sum();
     let sum = traffic.latency_sum_us as f64 / 1e6;
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
@@ -194,19 +209,18 @@ fn histogram(out: &mut String, name: &str, labels: &str, traffic: &Traffic) {
 }
 
 fn disk_metrics(ctx: &Context, out: &mut String) {
-    let errors = ctx.sessions.disk_errors();
     help(
         out,
         "multilane_disk_io_errors_total",
         "counter",
-        "Failed I/Os per member disk.",
+        "Failed data I/Os per member disk.",
     );
     for (index, disk) in ctx.array.disks().iter().enumerate() {
-        let count = errors.get(index).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "multilane_disk_io_errors_total{{disk=\"{index}\",path=\"{}\"}} {count}",
-            label(&disk.path().display().to_string())
+            "multilane_disk_io_errors_total{{disk=\"{index}\",path=\"{}\"}} {}",
+            label(&disk.path().display().to_string()),
+            disk.io_errors()
         );
     }
 }
@@ -218,13 +232,12 @@ mod tests {
     #[test]
     fn histogram_is_cumulative_and_ends_in_inf() {
         let mut traffic = Traffic {
-            latency_buckets: vec![0; LATENCY_BOUNDS_US.len() + 1],
             latency_sum_us: 1_500,
             ..Traffic::default()
         };
-        traffic.latency_buckets[0] = 2;
-        traffic.latency_buckets[4] = 1;
-        traffic.latency_buckets[LATENCY_BOUNDS_US.len()] = 1;
+        traffic.latency[0] = 2;
+        traffic.latency[4] = 1;
+        traffic.latency[LATENCY_BOUNDS_US.len()] = 1;
         let mut out = String::new();
         histogram(&mut out, "m", "a=\"b\"", &traffic);
         assert!(out.contains("m_bucket{a=\"b\",le=\"0.00005\"} 2\n"));

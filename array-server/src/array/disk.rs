@@ -6,6 +6,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -28,6 +29,8 @@ pub struct MemberDisk {
     block_device: bool,
     size: u64,
     logical_block: u32,
+    /// Data I/Os that failed since the array was opened.
+    io_errors: AtomicU64,
 }
 
 /// What the admin layer shows about a disk.
@@ -43,6 +46,8 @@ pub struct DiskView {
     pub direct_io: bool,
     /// The device's logical block size.
     pub logical_block: u32,
+    /// Data I/Os that failed since the array was opened.
+    pub io_errors: u64,
 }
 
 impl MemberDisk {
@@ -81,6 +86,7 @@ impl MemberDisk {
             block_device,
             size,
             logical_block,
+            io_errors: AtomicU64::new(0),
         })
     }
 
@@ -122,7 +128,18 @@ impl MemberDisk {
             block_device: self.block_device,
             direct_io: self.direct,
             logical_block: self.logical_block,
+            io_errors: self.io_errors(),
         }
+    }
+
+    /// Data I/Os that failed since the array was opened.
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts one failed data I/O.
+    pub fn note_io_error(&self) {
+        self.io_errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 

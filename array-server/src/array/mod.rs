@@ -260,6 +260,13 @@ impl Array {
         &self.disks
     }
 
+    /// Counts a failed data I/O on the member disk at `path` (for `/metrics`).
+    pub fn note_disk_error(&self, path: &std::path::Path) {
+        if let Some(member) = self.disks.iter().find(|d| d.path() == path) {
+            member.note_io_error();
+        }
+    }
+
     /// The logical block size partitions are offered with.
     pub fn block_size(&self) -> u32 {
         self.block_size

@@ -62,13 +62,38 @@ pub async fn serve(
         session,
         replies,
     });
+    let watcher = tokio_uring::spawn(close_on_revoke(
+        lane.shared.clone(),
+        lane.host.clone(),
+        lane.partition,
+        lane.replies.clone(),
+    ));
     let outcome = read_requests(&lane, &mut reader, &permits).await;
+    watcher.abort();
     if outcome.is_err() {
         let _ = lane.replies.send(Outgoing::Close);
     }
     drop(lane);
     let _ = writer.await;
     outcome
+}
+
+/// Closes the lane as soon as its assignment is withdrawn, even while it is idle, so the
+/// host's I/O on it stops and the lane leaves the sessions registry at once.
+async fn close_on_revoke(
+    shared: Arc<Shared>,
+    host: String,
+    partition: u32,
+    replies: mpsc::UnboundedSender<Outgoing>,
+) {
+    let mut changes = shared.array.subscribe();
+    while changes.changed().await.is_ok() {
+        if shared.array.lane_grant(&host, partition).is_none() {
+            log::info!("host {host:?} lost partition {partition}; closing its idle lane");
+            let _ = replies.send(Outgoing::Close);
+            return;
+        }
+    }
 }
 
 async fn read_requests(
@@ -134,6 +159,9 @@ impl Lane {
             .counters
             .errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Error::Disk { path, .. } = error {
+            self.shared.array.note_disk_error(path);
+        }
         log::debug!("request {request:?} failed: {error}");
         self.reply_head(Reply {
             tag: request.tag,
@@ -204,6 +232,7 @@ async fn execute(
 ) {
     let disks = &lane.disks;
     let counters = &lane.session.counters;
+    let _timer = counters.time_request();
     let (offset, len) = (request.offset, u64::from(request.len));
     let outcome = match (request.op, payload) {
         (Op::Read, _) => {

@@ -35,7 +35,9 @@ use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 pub use buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
-pub use sessions::{CounterView, LaneCounters, Session, SessionView, Sessions};
+pub use sessions::{
+    CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
+};
 
 use crate::array::Array;
 use crate::error::{Error, Result};
@@ -154,6 +156,11 @@ impl RunningServer {
     /// Live sessions and their counters.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.shared.sessions
+    }
+
+    /// What the admin service reads while the server runs: sessions, traffic, refusals.
+    pub fn live_sessions(&self) -> Arc<dyn crate::admin::LiveSessions> {
+        self.shared.clone()
     }
 
     /// Server-wide counters.

@@ -4,10 +4,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use wire::Purpose;
+
+/// Upper bounds of the request latency buckets, in microseconds; one more bucket (`+Inf`)
+/// follows the last.
+pub const LATENCY_BOUNDS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+/// Number of latency buckets, `+Inf` included.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 
 /// Per-connection counters; the connection increments them, anyone may read them.
 #[derive(Debug, Default)]
@@ -28,6 +36,10 @@ pub struct LaneCounters {
     pub write_zeroes: AtomicU64,
     /// Requests answered with an errno.
     pub errors: AtomicU64,
+    /// Requests run per latency bucket ([`LATENCY_BOUNDS_US`]), not cumulative.
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+    /// Sum of the latencies counted in `latency`, in microseconds.
+    pub latency_sum_us: AtomicU64,
 }
 
 /// A snapshot of [`LaneCounters`].
@@ -49,12 +61,32 @@ pub struct CounterView {
     pub write_zeroes: u64,
     /// Requests that failed.
     pub errors: u64,
+    /// Requests per latency bucket ([`LATENCY_BOUNDS_US`], then `+Inf`), not cumulative.
+    pub latency: [u64; LATENCY_BUCKETS],
+    /// Sum of the latencies, in microseconds.
+    pub latency_sum_us: u64,
 }
 
 impl CounterView {
     /// Every request of any kind.
     pub fn ops(&self) -> u64 {
         self.reads + self.writes + self.flushes + self.discards + self.write_zeroes
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &CounterView) {
+        self.reads += other.reads;
+        self.read_bytes += other.read_bytes;
+        self.writes += other.writes;
+        self.write_bytes += other.write_bytes;
+        self.flushes += other.flushes;
+        self.discards += other.discards;
+        self.write_zeroes += other.write_zeroes;
+        self.errors += other.errors;
+        for (mine, theirs) in self.latency.iter_mut().zip(other.latency) {
+            *mine += theirs;
+        }
+        self.latency_sum_us += other.latency_sum_us;
     }
 }
 
@@ -71,6 +103,27 @@ impl LaneCounters {
             discards: get(&self.discards),
             write_zeroes: get(&self.write_zeroes),
             errors: get(&self.errors),
+            latency: std::array::from_fn(|i| get(&self.latency[i])),
+            latency_sum_us: get(&self.latency_sum_us),
+        }
+    }
+
+    /// Counts one request's latency.
+    pub fn record_latency(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Starts timing a request; its latency is counted when the guard drops.
+    pub(crate) fn time_request(&self) -> RequestTimer<'_> {
+        RequestTimer {
+            counters: self,
+            started: Instant::now(),
         }
     }
 
@@ -80,6 +133,19 @@ impl LaneCounters {
         if let Some((bytes, amount)) = byte_counter {
             bytes.fetch_add(amount, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counts a request's latency when dropped (after its reply was queued).
+#[derive(Debug)]
+pub(crate) struct RequestTimer<'a> {
+    counters: &'a LaneCounters,
+    started: Instant,
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        self.counters.record_latency(self.started.elapsed());
     }
 }
 
@@ -148,6 +214,8 @@ impl Session {
 pub struct Sessions {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<u64, Arc<Session>>>,
+    /// Counters of closed data sessions, per host and partition id.
+    retired: Mutex<BTreeMap<(String, u32), CounterView>>,
 }
 
 impl Sessions {
@@ -158,6 +226,28 @@ impl Sessions {
     /// Every live session, oldest first.
     pub fn list(&self) -> Vec<Arc<Session>> {
         self.live().values().cloned().collect()
+    }
+
+    /// Data traffic per host and partition id since the server started: closed lanes
+    /// and live ones.
+    pub fn traffic(&self) -> BTreeMap<(String, u32), CounterView> {
+        // Same lock order as `SessionGuard::drop`: live, then retired.
+        let live = self.live();
+        let mut totals = self
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for session in live.values() {
+            if let Some(partition) = session.partition() {
+                let key = (session.host.clone(), partition);
+                totals
+                    .entry(key)
+                    .or_default()
+                    .add(&session.counters.snapshot());
+            }
+        }
+        totals
     }
 
     /// Snapshots of every live session, for the admin layer.
@@ -216,6 +306,22 @@ pub(crate) struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.registry.live().remove(&self.session.id);
+        let session = &self.session;
+        // Fold the counters in while still holding the live map, so that `traffic`
+        // never sees a session twice or not at all.
+        let mut live = self.registry.live();
+        if let Some(partition) = session.partition() {
+            let mut retired = self
+                .registry
+                .retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let key = (session.host.clone(), partition);
+            retired
+                .entry(key)
+                .or_default()
+                .add(&session.counters.snapshot());
+        }
+        live.remove(&session.id);
     }
 }
