@@ -1,0 +1,534 @@
+//! `array-server`: format member disks, serve the array, and administer it offline.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use argh::FromArgs;
+use array_server::net::{self, ServerConfig};
+use array_server::units::{format_size, parse_size};
+use array_server::{Array, FormatOptions};
+use wire::Access;
+
+/// Owner read/write only: the permission of a secret file.
+const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Multilane array server: stripes member disks into one array, carves it into
+/// partitions and serves them to authenticated hosts.
+#[derive(FromArgs)]
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Format(FormatCommand),
+    Serve(ServeCommand),
+    Info(InfoCommand),
+    Partition(PartitionCommand),
+    Host(HostCommand),
+    Assign(AssignCommand),
+    Unassign(UnassignCommand),
+}
+
+fn size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+/// Create a new, empty array on the disks (in stripe order).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "format")]
+struct FormatCommand {
+    /// member disk: block device or file (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+    /// stripe chunk size, a power of two from 4K to 64M (e.g. 64K)
+    #[argh(option, from_str_fn(size_arg), default = "64 << 10")]
+    chunk: u64,
+    /// create missing disk files with this size (e.g. 256M)
+    #[argh(option, from_str_fn(size_arg))]
+    size: Option<u64>,
+    /// overwrite disks that already belong to an array
+    #[argh(switch)]
+    force: bool,
+}
+
+/// Serve the array over TCP until SIGINT or SIGTERM.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+struct ServeCommand {
+    /// member disk (repeat for each disk; any order)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+    /// address to listen on
+    #[argh(
+        option,
+        default = "SocketAddr::from(([0, 0, 0, 0], net::DEFAULT_PORT))"
+    )]
+    listen: SocketAddr,
+    /// runtime threads (default: number of CPUs)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// most live connections
+    #[argh(option, default = "net::DEFAULT_MAX_CONNECTIONS")]
+    max_connections: usize,
+}
+
+/// Show the array: disks, capacity, free space.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "info")]
+struct InfoCommand {
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Manage partitions (offline: no server may hold the disks).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "partition")]
+struct PartitionCommand {
+    #[argh(subcommand)]
+    action: PartitionAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum PartitionAction {
+    Create(PartitionCreate),
+    Grow(PartitionGrow),
+    Delete(PartitionDelete),
+    List(PartitionList),
+}
+
+/// Create a partition (size rounded up to a full stripe).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+struct PartitionCreate {
+    /// partition name
+    #[argh(positional)]
+    name: String,
+    /// size, e.g. 512, 4K, 64M, 1.5G
+    #[argh(positional, from_str_fn(size_arg))]
+    size: u64,
+    /// several hosts may be assigned it (default: private, one host)
+    #[argh(switch)]
+    shared: bool,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// Grow a partition to a new size.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "grow")]
+struct PartitionGrow {
+    /// partition name
+    #[argh(positional)]
+    name: String,
+    /// new size
+    #[argh(positional, from_str_fn(size_arg))]
+    size: u64,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// Delete a partition no host is assigned.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct PartitionDelete {
+    /// partition name
+    #[argh(positional)]
+    name: String,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// List partitions.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct PartitionList {
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Manage hosts (offline: no server may hold the disks).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "host")]
+struct HostCommand {
+    #[argh(subcommand)]
+    action: HostAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum HostAction {
+    Create(HostCreate),
+    Delete(HostDelete),
+    Rotate(HostRotate),
+    List(HostList),
+}
+
+/// Create a host; its secret is printed once (and written to --secret-file, mode 0600).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+struct HostCreate {
+    /// host name
+    #[argh(positional)]
+    name: String,
+    /// also write the secret to this file (mode 0600)
+    #[argh(option)]
+    secret_file: Option<PathBuf>,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// Delete a host that has no assignment.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct HostDelete {
+    /// host name
+    #[argh(positional)]
+    name: String,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// Give a host a new secret, printed once.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "rotate")]
+struct HostRotate {
+    /// host name
+    #[argh(positional)]
+    name: String,
+    /// also write the secret to this file (mode 0600)
+    #[argh(option)]
+    secret_file: Option<PathBuf>,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// List hosts and their partitions.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct HostList {
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Assign a partition to a host.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "assign")]
+struct AssignCommand {
+    /// host name
+    #[argh(positional)]
+    host: String,
+    /// partition name
+    #[argh(positional)]
+    partition: String,
+    /// the host may only read
+    #[argh(switch)]
+    read_only: bool,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+/// Withdraw a host's assignment.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "unassign")]
+struct UnassignCommand {
+    /// host name
+    #[argh(positional)]
+    host: String,
+    /// partition name
+    #[argh(positional)]
+    partition: String,
+    /// member disk (repeat for each disk)
+    #[argh(option)]
+    disk: Vec<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli: Cli = argh::from_env();
+    match cli.command {
+        Command::Format(command) => format(command),
+        Command::Serve(command) => serve(command),
+        Command::Info(command) => info(&*open(&command.disk)?, command.json),
+        Command::Partition(command) => partition(command.action),
+        Command::Host(command) => host(command.action),
+        Command::Assign(command) => {
+            let access = if command.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
+            let view = open(&command.disk)?.assign(&command.host, &command.partition, access)?;
+            println!(
+                "assigned {} to {} ({:?})",
+                view.partition, view.host, view.access
+            );
+            Ok(())
+        }
+        Command::Unassign(command) => {
+            open(&command.disk)?.unassign(&command.host, &command.partition)?;
+            println!("unassigned {} from {}", command.partition, command.host);
+            Ok(())
+        }
+    }
+}
+
+fn open(disks: &[PathBuf]) -> Result<Arc<Array>> {
+    Array::open(disks).with_context(|| format!("opening the array on {}", show_paths(disks)))
+}
+
+fn show_paths(paths: &[PathBuf]) -> String {
+    let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+fn format(command: FormatCommand) -> Result<()> {
+    let options = FormatOptions {
+        chunk: command.chunk,
+        force: command.force,
+        create_size: command.size,
+    };
+    let array = Array::format(&command.disk, &options)
+        .with_context(|| format!("formatting {}", show_paths(&command.disk)))?;
+    println!("formatted array {}", array.id());
+    info(&array, false)
+}
+
+fn serve(command: ServeCommand) -> Result<()> {
+    let array = open(&command.disk)?;
+    let mut config = ServerConfig {
+        listen: command.listen,
+        max_connections: command.max_connections,
+        ..ServerConfig::default()
+    };
+    if let Some(threads) = command.threads {
+        config.threads = threads;
+    }
+    let signals = block_termination_signals()?;
+    let server = net::start(array, config).context("starting the server")?;
+    println!("array-server listening on {}", server.local_addr());
+    let signal = wait_for_signal(&signals)?;
+    log::info!("signal {signal}: stopping");
+    server.stop();
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and in every thread it starts later), so
+/// they can be awaited with `sigwait`.
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: a zeroed sigset_t is a valid argument for sigemptyset, which initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t; the signal numbers are valid.
+    let status = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if status != 0 {
+        return Err(std::io::Error::from_raw_os_error(status)).context("blocking signals");
+    }
+    Ok(set)
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> Result<i32> {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialised sigset_t and `signal` a valid place for the result.
+    let status = unsafe { libc::sigwait(set, &mut signal) };
+    if status != 0 {
+        return Err(std::io::Error::from_raw_os_error(status)).context("waiting for signals");
+    }
+    Ok(signal)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn info(array: &Array, json: bool) -> Result<()> {
+    let info = array.info();
+    if json {
+        return print_json(&info);
+    }
+    println!(
+        "array      {} (generation {})",
+        info.array_id, info.generation
+    );
+    println!(
+        "stripe     {} disks x {} chunks, {}-byte blocks",
+        info.stripe_disks,
+        format_size(info.chunk_size),
+        info.block_size
+    );
+    println!(
+        "capacity   {}, used {}, free {}",
+        format_size(info.capacity),
+        format_size(info.used),
+        format_size(info.free)
+    );
+    println!("partitions {}, hosts {}", info.partitions, info.hosts);
+    for (index, disk) in info.disks.iter().enumerate() {
+        let kind = if disk.block_device {
+            "block device"
+        } else {
+            "file"
+        };
+        let io = if disk.direct_io {
+            "O_DIRECT"
+        } else {
+            "buffered"
+        };
+        println!(
+            "disk {index}     {} ({kind}, {}, {io})",
+            disk.path.display(),
+            format_size(disk.size)
+        );
+    }
+    Ok(())
+}
+
+fn partition(action: PartitionAction) -> Result<()> {
+    match action {
+        PartitionAction::Create(command) => {
+            let view = open(&command.disk)?.create_partition(
+                &command.name,
+                command.size,
+                command.shared,
+            )?;
+            let mode = if view.shared { "shared" } else { "private" };
+            println!(
+                "created partition {} (id {}, {}, {mode})",
+                view.name,
+                view.id,
+                format_size(view.size)
+            );
+        }
+        PartitionAction::Grow(command) => {
+            let view = open(&command.disk)?.grow_partition(&command.name, command.size)?;
+            println!("partition {} is now {}", view.name, format_size(view.size));
+        }
+        PartitionAction::Delete(command) => {
+            open(&command.disk)?.delete_partition(&command.name)?;
+            println!("deleted partition {}", command.name);
+        }
+        PartitionAction::List(command) => {
+            let partitions = open(&command.disk)?.partitions();
+            if command.json {
+                return print_json(&partitions);
+            }
+            for view in partitions {
+                let holders: Vec<String> = view
+                    .holders
+                    .iter()
+                    .map(|h| format!("{}:{}", h.host, access_name(h.access)))
+                    .collect();
+                let mode = if view.shared { "shared" } else { "private" };
+                println!(
+                    "{:>4} {:<20} {:>10} {mode:<8} {}",
+                    view.id,
+                    view.name,
+                    format_size(view.size),
+                    holders.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::ReadWrite => "rw",
+        Access::ReadOnly => "ro",
+    }
+}
+
+fn host(action: HostAction) -> Result<()> {
+    match action {
+        HostAction::Create(command) => {
+            let created = open(&command.disk)?.create_host(&command.name)?;
+            show_secret(
+                &created.host,
+                &created.secret,
+                command.secret_file.as_deref(),
+            )
+        }
+        HostAction::Rotate(command) => {
+            let rotated = open(&command.disk)?.rotate_secret(&command.name)?;
+            show_secret(
+                &rotated.host,
+                &rotated.secret,
+                command.secret_file.as_deref(),
+            )
+        }
+        HostAction::Delete(command) => {
+            open(&command.disk)?.delete_host(&command.name)?;
+            println!("deleted host {}", command.name);
+            Ok(())
+        }
+        HostAction::List(command) => {
+            let hosts = open(&command.disk)?.hosts();
+            if command.json {
+                return print_json(&hosts);
+            }
+            for view in hosts {
+                let partitions: Vec<String> = view
+                    .partitions
+                    .iter()
+                    .map(|p| format!("{}:{}", p.partition, access_name(p.access)))
+                    .collect();
+                println!("{:<20} {}", view.name, partitions.join(","));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn show_secret(host: &str, secret: &str, file: Option<&Path>) -> Result<()> {
+    if let Some(path) = file {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(SECRET_FILE_MODE)
+            .open(path)
+            .with_context(|| format!("writing the secret to {}", path.display()))?;
+        out.set_permissions(std::fs::Permissions::from_mode(SECRET_FILE_MODE))?;
+        writeln!(out, "{secret}")?;
+        println!(
+            "secret of host {host} written to {} (shown only now):",
+            path.display()
+        );
+    } else {
+        println!("secret of host {host} (shown only now; keep it):");
+    }
+    println!("{secret}");
+    Ok(())
+}
