@@ -125,6 +125,7 @@ pub fn array(info: &ArrayInfo) -> Value {
             "data_size": data_size(d.size),
             "block_device": d.block_device,
             "direct_io": d.direct_io,
+            "io_errors": d.io_errors,
         })).collect::<Vec<_>>(),
     })
 }
