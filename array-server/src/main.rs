@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use argh::FromArgs;
+use array_server::admin;
 use array_server::net::{self, ServerConfig};
 use array_server::units::{format_size, parse_size};
 use array_server::{Array, FormatOptions};
@@ -34,6 +35,7 @@ enum Command {
     Host(HostCommand),
     Assign(AssignCommand),
     Unassign(UnassignCommand),
+    Ctl(admin::ctl::CtlCommand),
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -56,6 +58,10 @@ struct FormatCommand {
     /// overwrite disks that already belong to an array
     #[argh(switch)]
     force: bool,
+    /// write a fresh admin token here, mode 0600 (default: FIRST_DISK.admin-token for
+    /// files, /etc/multilane/ARRAY_ID.admin-token for block devices)
+    #[argh(option)]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Serve the array over TCP until SIGINT or SIGTERM.
@@ -77,6 +83,12 @@ struct ServeCommand {
     /// most live connections
     #[argh(option, default = "net::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// serve the admin page, JSON API and /metrics on this address (e.g. 127.0.0.1:7780)
+    #[argh(option)]
+    admin: Option<SocketAddr>,
+    /// admin token file (default: the one `format` wrote; created if missing)
+    #[argh(option)]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Show the array: disks, capacity, free space.
@@ -291,6 +303,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Ctl(command) => Ok(admin::ctl::run(command)?),
         Command::Unassign(command) => {
             open(&command.disk)?.unassign(&command.host, &command.partition)?;
             println!("unassigned {} from {}", command.partition, command.host);
@@ -317,6 +330,8 @@ fn format(command: FormatCommand) -> Result<()> {
     let array = Array::format(&command.disk, &options)
         .with_context(|| format!("formatting {}", show_paths(&command.disk)))?;
     println!("formatted array {}", array.id());
+    let token = admin::cli::write_format_token(&array, command.admin_token_file.as_deref())?;
+    println!("admin token written to {}", token.display());
     info(&array, false)
 }
 
@@ -333,8 +348,27 @@ fn serve(command: ServeCommand) -> Result<()> {
     let signals = block_termination_signals()?;
     let server = net::start(array, config).context("starting the server")?;
     println!("array-server listening on {}", server.local_addr());
+    let admin = match command.admin {
+        Some(addr) => {
+            let token_file = command.admin_token_file.as_deref();
+            let (admin, path) = admin::cli::start_for_serve(
+                addr,
+                token_file,
+                server.array().clone(),
+                server.live_sessions(),
+            )?;
+            println!(
+                "admin page on http://{}/ (token in {})",
+                admin.local_addr(),
+                path.display()
+            );
+            Some(admin)
+        }
+        None => None,
+    };
     let signal = wait_for_signal(&signals)?;
     log::info!("signal {signal}: stopping");
+    drop(admin);
     server.stop();
     Ok(())
 }

@@ -7,6 +7,9 @@ use super::http::ApiResponse;
 use super::live::{SessionKind, Traffic, LATENCY_BOUNDS_US};
 use super::routes::Context;
 
+/// Reads one counter out of the traffic totals.
+type Field = fn(&Traffic) -> u64;
+
 /// Renders every metric.
 pub fn render(ctx: &Context) -> ApiResponse {
     let mut out = String::new();
@@ -128,7 +131,7 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
             .or_default()
             .add(&t.traffic);
     }
-    let ops: [(&str, fn(&Traffic) -> u64); 5] = [
+    let ops: [(&str, Field); 5] = [
         ("read", |t| t.reads),
         ("write", |t| t.writes),
         ("flush", |t| t.flushes),
@@ -148,7 +151,7 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
             );
         }
     }
-    let counters: [(&str, &str, fn(&Traffic) -> u64); 3] = [
+    let counters: [(&str, &str, Field); 3] = [
         (
             "multilane_request_errors_total",
             "Block requests answered with an errno.",

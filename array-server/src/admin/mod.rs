@@ -4,6 +4,8 @@
 //! the CLI uses, so every change reaches connected hosts through discovery.
 //!
 //! - [`token`]: the admin token (a 0600 file, constant-time comparison).
+//! - [`cli`]: the admin parts of `array-server format` and `serve` (token file, start).
+//! - [`ctl`]: `array-server ctl`, the API from the command line.
 //! - [`client`]: a minimal blocking client of the API (`array-server ctl`, tests).
 //! - [`http`]: the HTTP server (`tiny_http`), authentication, request/response plumbing.
 //! - [`routes`]: the API routes and the error → status mapping.
@@ -14,7 +16,9 @@
 //!
 //! The API is documented in `docs/admin-api.md`.
 
+pub mod cli;
 pub mod client;
+pub mod ctl;
 pub mod http;
 pub mod json;
 pub mod live;

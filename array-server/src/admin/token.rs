@@ -71,20 +71,7 @@ impl AdminToken {
 
     /// Writes the token into `path`, created with mode 0600 (replacing an existing file).
     pub fn write_new(&self, path: &Path) -> Result<()> {
-        let context = || format!("writing admin token file {}", path.display());
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| Error::io(context(), e))?;
-        }
-        let _ = fs::remove_file(path);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(context(), e))?;
-        writeln!(file, "{}", self.0)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(context(), e))
+        write_private(path, &self.0)
     }
 
     /// The token's text, for a client that must present it.
@@ -96,6 +83,25 @@ impl AdminToken {
     pub fn matches(&self, presented: &str) -> bool {
         constant_time_eq(self.0.as_bytes(), presented.as_bytes())
     }
+}
+
+/// Writes `text` and a newline into a new file at `path` with mode 0600 (replacing an
+/// existing file; creating missing folders), synced.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    let context = || format!("writing {}", path.display());
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| Error::io(context(), e))?;
+    }
+    let _ = fs::remove_file(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(context(), e))?;
+    writeln!(file, "{text}")
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(context(), e))
 }
 
 /// Compares two byte strings without an early exit on the first difference.
