@@ -37,7 +37,7 @@ pub struct Attached {
     pub id: u32,
     /// `/dev/ublkbN`.
     pub path: String,
-    /// Hardware queues.
+    /// Hardware queues the driver created (at most one per CPU).
     pub queues: u16,
     /// Lanes per queue.
     pub lanes_per_queue: u16,
@@ -72,6 +72,13 @@ pub fn attach(
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()?;
     let dev_id = ctrl.dev_info().dev_id;
+    let queues = ctrl.dev_info().nr_hw_queues;
+    if queues < options.queues {
+        log::warn!(
+            "the driver gave {queues} hardware queues, not {} (it allows at most one per CPU)",
+            options.queues
+        );
+    }
     stop_on_signals(dev_id)?;
     let params = device_params(&partition, buf_bytes);
     let target_json = serde_json::json!({
@@ -94,7 +101,7 @@ pub fn attach(
     let attached = Attached {
         id: dev_id,
         path: ctrl.get_bdev_path(),
-        queues: options.queues,
+        queues,
         lanes_per_queue: options.engine.lanes_per_queue,
         partition,
     };

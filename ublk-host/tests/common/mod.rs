@@ -98,7 +98,11 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(options: Options) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeServer::start_on("127.0.0.1:0", options)
+    }
+
+    pub fn start_on(listen: &str, options: Options) -> FakeServer {
+        let listener = TcpListener::bind(listen).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let size = options.partition.size as usize;
         let shared = Arc::new(Shared {
