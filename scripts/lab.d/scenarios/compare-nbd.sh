@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# lab-desc: the same fio jobs on our ublk device and on kernel NBD (nbd-client -C Q) against nbdkit, both RAM-backed, in one guest; prints ratios
+# Ours: array-server on 3 tmpfs files, ublk-host attach with Q queues x 1 lane.
+# Peer: nbdkit's memory plugin, kernel nbd with Q connections. Same Q, same fio jobs.
+
+need_dev /dev/ublk-control /dev/nbd0
+need_bin array-server ublk-host nbdkit nbd-client fio
+
+Q=$(nproc)
+SIZE_MB=128
+RUNTIME=${COMPARE_RUNTIME:-3}
+PORT=7700
+NBD_PORT=10809
+store=/dev/shm/compare
+mkdir -p "$store"
+DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
+KEY=$LAB_WORK/host.key
+
+log "ours: array on 3 tmpfs files, partition of $SIZE_MB MiB, $Q queues x 1 lane"
+array-server format "${DISKS[@]}" --size 64M --chunk 64K --admin-token-file "$LAB_WORK/token" >/dev/null
+array-server host create bench --secret-file "$KEY" "${DISKS[@]}" >/dev/null
+array-server partition create vol "${SIZE_MB}M" "${DISKS[@]}" >/dev/null
+array-server assign bench vol "${DISKS[@]}" >/dev/null
+bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q"
+CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
+wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
+bg_start host ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1
+wait_for "grep -q ' ready ' $LAB_WORK/host.log" 60 "the ublk device"
+ours=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/host.log" | head -n1)
+on_cleanup "ublk-host detach ${ours#/dev/ublkb} 2>/dev/null || true"
+
+log "peer: nbdkit memory plugin, kernel nbd with $Q connections"
+bg_start nbdkit nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory "${SIZE_MB}M"
+wait_for "ss -ltn | grep -q :$NBD_PORT" 30 "nbdkit"
+nbd-client -N '' 127.0.0.1 "$NBD_PORT" /dev/nbd0 -C "$Q" -b 512 >/dev/null
+on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
+wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+
+# name rw bs iodepth
+JOBS=(
+	"randread-4k-qd1 randread 4k 1"
+	"randread-4k-qd32 randread 4k 32"
+	"randwrite-4k-qd1 randwrite 4k 1"
+	"randwrite-4k-qd32 randwrite 4k 32"
+	"read-1m-qd8 read 1M 8"
+	"write-1m-qd8 write 1M 8"
+)
+
+# fio_figure DEV RW BS DEPTH -> "IOPS KiB/s" (numjobs = Q, summed)
+fio_figure() {
+	fio --minimal --group_reporting --name=cmp --filename="$1" --rw="$2" --bs="$3" \
+		--iodepth="$4" --numjobs="$Q" --direct=1 --ioengine=io_uring --runtime="$RUNTIME" \
+		--time_based --size="$((SIZE_MB / 2))M" --offset_increment="$((SIZE_MB / 2 / Q))M" |
+		awk -F';' 'END { print $8 + $49, $7 + $48 }'
+}
+
+table=$(printf '%-18s %10s %10s %7s %10s %10s %7s' job nbd-iops ublk-iops ratio nbd-MiB/s ublk-MiB/s ratio)
+for job in "${JOBS[@]}"; do
+	read -r name rw bs depth <<<"$job"
+	read -r peer_iops peer_kib < <(fio_figure /dev/nbd0 "$rw" "$bs" "$depth")
+	read -r our_iops our_kib < <(fio_figure "$ours" "$rw" "$bs" "$depth")
+	[ "${our_iops%.*}" -gt 0 ] || fail "$name: no I/O completed on $ours"
+	[ "${peer_iops%.*}" -gt 0 ] || fail "$name: no I/O completed on /dev/nbd0"
+	ratio=$(awk -v a="$our_iops" -v b="$peer_iops" 'BEGIN { printf "%.2f", a / b }')
+	row=$(awk -v n="$name" -v pi="$peer_iops" -v oi="$our_iops" -v pk="$peer_kib" -v ok="$our_kib" -v r="$ratio" \
+		'BEGIN { printf "%-18s %10.0f %10.0f %6sx %10.1f %10.1f %6sx", n, pi, oi, r, pk / 1024, ok / 1024, r }')
+	log "$row"
+	table+=$'\n'"$row"
+	metric "ratio_$name" "$ratio" x
+done
+
+cat <<REPORT
+
+======== ublk (Multilane, $Q queues x 1 lane) vs kernel NBD (nbd-client -C $Q, nbdkit memory) ========
+$table
+(fio io_uring direct, numjobs=$Q, ${RUNTIME}s each; both RAM-backed; TCG guest: only ratios mean anything)
+REPORT
