@@ -512,3 +512,35 @@ fn sessions_and_metrics_answer_without_a_network_server() {
     assert!(text.contains("multilane_partition_size_bytes{partition=\"p\"} 2097152\n"));
     assert!(text.contains("multilane_disk_io_errors_total{disk=\"1\""));
 }
+
+#[test]
+fn idle_keep_alive_connections_do_not_starve_new_ones() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let request = format!(
+        "GET /api/array HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        fx.token.expose()
+    );
+    // Browsers keep up to six connections open per server; hold more than that idle.
+    let idle: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(fx.server.local_addr()).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut first = [0u8; 12];
+            stream.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            stream
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(fx.get("/api/array").status, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}

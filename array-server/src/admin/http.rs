@@ -1,16 +1,21 @@
-//! The HTTP layer: a `tiny_http` server on its own threads, the token check, and the
-//! translation between `tiny_http` requests and the plain [`ApiRequest`] /
-//! [`ApiResponse`] the routes work with.
+//! The HTTP layer: hyper's HTTP/1 server on a current-thread tokio runtime of its own
+//! thread (handlers run on its blocking pool, since they write metadata synchronously),
+//! the token check, and the translation between hyper's requests and the plain
+//! [`ApiRequest`] / [`ApiResponse`] the routes work with.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use tiny_http::{Header, Method, Server};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::token::AdminToken;
 use crate::error::{Error, Result};
@@ -22,10 +27,8 @@ pub const COOKIE: &str = "multilane_admin";
 /// Header a cookie-authenticated browser must add to any request that changes something
 /// (a cross-site form cannot set it, so a foreign page cannot act for the operator).
 pub const CSRF_HEADER: &str = "X-Multilane-Request";
-/// Threads answering requests.
-const WORKERS: usize = 2;
-/// How often an idle worker checks whether the server is stopping.
-const POLL: Duration = Duration::from_millis(100);
+/// Threads of the blocking pool that runs handlers.
+const HANDLER_THREADS: usize = 2;
 
 /// A request as the routes see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub struct ApiRequest {
     pub segments: Vec<String>,
     /// Query parameters, percent-decoded.
     pub query: HashMap<String, String>,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
     /// The body (at most [`MAX_BODY`] bytes).
     pub body: Vec<u8>,
 }
@@ -89,11 +94,12 @@ impl ApiResponse {
 /// What answers an authenticated request.
 pub type Handler = Arc<dyn Fn(&ApiRequest) -> ApiResponse + Send + Sync>;
 
-/// A running HTTP service; dropping it stops the workers and closes the listener.
+/// A running HTTP service; dropping it stops accepting, ends its connections and joins
+/// its thread.
 pub struct HttpService {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for HttpService {
@@ -108,32 +114,28 @@ impl HttpService {
     /// Listens on `addr` and answers every request with `handler` once it passes the
     /// token check.
     pub fn start(addr: SocketAddr, token: AdminToken, handler: Handler) -> Result<HttpService> {
-        let server = Server::http(addr).map_err(|e| {
-            Error::io(
-                format!("listening for admin HTTP on {addr}"),
-                std::io::Error::other(e),
-            )
-        })?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| {
-            Error::io("admin listener", std::io::Error::other("not an IP address"))
-        })?;
-        let server = Arc::new(server);
-        let token = Arc::new(token);
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..WORKERS)
-            .map(|i| {
-                let (server, token, handler, stop) =
-                    (server.clone(), token.clone(), handler.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name(format!("admin-http-{i}"))
-                    .spawn(move || serve_loop(&server, &token, &handler, &stop))
-                    .map_err(|e| Error::io("spawning an admin HTTP thread", e))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let context = || format!("listening for admin HTTP on {addr}");
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| Error::io(context(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(context(), e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io(context(), e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .max_blocking_threads(HANDLER_THREADS)
+            .thread_name("admin-http-handler")
+            .build()
+            .map_err(|e| Error::io("starting the admin HTTP runtime", e))?;
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared { token, handler });
+        let thread = std::thread::Builder::new()
+            .name("admin-http".into())
+            .spawn(move || runtime.block_on(accept_loop(listener, shared, stopped)))
+            .map_err(|e| Error::io("spawning the admin HTTP thread", e))?;
         Ok(HttpService {
             addr,
             stop,
-            workers,
+            thread: Some(thread),
         })
     }
 
@@ -145,65 +147,120 @@ impl HttpService {
 
 impl Drop for HttpService {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn serve_loop(server: &Server, token: &AdminToken, handler: &Handler, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(POLL) {
-            Ok(Some(request)) => answer(request, token, handler),
-            Ok(None) => {}
-            Err(e) => log::warn!("admin HTTP: {e}"),
-        }
+struct Shared {
+    token: AdminToken,
+    handler: Handler,
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => return log::error!("admin HTTP listener: {e}"),
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("admin HTTP accept: {e}");
+                continue;
+            }
+        };
+        let (shared, mut stopped) = (shared.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(request, shared.clone()));
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    log::debug!("admin HTTP connection: {e}");
+                },
+                _ = stopped.changed() => {}
+            }
+        });
     }
 }
 
-fn answer(mut request: tiny_http::Request, token: &AdminToken, handler: &Handler) {
-    let response = match read_request(&mut request) {
-        Ok(api) => match authenticate(&request, &api, token) {
-            Auth::Allowed => handler(&api),
-            Auth::Login(response) | Auth::Denied(response) => response,
-        },
+async fn answer(
+    request: hyper::Request<Incoming>,
+    shared: Arc<Shared>,
+) -> std::result::Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match read_request(request).await {
+        Ok(api) => {
+            let work = move || match authenticate(&api, &shared.token) {
+                Auth::Allowed => (shared.handler)(&api),
+                Auth::Login(response) | Auth::Denied(response) => response,
+            };
+            tokio::task::spawn_blocking(work)
+                .await
+                .unwrap_or_else(|e| ApiResponse::error(500, format!("the handler failed: {e}")))
+        }
         Err(response) => response,
     };
-    let path = split_url(request.url()).0;
-    log::debug!("admin {} {path} -> {}", request.method(), response.status);
-    if let Err(e) = request.respond(to_tiny(response)) {
-        log::debug!("admin HTTP: answering failed: {e}");
-    }
+    log::debug!("admin {method} {path} -> {}", response.status);
+    Ok(to_hyper(response))
 }
 
-fn read_request(request: &mut tiny_http::Request) -> Result<ApiRequest, ApiResponse> {
+async fn read_request(request: hyper::Request<Incoming>) -> Result<ApiRequest, ApiResponse> {
     let too_large = || ApiResponse::error(413, format!("request body above {MAX_BODY} bytes"));
-    if request.body_length().is_some_and(|len| len > MAX_BODY) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiResponse::error(400, format!("reading the request body: {e}")))?;
-    if body.len() > MAX_BODY {
-        return Err(too_large());
-    }
-    let (path, query) = split_url(request.url());
-    let segments = path
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiResponse::error(
+                400,
+                format!("reading the request body: {e}"),
+            ))
+        }
+    };
+    let segments = parts
+        .uri
+        .path()
         .split('/')
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApiResponse::error(400, "the path is not valid percent-encoded UTF-8"))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
     Ok(ApiRequest {
-        method: request.method().as_str().to_owned(),
+        method: parts.method.as_str().to_owned(),
         segments,
-        query: parse_query(query),
+        query: parse_query(parts.uri.query().unwrap_or("")),
+        headers,
         body,
     })
+}
+
+impl ApiRequest {
+    /// A header's value (`name` in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 enum Auth {
@@ -213,12 +270,12 @@ enum Auth {
     Denied(ApiResponse),
 }
 
-fn authenticate(request: &tiny_http::Request, api: &ApiRequest, token: &AdminToken) -> Auth {
+fn authenticate(api: &ApiRequest, token: &AdminToken) -> Auth {
     let is_api = api
         .segments
         .first()
         .is_some_and(|s| s == "api" || s == "metrics");
-    if let Some(bearer) = header(request, "Authorization").and_then(|v| bearer_token(&v)) {
+    if let Some(bearer) = api.header("authorization").and_then(bearer_token) {
         return if token.matches(&bearer) {
             Auth::Allowed
         } else {
@@ -232,10 +289,10 @@ fn authenticate(request: &tiny_http::Request, api: &ApiRequest, token: &AdminTok
             Auth::Denied(unauthorized(false, "the admin token given is wrong"))
         };
     }
-    match header(request, "Cookie").and_then(|v| cookie_value(&v, COOKIE)) {
+    match api.header("cookie").and_then(|v| cookie_value(v, COOKIE)) {
         Some(cookie) if token.matches(&cookie) => {
-            let mutating = !matches!(request.method(), Method::Get | Method::Head);
-            if mutating && header(request, CSRF_HEADER).is_none() {
+            let mutating = !matches!(api.method.as_str(), "GET" | "HEAD");
+            if mutating && api.header(CSRF_HEADER).is_none() {
                 return Auth::Denied(ApiResponse::error(
                     403,
                     format!(
@@ -276,14 +333,6 @@ fn unauthorized(is_api: bool, why: &str) -> ApiResponse {
     response.with_header("WWW-Authenticate", "Bearer realm=\"multilane admin\"")
 }
 
-fn header(request: &tiny_http::Request, name: &str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_owned())
-}
-
 fn bearer_token(value: &str) -> Option<String> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     scheme
@@ -296,10 +345,6 @@ fn cookie_value(header: &str, name: &str) -> Option<String> {
         let (key, value) = pair.trim().split_once('=')?;
         (key == name).then(|| value.to_owned())
     })
-}
-
-fn split_url(url: &str) -> (&str, &str) {
-    url.split_once('?').unwrap_or((url, ""))
 }
 
 fn parse_query(query: &str) -> HashMap<String, String> {
@@ -338,21 +383,23 @@ pub fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn to_tiny(response: ApiResponse) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut out = tiny_http::Response::from_data(response.body).with_status_code(response.status);
-    let mut add = |name: &str, value: &str| {
-        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(h);
-        }
-    };
-    add("Content-Type", response.content_type);
-    add("Cache-Control", "no-store");
-    add("X-Content-Type-Options", "nosniff");
-    add("X-Frame-Options", "DENY");
+fn to_hyper(response: ApiResponse) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder()
+        .status(response.status)
+        .header("Content-Type", response.content_type)
+        .header("Cache-Control", "no-store")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("X-Frame-Options", "DENY");
     for (name, value) in &response.headers {
-        add(name, value);
+        builder = builder.header(name.as_str(), value.as_str());
     }
-    out
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|e| {
+            let mut fallback = hyper::Response::new(Full::new(Bytes::from(e.to_string())));
+            *fallback.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
 }
 
 #[cfg(test)]

@@ -145,7 +145,11 @@ function renderAssignments(assignments) {
   }), "No host has access to any partition yet.", 4);
 }
 
+// Rebuilds a select's options only when the names changed, so an open drop-down (and
+// the operator's choice) survives the refresh.
 function fillSelect(select, names) {
+  const current = [...select.options].map((o) => o.value);
+  if (current.length === names.length && current.every((n, i) => n === names[i])) return;
   const keep = select.value;
   select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
   if (names.includes(keep)) select.value = keep;
@@ -183,7 +187,7 @@ function renderSessions(sessions) {
       el("td", { class: "num" }, r.ops.toFixed(0)),
       el("td", { class: "num" }, formatBytes(r.read) + "/s"),
       el("td", { class: "num" }, formatBytes(r.written) + "/s"),
-      el("td", {}, laneBar(width)),
+      el("td", {}, s.kind === "data" ? laneBar(width) : ""),
       el("td", { class: "num" }, s.ops), el("td", { class: "num" }, s.errors));
   });
   document.querySelector("#sessions tbody").replaceChildren(...rows);
