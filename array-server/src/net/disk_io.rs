@@ -21,6 +21,10 @@ const BLKDISCARD: libc::c_ulong = 0x1277;
 /// Largest zero buffer written at once when a disk cannot zero a range itself.
 const ZERO_FILL_LEN: u64 = 1 << 20;
 
+/// `statfs` magic numbers of file systems whose data lives in memory.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
 /// One member disk's data handle on this thread's ring.
 #[derive(Debug)]
 struct DiskHandle {
@@ -28,6 +32,28 @@ struct DiskHandle {
     raw_fd: i32,
     path: PathBuf,
     block_device: bool,
+    /// Reads and writes run inline with `pread`/`pwrite` rather than on the ring (see
+    /// [`in_memory`]).
+    inline: bool,
+}
+
+/// Whether `fd` is a file on a memory file system (tmpfs, ramfs).
+///
+/// Such files cannot do non-blocking I/O (`RWF_NOWAIT` is refused), so io_uring hands
+/// every read and write on them to an io-wq kernel worker thread: a cross-thread hop and
+/// two context switches per operation for what is a `memcpy` from the page cache, which
+/// cannot wait for a device. Copying inline on the calling thread does the same work
+/// without the hop (`randread 4k`: about 2x the requests per second on one thread).
+fn in_memory(fd: i32) -> bool {
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value to overwrite.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `stat` a valid, exclusively borrowed statfs.
+    if unsafe { libc::fstatfs(fd, &mut stat) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = stat.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 impl DiskHandle {
@@ -72,8 +98,10 @@ impl DiskSet {
                         op: DiskOp::Open,
                         source,
                     })?;
+                let raw_fd = std_file.as_raw_fd();
                 Ok(DiskHandle {
-                    raw_fd: std_file.as_raw_fd(),
+                    inline: !member.is_block_device() && in_memory(raw_fd),
+                    raw_fd,
                     file: File::from_std(std_file),
                     path: member.path().to_owned(),
                     block_device: member.is_block_device(),
@@ -99,6 +127,15 @@ impl DiskSet {
         buffer: AlignedBuf,
     ) -> Result<AlignedBuf> {
         let pieces = grant.map(&self.stripes, offset, len);
+        if self.all_inline(&pieces) {
+            let mut buffer = buffer;
+            for mapped in &pieces {
+                let start = DATA_OFFSET + mapped.buffer_offset as usize;
+                let target = &mut buffer.as_mut_slice()[start..start + mapped.piece.len as usize];
+                self.read_inline(mapped.piece, target)?;
+            }
+            return Ok(buffer);
+        }
         let owner = Rc::new(buffer);
         let reads = pieces.iter().map(|mapped| {
             let part = part_of(&owner, mapped);
@@ -121,14 +158,22 @@ impl DiskSet {
         fua: bool,
     ) -> Result<()> {
         let pieces = grant.map(&self.stripes, offset, len);
-        let owner = Rc::new(buffer);
-        let writes = pieces.iter().map(|mapped| {
-            let part = part_of(&owner, mapped);
-            self.write_piece(mapped.piece, part)
-        });
-        let results = join_all(writes).await;
-        drop(reclaim(owner)?);
-        results.into_iter().collect::<Result<()>>()?;
+        if self.all_inline(&pieces) {
+            for mapped in &pieces {
+                let start = DATA_OFFSET + mapped.buffer_offset as usize;
+                let source = &buffer.as_slice()[start..start + mapped.piece.len as usize];
+                self.write_inline(mapped.piece, source)?;
+            }
+        } else {
+            let owner = Rc::new(buffer);
+            let writes = pieces.iter().map(|mapped| {
+                let part = part_of(&owner, mapped);
+                self.write_piece(mapped.piece, part)
+            });
+            let results = join_all(writes).await;
+            drop(reclaim(owner)?);
+            results.into_iter().collect::<Result<()>>()?;
+        }
         if fua {
             let mut touched: Vec<u32> = pieces.iter().map(|m| m.piece.disk).collect();
             touched.sort_unstable();
@@ -248,6 +293,61 @@ impl DiskSet {
                 Ok(written) => done += written as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(disk.error(op, at, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn all_inline(&self, pieces: &[MappedPiece]) -> bool {
+        pieces
+            .iter()
+            .all(|mapped| self.disk(mapped.piece.disk).inline)
+    }
+
+    /// Reads a piece of an in-memory disk on this thread (see [`in_memory`]).
+    fn read_inline(&self, piece: Piece, target: &mut [u8]) -> Result<()> {
+        let disk = self.disk(piece.disk);
+        let mut done = 0;
+        while done < target.len() {
+            let at = piece.disk_offset + done as u64;
+            let rest = &mut target[done..];
+            // SAFETY: reads at most `rest.len()` bytes into `rest`, which we borrow mutably.
+            let read = unsafe {
+                libc::pread(disk.raw_fd, rest.as_mut_ptr().cast(), rest.len(), at as i64)
+            };
+            match read {
+                0 => return Err(disk.error(DiskOp::Read, at, io::ErrorKind::UnexpectedEof.into())),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(disk.error(DiskOp::Read, at, error));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a piece of an in-memory disk on this thread (see [`in_memory`]).
+    fn write_inline(&self, piece: Piece, source: &[u8]) -> Result<()> {
+        let disk = self.disk(piece.disk);
+        let mut done = 0;
+        while done < source.len() {
+            let at = piece.disk_offset + done as u64;
+            let rest = &source[done..];
+            // SAFETY: writes at most `rest.len()` bytes from `rest`, which we borrow.
+            let written =
+                unsafe { libc::pwrite(disk.raw_fd, rest.as_ptr().cast(), rest.len(), at as i64) };
+            match written {
+                0 => return Err(disk.error(DiskOp::Write, at, io::ErrorKind::WriteZero.into())),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(disk.error(DiskOp::Write, at, error));
+                    }
+                }
             }
         }
         Ok(())
