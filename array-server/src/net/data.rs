@@ -6,14 +6,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf, Slice};
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, Limits};
 use wire::{Op, Reply, Request, Status};
 
 use super::buffer::{AlignedBuf, DATA_OFFSET};
 use super::disk_io::DiskSet;
-use super::frames::{send_bytes, FrameReader};
+use super::frames::FrameReader;
 use super::sessions::{LaneCounters, Session};
 use super::Shared;
 use crate::array::grant::LaneGrant;
@@ -287,55 +287,114 @@ async fn execute(
     }
 }
 
-/// The connection's one writer: batches payload-less replies, sends read replies from
-/// their own buffers, stops at `Close` or when every sender is gone.
+/// Most replies one `writev` carries (well under `IOV_MAX`).
+const MAX_REPLIES_PER_SEND: usize = 256;
+
+/// The connection's one writer: gathers every reply ready (heads and read data, each from
+/// its own buffer) into one `writev`, resumes short writes, stops at `Close` or when every
+/// sender is gone.
+///
+/// One send per batch rather than per reply matters: a send completes on the ring only at
+/// the next turn of the event loop, so sending replies one at a time would cap the lane at
+/// one reply per turn however many requests are in flight.
 async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut batch = Vec::new();
+    let mut batch: Vec<OutBuf> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
+        let mut close = false;
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Head(head) => batch.extend_from_slice(&head),
-                Outgoing::Data { buffer, start } => {
-                    if !flush_batch(&stream, &mut batch).await
-                        || !send_data(&stream, buffer, start).await
-                    {
-                        return;
-                    }
-                }
+                Outgoing::Head(head) => batch.push(OutBuf::Head(head)),
+                Outgoing::Data { buffer, start } => batch.push(OutBuf::Data { buffer, start }),
                 Outgoing::Close => {
-                    flush_batch(&stream, &mut batch).await;
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    return;
+                    close = true;
+                    break;
                 }
             }
-            next = outgoing.try_recv().ok();
+            if batch.len() < MAX_REPLIES_PER_SEND {
+                next = outgoing.try_recv().ok();
+            }
         }
-        if !flush_batch(&stream, &mut batch).await {
+        let sent = send_all(&stream, &mut batch).await;
+        if close || !sent {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
     }
 }
 
-async fn flush_batch(stream: &TcpStream, batch: &mut Vec<u8>) -> bool {
-    if batch.is_empty() {
-        return true;
-    }
-    match send_bytes(stream, std::mem::take(batch)).await {
-        Ok(mut sent) => {
-            sent.clear();
-            *batch = sent;
-            true
+/// Sends every buffer of `batch` in order with as few `writev` calls as the socket allows;
+/// empties `batch` (dropping the buffers, which returns them to the pool).
+async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
+    let mut skip = 0; // bytes of the first buffer already sent
+    while !batch.is_empty() {
+        let slices: Vec<Slice<OutBuf>> = batch
+            .drain(..)
+            .enumerate()
+            .map(|(index, buf)| {
+                let from = if index == 0 { skip } else { 0 };
+                let end = buf.len();
+                buf.slice(from..end)
+            })
+            .collect();
+        let (result, slices) = stream.writev(slices).await;
+        batch.extend(slices.into_iter().map(Slice::into_inner));
+        let mut sent = match result {
+            Ok(0) => return false,
+            Ok(sent) => sent,
+            Err(error) => {
+                log::debug!("sending replies: {error}");
+                return false;
+            }
+        };
+        // Drop what went out completely; remember how far the first remaining buffer got.
+        let mut done = 0;
+        for buf in batch.iter() {
+            let left = buf.len() - if done == 0 { skip } else { 0 };
+            if sent < left {
+                break;
+            }
+            sent -= left;
+            done += 1;
         }
-        Err(error) => {
-            log::debug!("{error}");
-            false
+        skip = if done == 0 { skip + sent } else { sent };
+        batch.drain(..done);
+    }
+    true
+}
+
+/// One reply's bytes as the writer sends them.
+enum OutBuf {
+    Head(Vec<u8>),
+    Data { buffer: AlignedBuf, start: usize },
+}
+
+impl OutBuf {
+    /// Bytes to send.
+    fn len(&self) -> usize {
+        match self {
+            OutBuf::Head(head) => head.len(),
+            OutBuf::Data { buffer, start } => buffer.len() - start,
         }
     }
 }
 
-async fn send_data(stream: &TcpStream, buffer: AlignedBuf, start: usize) -> bool {
-    let end = buffer.len();
-    let (result, _) = stream.write_all(buffer.slice(start..end)).await;
-    result.is_ok()
+// SAFETY: both variants own their heap memory, which stays put while the value is moved;
+// `bytes_init` bytes from `stable_ptr` are initialised.
+unsafe impl IoBuf for OutBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        match self {
+            OutBuf::Head(head) => head.as_ptr(),
+            // SAFETY: `start <= len` (set by `reply_data`), inside the allocation.
+            OutBuf::Data { buffer, start } => unsafe { IoBuf::stable_ptr(buffer).add(*start) },
+        }
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
 }
