@@ -14,7 +14,40 @@ use wire::{Access, Op, Status};
 const SECTOR: u64 = 512;
 
 fn round_trip_on(disk_count: usize) {
-    let disks = temp_disks(disk_count, DISK_SIZE);
+    round_trip(temp_disks(disk_count, DISK_SIZE));
+}
+
+/// Member disks on tmpfs (`/dev/shm`), where the server copies data through a shared
+/// mapping instead of using io_uring; `None` where there is no `/dev/shm`.
+fn ram_disks(count: usize) -> Option<Disks> {
+    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+    let paths: Vec<_> = (0..count)
+        .map(|i| dir.path().join(format!("disk{i}.img")))
+        .collect();
+    for path in &paths {
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(DISK_SIZE)
+            .unwrap();
+    }
+    Some(Disks { dir, paths })
+}
+
+#[test]
+fn round_trip_on_ram_disks() {
+    if let Some(disks) = ram_disks(3) {
+        round_trip(disks);
+    }
+}
+
+#[test]
+fn discard_and_write_zeroes_on_ram_disks() {
+    if let Some(disks) = ram_disks(2) {
+        discard_and_write_zeroes(disks);
+    }
+}
+
+fn round_trip(disks: Disks) {
     let array = format(&disks, CHUNK);
     let partition = array.create_partition("p", 12 << 20, false).unwrap();
     let secret = array.create_host("h").unwrap().secret;
@@ -161,7 +194,10 @@ fn fua_and_flush_reach_the_files() {
 
 #[test]
 fn discard_and_write_zeroes_read_back_as_zeroes() {
-    let disks = temp_disks(2, DISK_SIZE);
+    discard_and_write_zeroes(temp_disks(2, DISK_SIZE));
+}
+
+fn discard_and_write_zeroes(disks: Disks) {
     let array = format(&disks, CHUNK);
     let p = array.create_partition("p", 2 << 20, false).unwrap();
     let secret = array.create_host("h").unwrap().secret;
