@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # lab-desc: ublk-host attach (4 queues x 2 lanes, split 128K) against the in-memory test server: mq count, dd, fio verify, FUA/flush, mkfs.ext4+mount, list, detach
+# lab-smp: 4
 # Needs target/release/ublk-host and the memserver example (built by attach-memserver.host).
+# ublk caps hardware queues at the CPU count: the lab boots this with 4 vCPUs; exactly 4 asserted.
 
 need_dev /dev/ublk-control
 need_bin ublk-host memserver
@@ -22,8 +24,9 @@ wait_for "grep -q 'ready' $LAB_WORK/host.log" 60 "ublk-host to report the device
 grep ready "$LAB_WORK/host.log"
 wait_for /sys/block/ublkb0/mq 10
 
-# the driver allows at most one hardware queue per CPU (LAB_SMP=4 shows all four)
-want_q=$(( $(nproc) < 4 ? $(nproc) : 4 ))
+# the driver allows at most one hardware queue per CPU: the lab-smp header gives 4
+assert_eq "$(nproc)" 4 "guest CPUs (lab-smp header)"
+want_q=4
 assert_eq "$(ls /sys/block/ublkb0/mq | wc -l)" "$want_q" "hardware queues in /sys/block/ublkb0/mq"
 grep -q "ublkb0 ready ($want_q queues x 2 lanes)" "$LAB_WORK/host.log" || fail "ready line names $want_q queues"
 assert_eq "$(ss -tn state established "( dport = :7700 )" | tail -n +2 | wc -l)" $((want_q * 2)) "data lanes (queues x 2)"

@@ -1,0 +1,120 @@
+# shellcheck shell=bash
+# Multilane VM lab — shared setup for the scenarios that run the real array-server on the
+# guest's virtio disks and attach its partitions with ublk-host. Copied into the guest as
+# /lab/multilane.sh; a scenario sources it after lib.sh:   . /lab/multilane.sh
+#
+#   ml_format                      array over /dev/vda /dev/vdb /dev/vdc (chunk 64K, --force),
+#                                  admin token in $ML_TOKEN
+#   ml_partition NAME SIZE         offline: create a partition
+#   ml_host NAME                   offline: create a host, secret in $LAB_WORK/NAME.key
+#   ml_assign HOST PART [--read-only]
+#   ml_serve PORT ADMIN_PORT       start `array-server serve --admin` (background "server"),
+#                                  wait until its admin API answers, and assert that its
+#                                  member disks are the guest's virtio disks
+#   ml_ctl ARGS...                 array-server ctl against that server (`ml_ctl --json sessions`)
+#   ml_attach NAME HOST PART ARGS...
+#                                  background `ublk-host attach` (bg name NAME, log
+#                                  $LAB_WORK/NAME.log), wait for its ready line; sets ML_DEV
+#                                  (/dev/ublkbN) and ML_ID (N) and registers a detach at cleanup
+#   ml_detach NAME DEV             ublk-host detach; wait for DEV to go and the daemon to exit
+#   ml_lanes HOST PART             the server's data lanes of HOST on PART, one "queue:lane" a
+#                                  line, sorted
+#   ml_lane_count HOST PART        `ctl sessions --host --partition --count`
+#   ml_wait_lanes HOST PART N      wait until the server reports N data lanes there
+#   ml_lane_counters HOST PART     "queue:lane id reads bytes_read writes bytes_written" a line
+#
+# Every wait has a deadline (wait_for); nothing sleeps to synchronise.
+
+ML_DISK_PATHS=(/dev/vda /dev/vdb /dev/vdc)
+ML_DISKS=()
+for _d in "${ML_DISK_PATHS[@]}"; do ML_DISKS+=(--disk "$_d"); done
+unset _d
+ML_TOKEN=$LAB_WORK/admin.token
+ML_ADDR=
+ML_ADMIN=
+
+ml_format() {
+	need_dev /dev/ublk-control "${ML_DISK_PATHS[@]}"
+	need_bin array-server ublk-host jq
+	array-server format "${ML_DISKS[@]}" --chunk 64K --force --admin-token-file "$ML_TOKEN" >/dev/null
+}
+
+ml_partition() { array-server partition create "${ML_DISKS[@]}" "$@" >/dev/null; }
+
+ml_host() { array-server host create "${ML_DISKS[@]}" --secret-file "$LAB_WORK/$1.key" "$1" >/dev/null; }
+
+ml_assign() {
+	local host=$1 part=$2
+	shift 2
+	array-server assign "${ML_DISKS[@]}" "$@" "$host" "$part" >/dev/null
+}
+
+ml_ctl() { array-server ctl --admin "http://$ML_ADMIN" --token-file "$ML_TOKEN" "$@"; }
+
+ml_serve() {
+	ML_ADDR=127.0.0.1:$1
+	ML_ADMIN=127.0.0.1:$2
+	bg_start server array-server serve "${ML_DISKS[@]}" --listen "$ML_ADDR" --threads 2 \
+		--admin "$ML_ADMIN" --admin-token-file "$ML_TOKEN"
+	wait_for "ml_ctl --json array" 30 "array-server's admin API on $ML_ADMIN"
+	ml_assert_virtio_members
+}
+
+# The server's member disks are exactly the guest's virtio disks, opened as block devices.
+ml_assert_virtio_members() {
+	local got want
+	got=$(ml_ctl --json array | jq -r '.disks | sort_by(.index)[] | "\(.path) \(.block_device)"' | tr '\n' ' ')
+	want=$(printf '%s true ' "${ML_DISK_PATHS[@]}")
+	assert_eq "$got" "$want" "array members (path block_device) reported by the server"
+	local d
+	for d in "${ML_DISK_PATHS[@]}"; do
+		[ -b "$d" ] || fail "$d is not a block device"
+		[ "$(readlink -f "/sys/class/block/${d#/dev/}/device/driver")" = /sys/bus/virtio/drivers/virtio_blk ] ||
+			fail "$d is not driven by virtio_blk"
+	done
+}
+
+ml_attach() {
+	local name=$1 host=$2 part=$3
+	shift 3
+	bg_start "$name" ublk-host attach --server "$ML_ADDR" --host "$host" \
+		--secret-file "$LAB_WORK/$host.key" --partition "$part" "$@"
+	wait_for "grep -q ' ready ' $LAB_WORK/$name.log || ! bg_alive $name" 60 "ublk-host attach $part to report ready"
+	grep -q ' ready ' "$LAB_WORK/$name.log" || fail "ublk-host attach $part exited: $(tail -n 3 "$LAB_WORK/$name.log")"
+	ML_DEV=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$name.log" | head -n1)
+	ML_ID=${ML_DEV#/dev/ublkb}
+	[ -n "$ML_ID" ] || fail "no device path in the ready line of $name"
+	on_cleanup "[ ! -e /sys/class/ublk-char/ublkc$ML_ID ] || ublk-host detach $ML_ID"
+	wait_for "$ML_DEV" 30
+	log "$(grep ' ready ' "$LAB_WORK/$name.log")"
+}
+
+ml_detach() {
+	local name=$1 dev=$2
+	ublk-host detach "$dev"
+	wait_for "[ ! -e $dev ]" 30 "$dev to go away after detach"
+	wait_for "! bg_alive $name" 30 "ublk-host attach ($name) to exit after detach"
+}
+
+ml_sessions_of() { # HOST PART: the data sessions as JSON objects, one a line
+	ml_ctl --json sessions | jq -c --arg h "$1" --arg p "$2" \
+		'.sessions[] | select(.kind == "data" and .host == $h and .partition == $p)'
+}
+
+ml_lanes() { ml_sessions_of "$1" "$2" | jq -r '"\(.queue):\(.lane)"' | sort; }
+
+ml_lane_count() { ml_ctl sessions --host "$1" --partition "$2" --count; }
+
+ml_wait_lanes() {
+	local end got
+	end=$(($(now_ms) + 30000))
+	while got=$(ml_lane_count "$1" "$2") && [ "$got" != "$3" ]; do
+		[ "$(now_ms)" -lt "$end" ] || fail "the server reports $got data lanes of $1 on $2 after 30 s, expected $3"
+		sleep 0.1
+	done
+	[ "$got" = "$3" ] || fail "ctl sessions --count failed"
+}
+
+ml_lane_counters() {
+	ml_sessions_of "$1" "$2" | jq -r '"\(.queue):\(.lane) \(.id) \(.reads) \(.bytes_read) \(.writes) \(.bytes_written)"' | sort
+}
