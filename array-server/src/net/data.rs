@@ -12,7 +12,7 @@ use wire::frame::{self, Limits};
 use wire::{Op, Reply, Request, Status};
 
 use super::buffer::{AlignedBuf, DATA_OFFSET};
-use super::disk_io::DiskSet;
+use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
 use super::frames::FrameReader;
 use super::sessions::{LaneCounters, Session};
 use super::Shared;
@@ -25,6 +25,11 @@ enum Outgoing {
     Head(Vec<u8>),
     /// A read reply: frame head and data, contiguous in `buffer[start..]`.
     Data { buffer: AlignedBuf, start: usize },
+    /// A read reply: frame head, then the data straight from the disks' mappings.
+    Mapped {
+        head: Vec<u8>,
+        data: Vec<MappedSlice>,
+    },
     /// Send nothing more and close the connection.
     Close,
 }
@@ -177,6 +182,18 @@ impl Lane {
         }
     }
 
+    fn reply_mapped(&self, tag: u32, data: Vec<MappedSlice>, len: u32) {
+        let reply = Reply {
+            tag,
+            status: Status::Ok,
+            len,
+        };
+        let mut head = Vec::with_capacity(16);
+        if frame::encode_head(&reply, len, &mut head).is_ok() {
+            let _ = self.replies.send(Outgoing::Mapped { head, data });
+        }
+    }
+
     fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32) {
         let reply = Reply {
             tag,
@@ -236,6 +253,11 @@ async fn execute(
     let (offset, len) = (request.offset, u64::from(request.len));
     let outcome = match (request.op, payload) {
         (Op::Read, _) => {
+            if let Some(data) = disks.mapped_read(&grant, offset, len) {
+                LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
+                lane.reply_mapped(request.tag, data, request.len);
+                return;
+            }
             let buffer = AlignedBuf::for_data(len as usize);
             match disks.read(&grant, offset, len, buffer).await {
                 Ok(buffer) => {
@@ -287,8 +309,10 @@ async fn execute(
     }
 }
 
-/// Most replies one `writev` carries (well under `IOV_MAX`).
+/// Most buffers one `writev` carries before the writer stops gathering more replies. A
+/// reply adds at most `1 + MAX_MAPPED_PIECES`, so a batch stays under `IOV_MAX` (1024).
 const MAX_REPLIES_PER_SEND: usize = 256;
+const _: () = assert!(MAX_REPLIES_PER_SEND + 1 + MAX_MAPPED_PIECES <= 1024);
 
 /// The connection's one writer: gathers every reply ready (heads and read data, each from
 /// its own buffer) into one `writev`, resumes short writes, stops at `Close` or when every
@@ -306,6 +330,10 @@ async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedRecei
             match item {
                 Outgoing::Head(head) => batch.push(OutBuf::Head(head)),
                 Outgoing::Data { buffer, start } => batch.push(OutBuf::Data { buffer, start }),
+                Outgoing::Mapped { head, data } => {
+                    batch.push(OutBuf::Head(head));
+                    batch.extend(data.into_iter().map(OutBuf::Mapped));
+                }
                 Outgoing::Close => {
                     close = true;
                     break;
@@ -367,6 +395,7 @@ async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
 enum OutBuf {
     Head(Vec<u8>),
     Data { buffer: AlignedBuf, start: usize },
+    Mapped(MappedSlice),
 }
 
 impl OutBuf {
@@ -375,6 +404,7 @@ impl OutBuf {
         match self {
             OutBuf::Head(head) => head.len(),
             OutBuf::Data { buffer, start } => buffer.len() - start,
+            OutBuf::Mapped(slice) => IoBuf::bytes_init(slice),
         }
     }
 }
@@ -387,6 +417,7 @@ unsafe impl IoBuf for OutBuf {
             OutBuf::Head(head) => head.as_ptr(),
             // SAFETY: `start <= len` (set by `reply_data`), inside the allocation.
             OutBuf::Data { buffer, start } => unsafe { IoBuf::stable_ptr(buffer).add(*start) },
+            OutBuf::Mapped(slice) => IoBuf::stable_ptr(slice),
         }
     }
 

@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use futures_util::future::join_all;
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::fs::File;
 
 use super::buffer::{AlignedBuf, BufPart, DATA_OFFSET};
@@ -26,6 +26,10 @@ const ZERO_FILL_LEN: u64 = 1 << 20;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
+/// Most pieces a read is sent in straight from the mappings (one iovec each; the writer
+/// keeps a `writev` under `IOV_MAX` with this); longer ones are copied into a buffer.
+pub const MAX_MAPPED_PIECES: usize = 256;
+
 /// One member disk's data handle on this thread's ring.
 #[derive(Debug)]
 struct DiskHandle {
@@ -39,7 +43,7 @@ struct DiskHandle {
     /// For an inline disk, the whole file mapped shared: reads and writes are a `memcpy`
     /// with no system call and no per-page lookup. `None` if mapping failed (`pread`
     /// and `pwrite` then).
-    map: Option<Mapping>,
+    map: Option<Rc<Mapping>>,
 }
 
 /// A shared mapping of a whole member file, unmapped on drop.
@@ -102,6 +106,31 @@ impl Mapping {
         let end = offset.checked_add(len as u64)?;
         // SAFETY: `offset + len <= self.len`, inside the mapping.
         (end <= self.len).then(|| unsafe { self.ptr.as_ptr().add(offset as usize) })
+    }
+}
+
+/// Bytes of a member disk's mapping, kept alive by the view (see
+/// [`DiskSet::mapped_read`]).
+#[derive(Debug)]
+pub struct MappedSlice {
+    _map: Rc<Mapping>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `ptr..ptr + len` lies inside the mapping (checked by `Mapping::range`), which
+// `_map` keeps mapped while the view lives; mapped file pages are always initialised.
+unsafe impl IoBuf for MappedSlice {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len
     }
 }
 
@@ -177,7 +206,11 @@ impl DiskSet {
                 let inline = !member.is_block_device() && in_memory(raw_fd);
                 Ok(DiskHandle {
                     inline,
-                    map: if inline { Mapping::new(raw_fd) } else { None },
+                    map: if inline {
+                        Mapping::new(raw_fd).map(Rc::new)
+                    } else {
+                        None
+                    },
                     raw_fd,
                     file: File::from_std(std_file),
                     path: member.path().to_owned(),
@@ -222,6 +255,37 @@ impl DiskSet {
         let buffer = reclaim(owner)?;
         results.into_iter().collect::<Result<()>>()?;
         Ok(buffer)
+    }
+
+    /// The `len` bytes at partition `offset` as views of the disks' mappings, in order,
+    /// when every piece lies on a mapped (RAM-backed) disk: a read reply can then be sent
+    /// straight from the disks' pages, with no copy into a buffer first. `None` otherwise.
+    ///
+    /// The views keep their mapping alive. Their bytes are read when the reply is sent; a
+    /// write to the same range that the host issues before this read's reply arrives may
+    /// show in it, which is what a read concurrent with an overlapping write may return on
+    /// any block device.
+    pub fn mapped_read(
+        &self,
+        grant: &LaneGrant,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<MappedSlice>> {
+        let pieces = grant.map(&self.stripes, offset, len);
+        if pieces.len() > MAX_MAPPED_PIECES {
+            return None;
+        }
+        let mut slices = Vec::with_capacity(pieces.len());
+        for mapped in &pieces {
+            let map = self.disk(mapped.piece.disk).map.as_ref()?;
+            let ptr = map.range(mapped.piece.disk_offset, mapped.piece.len as usize)?;
+            slices.push(MappedSlice {
+                _map: map.clone(),
+                ptr,
+                len: mapped.piece.len as usize,
+            });
+        }
+        Some(slices)
     }
 
     /// Writes the data area of `buffer` (`len` bytes) at partition `offset`; with `fua`,
