@@ -265,3 +265,42 @@ fn many_requests_in_flight_complete_out_of_order() {
         assert_eq!(data, pattern(u64::from(reply.tag), block));
     }
 }
+
+/// On mapped disks a write's payload is received straight into the disks' pages, so a
+/// refused write (read-only, out of range, misaligned) must be drained, not written: it
+/// gets its errno, the bytes stay as they were, and the lane keeps its framing.
+#[test]
+fn refused_writes_on_ram_disks_do_not_touch_them() {
+    let Some(disks) = ram_disks(3) else { return };
+    let array = format(&disks, CHUNK);
+    let size = 4 * 3 * CHUNK;
+    let p = array.create_partition("p", size, true).unwrap();
+    let secret = array.create_host("h").unwrap().secret;
+    array.assign("h", "p", Access::ReadWrite).unwrap();
+    let ro = array.create_host("ro").unwrap().secret;
+    array.assign("ro", "p", Access::ReadOnly).unwrap();
+    let server = serve(array);
+    let mut writer = Client::data(server.local_addr(), "h", &secret, p.id);
+    let mut reader = Client::data(server.local_addr(), "ro", &ro, p.id);
+    let before = pattern(11, size as usize);
+    assert_eq!(writer.write(0, &before), Status::Ok);
+
+    let payload = pattern(12, (3 * CHUNK) as usize);
+    assert_eq!(
+        reader.write(CHUNK / 2, &payload),
+        Status::Errno(wire::libc_errno::EROFS)
+    );
+    assert_eq!(
+        writer.write(size - CHUNK, &payload),
+        Status::Errno(wire::libc_errno::EINVAL)
+    );
+    assert_eq!(
+        writer.write(SECTOR / 2, &payload[..SECTOR as usize]),
+        Status::Errno(wire::libc_errno::EINVAL)
+    );
+    assert_eq!(reader.read_ok(0, size as u32), before);
+    // Both lanes still frame correctly, and an admitted write lands.
+    assert_eq!(writer.write_fua(CHUNK / 2, &payload), Status::Ok);
+    let back = reader.read_ok(CHUNK / 2, payload.len() as u32);
+    assert!(back == payload);
+}

@@ -118,11 +118,20 @@ async fn read_requests(
         };
         let request = frame::decode_request(reader.header(&prefix), prefix)?;
         reader.consume_head(&prefix);
-        let payload = match request.op {
-            Op::Write => Some(reader.read_payload(request.len as usize).await?),
+        // Admitted first (range, access), so that a write's payload can be received
+        // straight into the disks' mappings; a refused write's payload is drained into a
+        // buffer and dropped, never written.
+        let admitted = lane.admit(&request);
+        let payload = match (&admitted, request.op) {
+            (Ok(grant), Op::Write) => Some(receive_write(lane, reader, grant, &request).await?),
+            (Err(Error::Revoked), _) => None, // the lane closes below
+            (Err(_), Op::Write) => {
+                drop(reader.read_payload(request.len as usize).await?);
+                None
+            }
             _ => None,
         };
-        match lane.admit(&request) {
+        match admitted {
             Ok(grant) => {
                 tokio_uring::spawn(execute(lane.clone(), grant, request, payload, permit));
             }
@@ -139,6 +148,35 @@ async fn read_requests(
             Err(error) => lane.reply_error(&request, &error),
         }
     }
+}
+
+/// Receives an admitted write's payload: straight into the disks' mappings when every
+/// piece is on a mapped disk (the data is then in place), else into a buffer.
+async fn receive_write(
+    lane: &Lane,
+    reader: &mut FrameReader,
+    grant: &LaneGrant,
+    request: &Request,
+) -> Result<Payload> {
+    let len = request.len as usize;
+    match lane
+        .disks
+        .mapped_write(grant, request.offset, u64::from(request.len))
+    {
+        Some(views) => {
+            reader.read_payload_into(views).await?;
+            Ok(Payload::InPlace)
+        }
+        None => Ok(Payload::Buffer(reader.read_payload(len).await?)),
+    }
+}
+
+/// A write's payload as its request task gets it.
+enum Payload {
+    /// Received into a buffer, to be written to the disks.
+    Buffer(AlignedBuf),
+    /// Already received into the disks' mappings.
+    InPlace,
 }
 
 impl Lane {
@@ -244,7 +282,7 @@ async fn execute(
     lane: Rc<Lane>,
     grant: Arc<LaneGrant>,
     request: Request,
-    payload: Option<AlignedBuf>,
+    payload: Option<Payload>,
     _permit: OwnedSemaphorePermit,
 ) {
     let disks = &lane.disks;
@@ -271,10 +309,19 @@ async fn execute(
                 }
             }
         }
-        (Op::Write, Some(buffer)) => {
-            let result = disks
-                .write(&grant, offset, len, buffer, request.fua())
-                .await;
+        (Op::Write, Some(payload)) => {
+            let result = match payload {
+                Payload::Buffer(buffer) => {
+                    disks
+                        .write(&grant, offset, len, buffer, request.fua())
+                        .await
+                }
+                Payload::InPlace => {
+                    disks
+                        .finish_mapped_write(&grant, offset, len, request.fua())
+                        .await
+                }
+            };
             let bytes = result.is_ok().then_some((&counters.write_bytes, len));
             LaneCounters::count(&counters.writes, bytes);
             result

@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use futures_util::future::join_all;
-use tokio_uring::buf::{BoundedBuf, IoBuf};
+use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
 use tokio_uring::fs::File;
 
 use super::buffer::{AlignedBuf, BufPart, DATA_OFFSET};
@@ -131,6 +131,71 @@ unsafe impl IoBuf for MappedSlice {
 
     fn bytes_total(&self) -> usize {
         self.len
+    }
+}
+
+/// A write payload's destination in a member disk's mapping (a [`MappedSlice`]),
+/// filled front to back by copies from the staging buffer and by socket receives.
+///
+/// As an I/O buffer its "initialised" bytes are the ones filled so far: a receive
+/// (`readv`) fills `filled..len` and advances `filled` through `set_init`.
+#[derive(Debug)]
+pub struct MappedTarget {
+    view: MappedSlice,
+    filled: usize,
+}
+
+impl MappedTarget {
+    /// An empty target over `view`.
+    pub fn new(view: MappedSlice) -> MappedTarget {
+        MappedTarget { view, filled: 0 }
+    }
+
+    /// Bytes still to fill.
+    pub fn remaining(&self) -> usize {
+        self.view.len - self.filled
+    }
+
+    /// Copies as much of `source` as fits into the unfilled part; returns how much.
+    pub fn fill_from(&mut self, source: &[u8]) -> usize {
+        let take = source.len().min(self.remaining());
+        // SAFETY: `filled + take <= len`, so the destination lies inside the view's mapped,
+        // writable range (see `MappedSlice`); `source` (a socket staging buffer) never
+        // lies inside a disk mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(source.as_ptr(), self.view.ptr.add(self.filled), take)
+        };
+        self.filled += take;
+        take
+    }
+}
+
+// SAFETY: `view.ptr..view.ptr + view.len` lies inside the mapping, which the view keeps
+// mapped; `filled <= len` bytes count as initialised (mapped file pages always are).
+unsafe impl IoBuf for MappedTarget {
+    fn stable_ptr(&self) -> *const u8 {
+        self.view.ptr
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.filled
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.view.len
+    }
+}
+
+// SAFETY: the mapping is writable (`PROT_WRITE`); a receive into it writes file pages,
+// which is the point. A read reply in flight over an overlapping range may show some of
+// the new bytes, as a read concurrent with an overlapping write may on any block device.
+unsafe impl IoBufMut for MappedTarget {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.view.ptr
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        self.filled = self.filled.max(pos.min(self.view.len));
     }
 }
 
@@ -288,6 +353,44 @@ impl DiskSet {
         Some(slices)
     }
 
+    /// The `len` bytes at partition `offset` as writable views of the disks' mappings, in
+    /// order, when every piece lies on a mapped (RAM-backed) disk: a write payload can
+    /// then be received from the socket straight into the disks' pages. `None` otherwise.
+    /// The caller has admitted the request (range, access) first; once the payload is in,
+    /// [`DiskSet::finish_mapped_write`] completes it.
+    pub fn mapped_write(
+        &self,
+        grant: &LaneGrant,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<MappedTarget>> {
+        let views = self.mapped_read(grant, offset, len)?;
+        Some(views.into_iter().map(MappedTarget::new).collect())
+    }
+
+    /// Completes a write whose payload [`DiskSet::mapped_write`]'s views received: with
+    /// `fua`, the touched disks are synced, as [`DiskSet::write`] does.
+    pub async fn finish_mapped_write(
+        &self,
+        grant: &LaneGrant,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<()> {
+        if fua {
+            let pieces = grant.map(&self.stripes, offset, len);
+            self.sync_touched(&pieces).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_touched(&self, pieces: &[MappedPiece]) -> Result<()> {
+        let mut touched: Vec<u32> = pieces.iter().map(|m| m.piece.disk).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        self.sync(&touched).await
+    }
+
     /// Writes the data area of `buffer` (`len` bytes) at partition `offset`; with `fua`,
     /// the touched disks are synced before this returns.
     pub async fn write(
@@ -316,10 +419,7 @@ impl DiskSet {
             results.into_iter().collect::<Result<()>>()?;
         }
         if fua {
-            let mut touched: Vec<u32> = pieces.iter().map(|m| m.piece.disk).collect();
-            touched.sort_unstable();
-            touched.dedup();
-            self.sync(&touched).await?;
+            self.sync_touched(&pieces).await?;
         }
         Ok(())
     }

@@ -1,16 +1,19 @@
 //! Frames over a tokio-uring socket: a staging buffer for heads, write payloads received
 //! into their aligned buffer, and whole-frame sends.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_uring::buf::BoundedBuf;
+use tokio_uring::fs::File;
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, FramePrefix, Limits};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
 
 use super::buffer::{AlignedBuf, DATA_OFFSET};
+use super::disk_io::MappedTarget;
 use crate::error::{Error, Result};
 
 /// Bytes of the staging buffer: the largest head plus room to batch small frames.
@@ -19,12 +22,16 @@ const STAGING_LEN: usize = PREFIX_LEN + MAX_HEADER_LEN as usize + (64 << 10);
 /// Reads frames from one connection.
 ///
 /// Heads are read into a staging buffer. A write's payload goes into its own aligned
-/// buffer: the part the staging read already took is copied (at most one staging read's
-/// worth), the rest is received from the socket straight into the aligned buffer.
+/// buffer, or straight into its place in the disks' mappings: the part the staging read
+/// already took is copied (at most one staging read's worth), the rest is received from
+/// the socket straight into its destination.
 pub struct FrameReader {
     stream: Rc<TcpStream>,
     staging: Vec<u8>,
     start: usize,
+    /// A duplicate of the socket's descriptor as a ring file, for vectored receives
+    /// (`readv` into several mapped pieces at once); made on first use.
+    vectored: Option<File>,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -42,6 +49,7 @@ impl FrameReader {
             stream,
             staging: Vec::with_capacity(STAGING_LEN),
             start: 0,
+            vectored: None,
         }
     }
 
@@ -116,6 +124,55 @@ impl FrameReader {
         }
         buffer.set_len(DATA_OFFSET + len);
         Ok(buffer)
+    }
+
+    /// Receives the current frame's payload straight into `targets` (in order; their
+    /// lengths add up to the payload's). On an error or a cut-off stream the targets are
+    /// left partly written.
+    pub async fn read_payload_into(&mut self, targets: Vec<MappedTarget>) -> Result<()> {
+        let total: usize = targets.iter().map(MappedTarget::remaining).sum();
+        let mut received = 0;
+        let mut pending = Vec::with_capacity(targets.len());
+        for mut target in targets {
+            let staged = &self.staging[self.start..];
+            let took = target.fill_from(staged);
+            self.start += took;
+            received += took;
+            if target.remaining() > 0 {
+                pending.push(target);
+            }
+        }
+        while !pending.is_empty() {
+            let file = self.vectored_file()?;
+            // Offset 0: a socket has no position; this is a plain `readv`, which advances
+            // each target's filled part (see `MappedTarget`).
+            let (result, mut targets) = file.readv_at(pending, 0).await;
+            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
+            if read == 0 {
+                return Err(WireError::Truncated {
+                    have: received,
+                    need: total,
+                }
+                .into());
+            }
+            received += read;
+            targets.retain(|target| target.remaining() > 0);
+            pending = targets;
+        }
+        Ok(())
+    }
+
+    fn vectored_file(&mut self) -> Result<&File> {
+        if self.vectored.is_none() {
+            // SAFETY: the socket's descriptor is open while `self.stream` lives, which
+            // outlives this borrow; it is only duplicated here.
+            let socket = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+            let owned = socket
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("duplicating a socket descriptor", e))?;
+            self.vectored = Some(File::from_std(std::fs::File::from(owned)));
+        }
+        Ok(self.vectored.as_ref().expect("set just above"))
     }
 
     /// Reads one payload-less message; `Ok(None)` on a clean end of stream.
