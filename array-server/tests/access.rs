@@ -56,6 +56,7 @@ fn unassigned_partition_is_refused_not_assigned() {
             partition: p.id,
             queue: 0,
             lane: 0,
+            epoch: 1,
         },
     )
     .err()

@@ -223,6 +223,7 @@ fn lanes_show_in_the_live_view_and_metrics_and_revocation_closes_them() {
         partition: id,
         queue: 0,
         lane: 0,
+        epoch: u64::MAX,
     };
     assert!(
         Client::connect(addr, "h1", &secret, purpose).is_err(),

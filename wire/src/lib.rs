@@ -1,4 +1,8 @@
-//! The Multilane wire protocol, version 1, sans-IO: no sockets, no runtime.
+//! The Multilane wire protocol, version 2, sans-IO: no sockets, no runtime.
+//!
+//! Version 2 added the lane epoch in `Purpose::Data` (fencing a replaced connection), the
+//! server's boot epoch in `Welcome`, `Op::Heartbeat` and `RefusedCode::Stale`. The MAC labels
+//! keep their `v1` text: they name the transcript format, which did not change.
 //!
 //! # Layout
 //!
@@ -22,7 +26,7 @@
 //! | S→C | [`ProofReply`]: [`Welcome`] or [`Refused`] | – | `HMAC(secret, "multilane v1 server" ‖ transcript)`, `max_io`, partition |
 //! | C→S | [`ControlRequest`] | – | control: `ListPartitions`, `Ping` |
 //! | S→C | [`ControlEvent`] | – | control: `Partitions` (asked for, or pushed on change), `Pong` |
-//! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, FUA flag |
+//! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, `Heartbeat`, FUA flag |
 //! | S→C | [`Reply`] | read data (`len`) | data: `tag`, `Ok` or `Errno(e)`; any order |
 //!
 //! A request the server cannot honour (out of range, misaligned, read-only, revoked) gets

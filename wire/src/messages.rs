@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// First four bytes of every `Hello`: ASCII "MLN1".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MLN1");
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of the nonces both sides contribute to a handshake.
 pub const NONCE_LEN: usize = 32;
 /// Length of an HMAC-SHA256 tag.
@@ -38,6 +38,13 @@ pub enum Purpose {
         queue: u16,
         /// The lane's index among its queue's lanes.
         lane: u16,
+        /// The lane's epoch: grows with every connection the host opens for this
+        /// (partition, queue, lane), across reconnects and daemon restarts. A data Hello
+        /// whose epoch is newer than the live connection's *fences* it: the server closes
+        /// the old socket and waits for every request it admitted from it to finish before
+        /// it answers `Welcome`, so a write sent on the old connection can never land after
+        /// the host reissued it. A Hello not newer than the live one is refused `Stale`.
+        epoch: u64,
     },
 }
 
@@ -105,6 +112,11 @@ pub struct Welcome {
     pub array_id: [u8; 16],
     /// For a data connection: the partition as it stands now.
     pub partition: Option<PartitionInfo>,
+    /// The server process's boot epoch, drawn afresh at every start. Writes acknowledged
+    /// without FUA and not yet covered by a FLUSH may be lost when it changes (the server
+    /// lost power or was killed); a host that sees a new epoch while it holds such writes
+    /// fails its next FLUSH with `EIO`.
+    pub boot_epoch: u64,
 }
 
 /// Why the server refused a handshake; the same answer for unknown host and bad proof.
@@ -120,6 +132,9 @@ pub enum RefusedCode {
     Busy,
     /// The hello was malformed (bad magic, over-long name).
     BadHello,
+    /// A data Hello whose lane epoch is not newer than the live connection's for the same
+    /// (host, partition, queue, lane): an old connection attempt that arrived late.
+    Stale,
 }
 
 /// A refusal with a human-readable explanation.
@@ -222,6 +237,10 @@ pub enum Op {
     Discard,
     /// The range reads back as zeroes.
     WriteZeroes,
+    /// Liveness probe: answered `Ok` at once without touching the disks (`offset` and
+    /// `len` are 0). A host sends it on a lane that has requests outstanding and has heard
+    /// nothing for a while; no answer within the dead-lane bound means the lane is dead.
+    Heartbeat,
 }
 
 /// Request flag: the write is durable before it is acknowledged.

@@ -7,13 +7,14 @@ use wire::*;
 fn any_purpose() -> impl Strategy<Value = Purpose> {
     prop_oneof![
         Just(Purpose::Control),
-        (any::<u32>(), any::<u16>(), any::<u16>()).prop_map(|(partition, queue, lane)| {
-            Purpose::Data {
+        (any::<u32>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
+            |(partition, queue, lane, epoch)| Purpose::Data {
                 partition,
                 queue,
                 lane,
+                epoch,
             }
-        }),
+        ),
     ]
 }
 

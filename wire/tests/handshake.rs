@@ -11,6 +11,7 @@ const DATA: Purpose = Purpose::Data {
     partition: 3,
     queue: 1,
     lane: 0,
+    epoch: 1,
 };
 
 /// Runs a whole handshake; `server_secret` is what the server holds for the host.
@@ -38,6 +39,7 @@ fn run(
         max_in_flight: 128,
         array_id: [0; 16],
         partition: None,
+        boot_epoch: 1,
     }))
 }
 
@@ -84,6 +86,7 @@ fn a_proof_cannot_be_replayed_on_another_connection_or_purpose() {
             partition: 4,
             queue: 1,
             lane: 0,
+            epoch: 1,
         },
         ..hello
     };
@@ -103,8 +106,8 @@ fn bad_hellos_are_refused_with_reasons() {
     assert_eq!(refused.code, RefusedCode::BadHello);
 
     hello.magic = MAGIC;
-    hello.min_version = 2;
-    hello.max_version = 3;
+    hello.min_version = PROTOCOL_VERSION + 1;
+    hello.max_version = PROTOCOL_VERSION + 2;
     let (error, refused) = ServerHandshake::on_hello(hello, [0; 32]).unwrap_err();
     assert!(matches!(error, WireError::NoCommonVersion { .. }));
     assert_eq!(refused.code, RefusedCode::Version);

@@ -143,6 +143,7 @@ impl LiveSessions for Shared {
                         partition,
                         queue,
                         lane,
+                        ..
                     } => (SessionKind::Data, Some(partition), Some(queue), Some(lane)),
                 };
                 SessionSnapshot {

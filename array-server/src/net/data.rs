@@ -250,7 +250,7 @@ impl Lane {
 
 /// EINVAL for misaligned or out-of-range requests, EROFS for writes on read-only grants.
 fn check_request(grant: &LaneGrant, request: &Request, max_io: u32) -> Result<()> {
-    if request.op == Op::Flush {
+    if matches!(request.op, Op::Flush | Op::Heartbeat) {
         return Ok(());
     }
     let block_size = grant.info.block_size;
@@ -338,6 +338,7 @@ async fn execute(
             LaneCounters::count(&counters.discards, None);
             disks.discard(&grant, offset, len).await
         }
+        (Op::Heartbeat, _) => Ok(()),
         (Op::WriteZeroes, _) => {
             LaneCounters::count(&counters.write_zeroes, None);
             disks.write_zeroes(&grant, offset, len).await

@@ -120,6 +120,7 @@ pub async fn run(
         max_in_flight: shared.config.max_in_flight,
         array_id: shared.array.id().into_bytes(),
         partition: grant.as_ref().map(|grant| grant.info.clone()),
+        boot_epoch: shared.boot_epoch,
     };
     Ok(Some(Admitted {
         host,

@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) config: ServerConfig,
     live: Arc<AtomicUsize>,
+    /// Drawn at start; announced in every `Welcome` (see `wire::Welcome::boot_epoch`).
+    pub(crate) boot_epoch: u64,
 }
 
 /// A running server; [`RunningServer::stop`] (or dropping it) shuts it down.
@@ -226,6 +228,7 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
         stats: Arc::default(),
         config,
         live: Arc::default(),
+        boot_epoch: draw_boot_epoch()?,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut handles = Vec::with_capacity(threads);
@@ -245,6 +248,18 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
         shutdown,
         threads: handles,
     })
+}
+
+/// A fresh random boot epoch (never 0, so a host can use 0 for "none seen yet").
+fn draw_boot_epoch() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        Error::io(
+            "drawing the boot epoch",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(u64::from_le_bytes(bytes).max(1))
 }
 
 fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {

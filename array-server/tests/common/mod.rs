@@ -91,6 +91,12 @@ impl ConnectError {
     }
 }
 
+/// A lane epoch newer than any handed out before in this process.
+pub fn next_epoch() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn nonce() -> [u8; 32] {
     let mut nonce = [0u8; 32];
     getrandom::getrandom(&mut nonce).unwrap();
@@ -182,6 +188,7 @@ impl Client {
                 partition,
                 queue,
                 lane,
+                epoch: next_epoch(),
             },
         )
         .expect("data connect")

@@ -129,6 +129,31 @@ fn handshake(
 }
 
 /// A fresh random handshake nonce.
+/// A lane epoch newer than every one this host handed out before, in this process or an
+/// earlier one (a daemon that took over after a crash included): the wall clock in
+/// nanoseconds, forced to grow within the process.
+pub fn next_lane_epoch() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        });
+    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(
+            last,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 pub fn nonce() -> Result<wire::Nonce> {
     let mut nonce = [0u8; wire::NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| {

@@ -103,6 +103,7 @@ impl Lane {
             partition: partition.id,
             queue,
             lane,
+            epoch: crate::client::connect::next_lane_epoch(),
         };
         let connection = connect(&config.client, purpose)?;
         let info = connection.welcome.partition.clone().ok_or_else(|| {

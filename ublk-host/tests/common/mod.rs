@@ -60,6 +60,8 @@ pub struct Options {
     /// Requests touching this byte offset fail with this errno.
     pub fail: Option<(u64, i32)>,
     pub partition: PartitionInfo,
+    /// The boot epoch announced in every `Welcome`.
+    pub boot_epoch: u64,
 }
 
 impl Options {
@@ -72,6 +74,7 @@ impl Options {
             dead_after_drop: false,
             fail: None,
             partition,
+            boot_epoch: 1,
         }
     }
 }
@@ -202,6 +205,7 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
             Purpose::Control => None,
             Purpose::Data { .. } => Some(shared.options.partition.clone()),
         },
+        boot_epoch: shared.options.boot_epoch,
     };
     write_message(stream, &ProofReply::Welcome(welcome)).ok()?;
     Some(purpose)
@@ -315,7 +319,7 @@ fn execute(shared: &Shared, request: &Request, payload: &[u8]) -> (Reply, Vec<u8
             store[start..end].fill(0);
             Vec::new()
         }
-        Op::Flush => Vec::new(),
+        Op::Flush | Op::Heartbeat => Vec::new(),
     };
     let reply = Reply {
         tag: request.tag,
