@@ -38,6 +38,14 @@ pub use token::AdminToken;
 /// Default address of the admin service: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7780";
 
+/// [`DEFAULT_ADDR`] as an address.
+pub fn default_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))
+}
+
+/// Port of [`DEFAULT_ADDR`].
+pub const DEFAULT_PORT: u16 = 7780;
+
 /// How to run the admin service.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +17,8 @@ pub const SECTOR_SIZE: u32 = wire::SECTOR_SIZE;
 /// Permission of a member file `format --size` creates: owner only, since the metadata
 /// area holds the hosts' secrets.
 pub const MEMBER_FILE_MODE: u32 = 0o600;
+/// Permission bits a member file should not have (group or others).
+const OPEN_TO_OTHERS: u32 = 0o077;
 /// `ioctl` returning a block device's logical sector size (`_IO(0x12, 104)`).
 const BLKSSZGET: libc::c_ulong = 0x1268;
 
@@ -69,11 +71,17 @@ impl MemberDisk {
             .open(path)
             .map_err(open_error)?;
         lock_exclusive(&control, path)?;
-        let block_device = control
-            .metadata()
-            .map_err(open_error)?
-            .file_type()
-            .is_block_device();
+        let file_metadata = control.metadata().map_err(open_error)?;
+        let block_device = file_metadata.file_type().is_block_device();
+        let mode = file_metadata.permissions().mode();
+        if !block_device && mode & OPEN_TO_OTHERS != 0 {
+            log::warn!(
+                "{}: member file is accessible by group or others (mode {:04o}) and its \
+                 metadata holds the hosts' secrets: chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            );
+        }
         let size = (&control).seek(SeekFrom::End(0)).map_err(open_error)?;
         let logical_block = if block_device {
             device_logical_block(&control).map_err(open_error)?
