@@ -96,7 +96,10 @@ fn offline_host_secrets_sent_to_a_file_are_never_printed() {
     assert!(created.status.success(), "{}", stderr(&created));
     let secret = secret_in(&file);
     assert_eq!(mode(&file), PRIVATE);
-    assert!(!stdout(&created).contains(&secret), "create printed the secret");
+    assert!(
+        !stdout(&created).contains(&secret),
+        "create printed the secret"
+    );
     assert!(!stderr(&created).contains(&secret));
 
     let rotated = with_disks(&["host", "rotate", "h1", "--secret-file", &file_arg]);
@@ -112,7 +115,9 @@ fn offline_host_secrets_sent_to_a_file_are_never_printed() {
     assert!(shown.status.success(), "{}", stderr(&shown));
     let printed = stdout(&shown);
     assert!(
-        printed.lines().any(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())),
+        printed
+            .lines()
+            .any(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())),
         "{printed}"
     );
 }
@@ -156,7 +161,10 @@ fn serve_refuses_an_admin_token_file_others_can_read() {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     args.extend(disks.iter().map(String::as_str));
     let output = run(&args);
-    assert!(!output.status.success(), "serve started with a 0640 token file");
+    assert!(
+        !output.status.success(),
+        "serve started with a 0640 token file"
+    );
     let message = stderr(&output);
     assert!(message.contains("group or others"), "{message}");
     assert!(message.contains("chmod 600"), "{message}");

@@ -7,7 +7,8 @@
 //! - [`cli`]: the admin parts of `array-server format` and `serve` (token file, start).
 //! - [`ctl`]: `array-server ctl`, the API from the command line.
 //! - [`client`]: a minimal blocking client of the API (`array-server ctl`, tests).
-//! - [`http`]: the HTTP server (`tiny_http`), authentication, request/response plumbing.
+//! - [`http`]: the HTTP server (hyper), its limits, authentication, request/response
+//!   plumbing.
 //! - [`routes`]: the API routes and the error → status mapping.
 //! - [`json`]: request bodies and the API's JSON shapes.
 //! - [`live`]: what the admin layer needs from the network server ([`LiveSessions`]).
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 use crate::array::Array;
 use crate::error::Result;
+pub use http::Limits as AdminLimits;
 pub use live::{LiveSessions, NoSessions};
 pub use token::AdminToken;
 
@@ -53,6 +55,8 @@ pub struct AdminConfig {
     pub addr: SocketAddr,
     /// The token every request must carry.
     pub token: AdminToken,
+    /// Deadlines and the connection cap.
+    pub limits: AdminLimits,
 }
 
 /// A running admin service; dropping it stops it.
@@ -70,7 +74,7 @@ impl AdminServer {
     ) -> Result<AdminServer> {
         let context = routes::Context { array, sessions };
         let handler: http::Handler = Arc::new(move |request| routes::route(&context, request));
-        let service = http::HttpService::start(config.addr, config.token, handler)?;
+        let service = http::HttpService::start(config.addr, config.token, config.limits, handler)?;
         log::info!("admin page and API on http://{}/", service.local_addr());
         Ok(AdminServer { service })
     }
