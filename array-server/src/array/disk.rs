@@ -169,66 +169,6 @@ impl MemberDisk {
     }
 }
 
-/// Test-only fault injection for metadata writes: a unit test arms a fault for one member
-/// disk on its own thread, and the next metadata write there fails as a dying disk would.
-#[cfg(test)]
-pub(crate) mod faults {
-    use std::cell::RefCell;
-    use std::path::{Path, PathBuf};
-
-    use crate::error::{DiskOp, Error};
-
-    /// How the armed write fails.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum Fault {
-        /// `EIO` before anything reaches the disk.
-        BeforeWrite,
-        /// The bytes land (readable afterwards), then the sync reports `EIO`.
-        AfterWrite,
-    }
-
-    thread_local! {
-        static ARMED: RefCell<Option<(PathBuf, Fault)>> = const { RefCell::new(None) };
-    }
-
-    /// Makes the next metadata write of an encoded slot to `path` on this thread fail
-    /// with `fault`; wipes (all zeroes) still succeed.
-    pub(crate) fn arm(path: &Path, fault: Fault) {
-        ARMED.with(|armed| *armed.borrow_mut() = Some((path.to_owned(), fault)));
-    }
-
-    fn take(path: &Path, fault: Fault) -> bool {
-        ARMED.with(|armed| {
-            let mut armed = armed.borrow_mut();
-            let hit = armed.as_ref().is_some_and(|(armed_path, armed_fault)| {
-                armed_path == path && *armed_fault == fault
-            });
-            if hit {
-                *armed = None;
-            }
-            hit
-        })
-    }
-
-    fn eio(path: &Path, index: u64) -> Error {
-        Error::Disk {
-            path: path.to_owned(),
-            offset: index,
-            op: DiskOp::WriteMetadata,
-            source: std::io::Error::from_raw_os_error(libc::EIO),
-        }
-    }
-
-    pub(super) fn before_write(path: &Path, index: u64, bytes: &[u8]) -> Option<Error> {
-        let is_wipe = bytes.iter().all(|b| *b == 0);
-        (!is_wipe && take(path, Fault::BeforeWrite)).then(|| eio(path, index))
-    }
-
-    pub(super) fn after_write(path: &Path, index: u64) -> Option<Error> {
-        take(path, Fault::AfterWrite).then(|| eio(path, index))
-    }
-}
-
 fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     // SAFETY: flock on a file descriptor this `File` owns and keeps open; no memory involved.
     let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -333,5 +273,65 @@ pub fn create_file_if_missing(path: &Path, size: u64) -> Result<bool> {
             op: DiskOp::Open,
             source,
         }),
+    }
+}
+
+/// Test-only fault injection for metadata writes: a unit test arms a fault for one member
+/// disk on its own thread, and the next metadata write there fails as a dying disk would.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    use crate::error::{DiskOp, Error};
+
+    /// How the armed write fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Fault {
+        /// `EIO` before anything reaches the disk.
+        BeforeWrite,
+        /// The bytes land (readable afterwards), then the sync reports `EIO`.
+        AfterWrite,
+    }
+
+    thread_local! {
+        static ARMED: RefCell<Option<(PathBuf, Fault)>> = const { RefCell::new(None) };
+    }
+
+    /// Makes the next metadata write of an encoded slot to `path` on this thread fail
+    /// with `fault`; wipes (all zeroes) still succeed.
+    pub(crate) fn arm(path: &Path, fault: Fault) {
+        ARMED.with(|armed| *armed.borrow_mut() = Some((path.to_owned(), fault)));
+    }
+
+    fn take(path: &Path, fault: Fault) -> bool {
+        ARMED.with(|armed| {
+            let mut armed = armed.borrow_mut();
+            let hit = armed.as_ref().is_some_and(|(armed_path, armed_fault)| {
+                armed_path == path && *armed_fault == fault
+            });
+            if hit {
+                *armed = None;
+            }
+            hit
+        })
+    }
+
+    fn eio(path: &Path, index: u64) -> Error {
+        Error::Disk {
+            path: path.to_owned(),
+            offset: index,
+            op: DiskOp::WriteMetadata,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+    }
+
+    pub(super) fn before_write(path: &Path, index: u64, bytes: &[u8]) -> Option<Error> {
+        let is_wipe = bytes.iter().all(|b| *b == 0);
+        (!is_wipe && take(path, Fault::BeforeWrite)).then(|| eio(path, index))
+    }
+
+    pub(super) fn after_write(path: &Path, index: u64) -> Option<Error> {
+        take(path, Fault::AfterWrite).then(|| eio(path, index))
     }
 }
