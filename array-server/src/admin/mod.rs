@@ -11,7 +11,8 @@
 //!   plumbing.
 //! - [`routes`]: the API routes and the error → status mapping.
 //! - [`json`]: request bodies and the API's JSON shapes.
-//! - [`live`]: what the admin layer needs from the network server ([`LiveSessions`]).
+//! - [`live`]: the read-only view the network server exports ([`LiveSessions`], defined
+//!   in `net`), a stand-in without one ([`NoSessions`]), the sessions JSON.
 //! - [`metrics`]: the Prometheus text format.
 //! - [`page`]: the page, HTML/CSS/JS compiled in with `include_str!`.
 //!
