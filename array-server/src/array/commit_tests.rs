@@ -1,22 +1,22 @@
 //! A metadata commit that fails on one member disk is reported failed and never comes
 //! back: not in memory, not after the array is opened again (the disk layer's test-only
-//! fault injection, [`super::disk::faults`], makes the write fail).
+//! fault injection, [`super::disk::faults`], makes the write fail). The API's answer to such
+//! a failure is tested in `admin::routes`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::disk::faults::{self, Fault};
 use super::{Array, FormatOptions};
-use crate::admin::http::ApiRequest;
-use crate::admin::{routes, NoSessions};
 use crate::error::Error;
 
-const DISKS: usize = 3;
+/// Member disks of the test arrays.
+pub(crate) const DISKS: usize = 3;
 const DISK_SIZE: u64 = 16 << 20;
 const CHUNK: u64 = 64 << 10;
 
-fn formatted() -> (tempfile::TempDir, Vec<PathBuf>, Arc<Array>) {
+/// A formatted array of [`DISKS`] member files holding one host, `kept`.
+pub(crate) fn formatted() -> (tempfile::TempDir, Vec<PathBuf>, Arc<Array>) {
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<PathBuf> = (0..DISKS)
         .map(|i| dir.path().join(format!("d{i}")))
@@ -70,33 +70,4 @@ fn a_commit_failing_on_a_middle_disk_never_reappears() {
 fn a_commit_whose_last_sync_fails_never_reappears() {
     // The bytes reach every disk; the last disk's sync reports the error.
     assert_failed_change_is_absent(Fault::AfterWrite, DISKS - 1);
-}
-
-#[test]
-fn the_api_reports_a_failed_commit_and_it_never_reappears() {
-    let (_dir, paths, array) = formatted();
-    let context = routes::Context {
-        array: array.clone(),
-        sessions: Arc::new(NoSessions),
-    };
-    let request = ApiRequest {
-        method: "POST".into(),
-        segments: vec!["api".into(), "hosts".into()],
-        query: HashMap::new(),
-        headers: Vec::new(),
-        body: br#"{"name":"lost"}"#.to_vec(),
-    };
-    faults::arm(&paths[DISKS - 1], Fault::BeforeWrite);
-    let response = routes::route(&context, &request);
-    assert_eq!(response.status, 500);
-    let body = String::from_utf8_lossy(&response.body);
-    assert!(
-        body.contains("metadata"),
-        "the error says what failed: {body}"
-    );
-    drop(context);
-    drop(array);
-    let array = Array::open(&paths).unwrap();
-    let names: Vec<String> = array.hosts().into_iter().map(|h| h.name).collect();
-    assert_eq!(names, ["kept"]);
 }

@@ -3,7 +3,7 @@
 
 pub mod catalog;
 #[cfg(test)]
-mod commit_tests;
+pub(crate) mod commit_tests;
 pub mod disk;
 pub mod grant;
 pub mod metadata;
