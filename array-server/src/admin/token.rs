@@ -105,6 +105,8 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::io(context(), e))
 }
 
+/// The permission bits of a file mode (shown in messages).
+pub const PERMISSION_BITS: u32 = 0o7777;
 /// Permission bits a secret file may not have: any access by group or others.
 pub const FORBIDDEN_MODE: u32 = 0o077;
 
@@ -126,7 +128,7 @@ pub fn read_private(path: &Path, what: &str) -> Result<String> {
                 format!(
                     "it is accessible by group or others (mode {:04o}); a secret must be \
                      private to its owner: chmod 600 {}",
-                    mode & 0o7777,
+                    mode & PERMISSION_BITS,
                     path.display()
                 ),
             ),

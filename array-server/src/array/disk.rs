@@ -17,6 +17,8 @@ pub const SECTOR_SIZE: u32 = wire::SECTOR_SIZE;
 /// Permission of a member file `format --size` creates: owner only, since the metadata
 /// area holds the hosts' secrets.
 pub const MEMBER_FILE_MODE: u32 = 0o600;
+/// The permission bits of a file mode (shown in messages).
+const PERMISSION_BITS: u32 = 0o7777;
 /// Permission bits a member file should not have (group or others).
 const OPEN_TO_OTHERS: u32 = 0o077;
 /// `ioctl` returning a block device's logical sector size (`_IO(0x12, 104)`).
@@ -79,7 +81,7 @@ impl MemberDisk {
                 "{}: member file is accessible by group or others (mode {:04o}) and its \
                  metadata holds the hosts' secrets: chmod 600 it",
                 path.display(),
-                mode & 0o7777
+                mode & PERMISSION_BITS
             );
         }
         let size = (&control).seek(SeekFrom::End(0)).map_err(open_error)?;

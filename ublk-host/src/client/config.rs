@@ -63,6 +63,8 @@ impl EngineConfig {
     }
 }
 
+/// The permission bits of a file mode (shown in messages).
+const PERMISSION_BITS: u32 = 0o7777;
 /// Permission bits a secret file may not have: any access by group or others.
 pub const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
 
@@ -85,7 +87,7 @@ pub fn read_secret_file(path: &str) -> Result<Secret> {
         return Err(unusable(format!(
             "it is accessible by group or others (mode {:04o}); a host secret must be \
              private to its owner: chmod 600 {path}",
-            mode & 0o7777
+            mode & PERMISSION_BITS
         )));
     }
     let mut text = String::new();
