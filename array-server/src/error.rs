@@ -102,7 +102,10 @@ pub enum Error {
     #[error("chunk size {0} must be a power of two from 4 KiB to 64 MiB")]
     BadChunkSize(u64),
     /// A host or partition name breaks the naming rule.
-    #[error("invalid name {0:?}: 1 to 64 characters of [A-Za-z0-9._-]")]
+    #[error(
+        "invalid name {0:?}: 1 to 64 characters of [A-Za-z0-9._-], not starting with '-', \
+         and not '.' or '..'"
+    )]
     InvalidName(String),
     /// A partition of that name exists already.
     #[error("partition {0:?} already exists")]

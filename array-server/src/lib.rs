@@ -9,7 +9,11 @@
 //!   ([`array::grant`]) and the management handle [`Array`] with its serialisable views.
 //! - [`net`]: the TCP server: thread-per-core tokio-uring runtimes ([`net::start`]),
 //!   handshake, control sessions (discovery, live pushes), data sessions (block I/O), the
-//!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers.
+//!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers,
+//!   and the read-only view of the running server other layers read
+//!   ([`net::LiveSessions`]).
+//! - [`admin`]: the admin HTTP service (page, JSON API, `/metrics`) and `ctl`; it reads
+//!   the server through [`net::LiveSessions`] and changes the array through [`Array`].
 //! - [`error`]: [`Error`], one enum for the crate, with the errno each variant fails a
 //!   block request with.
 //! - [`units`]: human-readable sizes (`4K`, `1.5G`).

@@ -1,8 +1,6 @@
 //! `array-server`: format member disks, serve the array, and administer it offline.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,9 +11,6 @@ use array_server::net::{self, ServerConfig};
 use array_server::units::{format_size, parse_size};
 use array_server::{Array, FormatOptions};
 use wire::Access;
-
-/// Owner read/write only: the permission of a secret file.
-const SECRET_FILE_MODE: u32 = 0o600;
 
 /// Multilane array server: stripes member disks into one array, carves it into
 /// partitions and serves them to authenticated hosts.
@@ -83,9 +78,13 @@ struct ServeCommand {
     /// most live connections
     #[argh(option, default = "net::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
-    /// serve the admin page, JSON API and /metrics on this address (e.g. 127.0.0.1:7780)
-    #[argh(option)]
-    admin: Option<SocketAddr>,
+    /// serve the admin page, JSON API and /metrics on this address (default
+    /// 127.0.0.1:7780, loopback only)
+    #[argh(option, default = "admin::default_addr()")]
+    admin: SocketAddr,
+    /// do not serve the admin page, API and /metrics at all
+    #[argh(switch)]
+    no_admin: bool,
     /// admin token file (default: the one `format` wrote; created if missing)
     #[argh(option)]
     admin_token_file: Option<PathBuf>,
@@ -194,14 +193,15 @@ enum HostAction {
     List(HostList),
 }
 
-/// Create a host; its secret is printed once (and written to --secret-file, mode 0600).
+/// Create a host; its secret goes to --secret-file (mode 0600, not printed), else is
+/// printed once.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "create")]
 struct HostCreate {
     /// host name
     #[argh(positional)]
     name: String,
-    /// also write the secret to this file (mode 0600)
+    /// write the secret to this file (mode 0600) instead of printing it
     #[argh(option)]
     secret_file: Option<PathBuf>,
     /// member disk (repeat for each disk)
@@ -221,14 +221,15 @@ struct HostDelete {
     disk: Vec<PathBuf>,
 }
 
-/// Give a host a new secret, printed once.
+/// Give a host a new secret: into --secret-file (mode 0600, not printed), else printed
+/// once.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "rotate")]
 struct HostRotate {
     /// host name
     #[argh(positional)]
     name: String,
-    /// also write the secret to this file (mode 0600)
+    /// write the secret to this file (mode 0600) instead of printing it
     #[argh(option)]
     secret_file: Option<PathBuf>,
     /// member disk (repeat for each disk)
@@ -348,7 +349,7 @@ fn serve(command: ServeCommand) -> Result<()> {
     let signals = block_termination_signals()?;
     let server = net::start(array, config).context("starting the server")?;
     println!("array-server listening on {}", server.local_addr());
-    let admin = match command.admin {
+    let admin = match admin_address(&command) {
         Some(addr) => {
             let token_file = command.admin_token_file.as_deref();
             let (admin, path) = admin::cli::start_for_serve(
@@ -356,7 +357,10 @@ fn serve(command: ServeCommand) -> Result<()> {
                 token_file,
                 server.array().clone(),
                 server.live_sessions(),
-            )?;
+            )
+            .with_context(|| {
+                format!("starting the admin service on {addr} (--admin ADDR, or --no-admin)")
+            })?;
             println!(
                 "admin page on http://{}/ (token in {})",
                 admin.local_addr(),
@@ -371,6 +375,11 @@ fn serve(command: ServeCommand) -> Result<()> {
     drop(admin);
     server.stop();
     Ok(())
+}
+
+/// Where `serve` runs the admin service: `--admin` or its default, unless `--no-admin`.
+fn admin_address(command: &ServeCommand) -> Option<SocketAddr> {
+    (!command.no_admin).then_some(command.admin)
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and in every thread it starts later), so
@@ -545,24 +554,42 @@ fn host(action: HostAction) -> Result<()> {
     }
 }
 
+/// Hands a new secret to the operator: into `file` (mode 0600) and never on the terminal
+/// when a file is given, else printed once.
 fn show_secret(host: &str, secret: &str, file: Option<&Path>) -> Result<()> {
-    if let Some(path) = file {
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(SECRET_FILE_MODE)
-            .open(path)
-            .with_context(|| format!("writing the secret to {}", path.display()))?;
-        out.set_permissions(std::fs::Permissions::from_mode(SECRET_FILE_MODE))?;
-        writeln!(out, "{secret}")?;
-        println!(
-            "secret of host {host} written to {} (shown only now):",
-            path.display()
-        );
-    } else {
-        println!("secret of host {host} (shown only now; keep it):");
+    match file {
+        Some(path) => {
+            admin::token::write_private(path, secret)?;
+            println!(
+                "secret of host {host} written to {} (mode 0600; it is not shown)",
+                path.display()
+            );
+        }
+        None => {
+            println!("secret of host {host} (shown only now; keep it):");
+            println!("{secret}");
+        }
     }
-    println!("{secret}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(extra: &[&str]) -> ServeCommand {
+        let mut args = vec!["--disk", "d0.img"];
+        args.extend_from_slice(extra);
+        ServeCommand::from_args(&["serve"], &args).expect("valid serve arguments")
+    }
+
+    #[test]
+    fn serve_runs_the_admin_service_on_loopback_7780_by_default() {
+        let default: SocketAddr = admin::DEFAULT_ADDR.parse().unwrap();
+        assert_eq!(default, SocketAddr::from(([127, 0, 0, 1], 7780)));
+        assert_eq!(admin_address(&serve_args(&[])), Some(default));
+        let chosen = serve_args(&["--admin", "127.0.0.1:9999"]);
+        assert_eq!(admin_address(&chosen), "127.0.0.1:9999".parse().ok());
+        assert_eq!(admin_address(&serve_args(&["--no-admin"])), None);
+    }
 }

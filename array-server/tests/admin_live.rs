@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use array_server::admin::client::{AdminClient, Answer};
-use array_server::admin::{AdminConfig, AdminServer, AdminToken};
+use array_server::admin::{AdminConfig, AdminLimits, AdminServer, AdminToken};
 use array_server::net::RunningServer;
 use array_server::Array;
 use common::{format, serve, temp_disks, Client, Disks, CHUNK, DISK_SIZE};
@@ -35,6 +35,7 @@ impl Stack {
         let config = AdminConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: token.clone(),
+            limits: AdminLimits::default(),
         };
         let admin = AdminServer::start(config, array.clone(), net.live_sessions()).unwrap();
         let api =

@@ -30,7 +30,13 @@ impl ServerProcess {
             command.arg("--disk").arg(path);
         }
         let child = command
-            .args(["--listen", &addr.to_string(), "--threads", "2"])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--threads",
+                "2",
+                "--no-admin",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -49,47 +49,60 @@ fn metadata_and_data_survive_a_restart() {
     assert_eq!(client.read_ok(4096, 1 << 20), data);
 }
 
+/// The slot index (0 or 1) of `path` holding `generation`, and both slots.
+fn slot_holding(path: &std::path::Path, generation: u64) -> (u64, [Option<Slot>; 2]) {
+    let file = std::fs::File::open(path).unwrap();
+    let slots = metadata::read_slots(&file, path).unwrap();
+    let index = slots
+        .iter()
+        .position(|s| s.as_ref().is_some_and(|s| s.generation == generation))
+        .expect("the committed generation is on every disk");
+    (index as u64, slots)
+}
+
 #[test]
-fn an_update_interrupted_between_disks_loses_nothing() {
+fn an_update_interrupted_between_disks_never_reappears() {
     let disks = temp_disks(3, DISK_SIZE);
     let array = format(&disks, CHUNK);
     let kept = array.create_partition("kept", 1 << 20, false).unwrap();
     let generation = array.info().generation;
     drop(array);
 
-    // "Crash" mid-update: the next generation reached disk 0 only.
+    // "Crash" mid-commit: the next generation reached disk 0 only (in the slot a commit
+    // writes: the one not holding the committed generation).
+    let (committed, slots) = slot_holding(&disks.paths[0], generation);
+    let mut next = slots[committed as usize].clone().unwrap();
+    next.generation += 1;
+    next.metadata.partitions[0].name = "renamed".into();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&disks.paths[0])
         .unwrap();
-    let [a, b] = metadata::read_slots(&file, &disks.paths[0]).unwrap();
-    let mut newest = [a, b]
-        .into_iter()
-        .flatten()
-        .max_by_key(|s| s.generation)
-        .unwrap();
-    assert_eq!(newest.generation, generation);
-    newest.generation += 1;
-    newest.metadata.partitions[0].name = "renamed".into();
-    metadata::write_slot(&file, &disks.paths[0], &newest).unwrap();
+    let target = metadata::other_slot(committed);
+    metadata::write_slot(&file, &disks.paths[0], target, &next).unwrap();
     drop(file);
 
     let array = Array::open(&disks.paths).unwrap();
-    assert_eq!(array.partition("renamed").unwrap().size, kept.size);
-    // Opening healed the lagging disks with a fresh generation on all of them.
-    assert!(array.info().generation > generation + 1);
+    assert_eq!(array.partition("kept").unwrap().size, kept.size);
+    assert!(matches!(
+        array.partition("renamed"),
+        Err(Error::PartitionNotFound(_))
+    ));
+    // Opening discarded the unfinished commit with a fresh generation on every disk,
+    // above the unfinished one's number.
+    let healed = array.info().generation;
+    assert!(healed > generation + 1);
     drop(array);
     for path in &disks.paths {
-        let file = std::fs::File::open(path).unwrap();
-        let slots = metadata::read_slots(&file, path).unwrap();
-        let best = slots
-            .into_iter()
-            .flatten()
-            .max_by_key(|s: &Slot| s.generation)
-            .unwrap();
-        assert_eq!(best.metadata.partitions[0].name, "renamed");
+        let (_, slots) = slot_holding(path, healed);
+        for slot in slots.iter().flatten() {
+            assert_eq!(slot.metadata.partitions[0].name, "kept");
+        }
     }
+    let array = Array::open(&disks.paths).unwrap();
+    assert!(array.partition("renamed").is_err());
+    assert_eq!(array.info().generation, healed);
 }
 
 #[test]
@@ -101,12 +114,13 @@ fn a_corrupted_newest_slot_is_ignored() {
     let generation = array.info().generation;
     drop(array);
     for path in &disks.paths {
+        let (index, _) = slot_holding(path, generation);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .unwrap();
-        let offset = Slot::slot_index(generation) * SLOT_SIZE as u64 + 20;
+        let offset = index * SLOT_SIZE as u64 + 20;
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, offset).unwrap();
         file.write_all_at(&[byte[0] ^ 0xff], offset).unwrap();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{AdminConfig, AdminServer, AdminToken, LiveSessions};
+use super::{AdminConfig, AdminLimits, AdminServer, AdminToken, LiveSessions};
 use crate::array::Array;
 use crate::error::Result;
 
@@ -48,7 +48,12 @@ pub fn start_for_serve(
              and has the token controls the array; there is no TLS"
         );
     }
-    let server = AdminServer::start(AdminConfig { addr, token }, array, sessions)?;
+    let config = AdminConfig {
+        addr,
+        token,
+        limits: AdminLimits::default(),
+    };
+    let server = AdminServer::start(config, array, sessions)?;
     Ok((server, path))
 }
 

@@ -2,20 +2,32 @@
 //! thread (handlers run on its blocking pool, since they write metadata synchronously),
 //! the token check, and the translation between hyper's requests and the plain
 //! [`ApiRequest`] / [`ApiResponse`] the routes work with.
+//!
+//! # Limits
+//!
+//! The service shares the process's file descriptors with the data path, and anyone who
+//! can reach the port may connect before proving the token, so a client can only hold
+//! what [`Limits`] allows: request headers must arrive within `header_read_timeout`
+//! (an idle keep-alive connection waiting for its next request too), a body within
+//! `body_read_timeout` (408 and the connection closes), and at most `max_connections`
+//! connections are open at once: a connection beyond that is accepted and closed at once.
+//! A failed `accept` (out of file descriptors) pauses the loop for
+//! [`ACCEPT_RETRY_DELAY`] instead of retrying (and logging) at full speed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::token::AdminToken;
 use crate::error::{Error, Result};
@@ -29,6 +41,35 @@ pub const COOKIE: &str = "multilane_admin";
 pub const CSRF_HEADER: &str = "X-Multilane-Request";
 /// Threads of the blocking pool that runs handlers.
 const HANDLER_THREADS: usize = 2;
+/// Default deadline for a request's headers (and for an idle connection's next request).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline for a request's body, from the end of its headers.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Pause after a failed `accept` (out of file descriptors...) before trying again.
+pub const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// What one client may hold of the service (see the module's "Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline for a request's headers, and for the next request on an idle connection.
+    pub header_read_timeout: Duration,
+    /// Deadline for a request's body once its headers arrived.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// A request as the routes see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +153,13 @@ impl std::fmt::Debug for HttpService {
 
 impl HttpService {
     /// Listens on `addr` and answers every request with `handler` once it passes the
-    /// token check.
-    pub fn start(addr: SocketAddr, token: AdminToken, handler: Handler) -> Result<HttpService> {
+    /// token check, within `limits`.
+    pub fn start(
+        addr: SocketAddr,
+        token: AdminToken,
+        limits: Limits,
+        handler: Handler,
+    ) -> Result<HttpService> {
         let context = || format!("listening for admin HTTP on {addr}");
         let listener = std::net::TcpListener::bind(addr).map_err(|e| Error::io(context(), e))?;
         listener
@@ -122,12 +168,17 @@ impl HttpService {
         let addr = listener.local_addr().map_err(|e| Error::io(context(), e))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .max_blocking_threads(HANDLER_THREADS)
             .thread_name("admin-http-handler")
             .build()
             .map_err(|e| Error::io("starting the admin HTTP runtime", e))?;
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared { token, handler });
+        let shared = Arc::new(Shared {
+            token,
+            handler,
+            limits,
+        });
         let thread = std::thread::Builder::new()
             .name("admin-http".into())
             .spawn(move || runtime.block_on(accept_loop(listener, shared, stopped)))
@@ -157,6 +208,7 @@ impl Drop for HttpService {
 struct Shared {
     token: AdminToken,
     handler: Handler,
+    limits: Limits,
 }
 
 async fn accept_loop(
@@ -168,6 +220,7 @@ async fn accept_loop(
         Ok(listener) => listener,
         Err(e) => return log::error!("admin HTTP listener: {e}"),
     };
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -176,21 +229,48 @@ async fn accept_loop(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                log::warn!("admin HTTP accept: {e}");
-                continue;
+                log::warn!("admin HTTP accept failed: {e}; pausing {ACCEPT_RETRY_DELAY:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_RETRY_DELAY) => continue,
+                    _ = stopped.changed() => return,
+                }
             }
         };
-        let (shared, mut stopped) = (shared.clone(), stopped.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(request, shared.clone()));
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => if let Err(e) = result {
-                    log::debug!("admin HTTP connection: {e}");
-                },
-                _ = stopped.changed() => {}
-            }
-        });
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            log::debug!(
+                "admin HTTP: {} connections open already; closing a new one",
+                shared.limits.max_connections
+            );
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            permit,
+            shared.clone(),
+            stopped.clone(),
+        ));
+    }
+}
+
+/// Serves one connection until it ends, times out or the service stops; `_permit` holds
+/// its place under the connection cap.
+async fn serve_connection(
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let header_read_timeout = shared.limits.header_read_timeout;
+    let service = service_fn(move |request| answer(request, shared.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            log::debug!("admin HTTP connection: {e}");
+        },
+        _ = stopped.changed() => {}
     }
 }
 
@@ -200,7 +280,7 @@ async fn answer(
 ) -> std::result::Result<hyper::Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = match read_request(request).await {
+    let response = match read_request(request, shared.limits.body_read_timeout).await {
         Ok(api) => {
             let work = move || match authenticate(&api, &shared.token) {
                 Auth::Allowed => (shared.handler)(&api),
@@ -216,13 +296,21 @@ async fn answer(
     Ok(to_hyper(response))
 }
 
-async fn read_request(request: hyper::Request<Incoming>) -> Result<ApiRequest, ApiResponse> {
+async fn read_request(
+    request: hyper::Request<Incoming>,
+    body_read_timeout: Duration,
+) -> Result<ApiRequest, ApiResponse> {
     let too_large = || ApiResponse::error(413, format!("request body above {MAX_BODY} bytes"));
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes().to_vec(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
+    let collect = Limited::new(body, MAX_BODY).collect();
+    let body = match tokio::time::timeout(body_read_timeout, collect).await {
+        Err(_) => {
+            let why = format!("the request body did not arrive within {body_read_timeout:?}");
+            return Err(ApiResponse::error(408, why).with_header("Connection", "close"));
+        }
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
             return Err(ApiResponse::error(
                 400,
                 format!("reading the request body: {e}"),
@@ -284,7 +372,7 @@ fn authenticate(api: &ApiRequest, token: &AdminToken) -> Auth {
     }
     if let Some(given) = api.query.get("token").filter(|_| !is_api) {
         return if token.matches(given) {
-            Auth::Login(login_redirect(api, given))
+            Auth::Login(login_redirect(given))
         } else {
             Auth::Denied(unauthorized(false, "the admin token given is wrong"))
         };
@@ -310,10 +398,14 @@ fn authenticate(api: &ApiRequest, token: &AdminToken) -> Auth {
     }
 }
 
-fn login_redirect(api: &ApiRequest, token: &str) -> ApiResponse {
-    let location = format!("/{}", api.segments.join("/"));
+/// Where a `?token=` login sends the browser: always the page itself, a fixed path, so
+/// that no request can make the service redirect anywhere else (a path decoded from the
+/// request, such as `/%2Fevil.example`, would make a `//evil.example` location).
+pub const LOGIN_LOCATION: &str = "/";
+
+fn login_redirect(token: &str) -> ApiResponse {
     ApiResponse::bytes(303, "text/plain", b"logged in\n".to_vec())
-        .with_header("Location", location)
+        .with_header("Location", LOGIN_LOCATION)
         .with_header(
             "Set-Cookie",
             format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),

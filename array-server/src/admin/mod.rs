@@ -7,10 +7,12 @@
 //! - [`cli`]: the admin parts of `array-server format` and `serve` (token file, start).
 //! - [`ctl`]: `array-server ctl`, the API from the command line.
 //! - [`client`]: a minimal blocking client of the API (`array-server ctl`, tests).
-//! - [`http`]: the HTTP server (`tiny_http`), authentication, request/response plumbing.
+//! - [`http`]: the HTTP server (hyper), its limits, authentication, request/response
+//!   plumbing.
 //! - [`routes`]: the API routes and the error → status mapping.
 //! - [`json`]: request bodies and the API's JSON shapes.
-//! - [`live`]: what the admin layer needs from the network server ([`LiveSessions`]).
+//! - [`live`]: the read-only view the network server exports ([`LiveSessions`], defined
+//!   in `net`), a stand-in without one ([`NoSessions`]), the sessions JSON.
 //! - [`metrics`]: the Prometheus text format.
 //! - [`page`]: the page, HTML/CSS/JS compiled in with `include_str!`.
 //!
@@ -32,11 +34,20 @@ use std::sync::Arc;
 
 use crate::array::Array;
 use crate::error::Result;
+pub use http::Limits as AdminLimits;
 pub use live::{LiveSessions, NoSessions};
 pub use token::AdminToken;
 
 /// Default address of the admin service: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7780";
+
+/// [`DEFAULT_ADDR`] as an address.
+pub fn default_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))
+}
+
+/// Port of [`DEFAULT_ADDR`].
+pub const DEFAULT_PORT: u16 = 7780;
 
 /// How to run the admin service.
 #[derive(Debug, Clone)]
@@ -45,6 +56,8 @@ pub struct AdminConfig {
     pub addr: SocketAddr,
     /// The token every request must carry.
     pub token: AdminToken,
+    /// Deadlines and the connection cap.
+    pub limits: AdminLimits,
 }
 
 /// A running admin service; dropping it stops it.
@@ -62,7 +75,7 @@ impl AdminServer {
     ) -> Result<AdminServer> {
         let context = routes::Context { array, sessions };
         let handler: http::Handler = Arc::new(move |request| routes::route(&context, request));
-        let service = http::HttpService::start(config.addr, config.token, handler)?;
+        let service = http::HttpService::start(config.addr, config.token, config.limits, handler)?;
         log::info!("admin page and API on http://{}/", service.local_addr());
         Ok(AdminServer { service })
     }

@@ -302,3 +302,42 @@ fn status_of(error: &Error) -> u16 {
         _ => 500,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::admin::NoSessions;
+    use crate::array::commit_tests::{formatted, DISKS};
+    use crate::array::disk::faults::{self, Fault};
+
+    #[test]
+    fn the_api_reports_a_failed_commit_and_it_never_reappears() {
+        let (_dir, paths, array) = formatted();
+        let context = Context {
+            array: array.clone(),
+            sessions: Arc::new(NoSessions),
+        };
+        let request = ApiRequest {
+            method: "POST".into(),
+            segments: vec!["api".into(), "hosts".into()],
+            query: HashMap::new(),
+            headers: Vec::new(),
+            body: br#"{"name":"lost"}"#.to_vec(),
+        };
+        faults::arm(&paths[DISKS - 1], Fault::BeforeWrite);
+        let response = route(&context, &request);
+        assert_eq!(response.status, 500);
+        let body = String::from_utf8_lossy(&response.body);
+        assert!(
+            body.contains("metadata"),
+            "the error says what failed: {body}"
+        );
+        drop(context);
+        drop(array);
+        let array = Array::open(&paths).unwrap();
+        let names: Vec<String> = array.hosts().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["kept"]);
+    }
+}

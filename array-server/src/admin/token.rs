@@ -2,14 +2,16 @@
 //! constant time.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
 /// Random bytes in a freshly generated token.
 const TOKEN_BYTES: usize = 32;
+/// Permission of every secret file written: owner read/write only.
+pub const PRIVATE_MODE: u32 = 0o600;
 /// Shortest token accepted from a file the operator wrote.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -52,11 +54,10 @@ impl AdminToken {
         Ok(AdminToken(text.to_owned()))
     }
 
-    /// Reads the token from `path`.
+    /// Reads the token from `path`, which only its owner may access (see
+    /// [`read_private`]).
     pub fn load(path: &Path) -> Result<AdminToken> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading admin token file {}", path.display()), e))?;
-        AdminToken::from_text(&text)
+        AdminToken::from_text(&read_private(path, "admin token")?)
     }
 
     /// Reads the token from `path`, or generates one into a new 0600 file there.
@@ -96,12 +97,47 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(PRIVATE_MODE)
         .open(path)
         .map_err(|e| Error::io(context(), e))?;
     writeln!(file, "{text}")
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(context(), e))
+}
+
+/// The permission bits of a file mode (shown in messages).
+pub const PERMISSION_BITS: u32 = 0o7777;
+/// Permission bits a secret file may not have: any access by group or others.
+pub const FORBIDDEN_MODE: u32 = 0o077;
+
+/// Reads a secret (`what`: "admin token"...) from `path`, refusing, as ssh does for a
+/// private key, a file that group or others may access.
+pub fn read_private(path: &Path, what: &str) -> Result<String> {
+    let context = || format!("reading {what} file {}", path.display());
+    let mut file = fs::File::open(path).map_err(|e| Error::io(context(), e))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| Error::io(context(), e))?
+        .permissions()
+        .mode();
+    if mode & FORBIDDEN_MODE != 0 {
+        return Err(Error::io(
+            context(),
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is accessible by group or others (mode {:04o}); a secret must be \
+                     private to its owner: chmod 600 {}",
+                    mode & PERMISSION_BITS,
+                    path.display()
+                ),
+            ),
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io(context(), e))?;
+    Ok(text)
 }
 
 /// Compares two byte strings without an early exit on the first difference.
@@ -116,7 +152,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generated_tokens_differ_and_match_themselves() {
@@ -137,6 +172,22 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(AdminToken::load_or_create(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn token_files_open_to_group_or_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let token = AdminToken::load_or_create(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let error = AdminToken::load(&path).unwrap_err().to_string();
+            assert!(error.contains("group or others"), "mode {mode:o}: {error}");
+            assert!(error.contains("chmod 600"), "mode {mode:o}: {error}");
+            assert!(AdminToken::load_or_create(&path).is_err());
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(AdminToken::load(&path).unwrap(), token);
     }
 
     #[test]

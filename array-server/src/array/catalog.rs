@@ -28,8 +28,16 @@ impl Space {
     }
 }
 
+/// Whether `name` may name a new host or partition: the wire's rule (1 to 64 of
+/// `[A-Za-z0-9._-]`), and not `.`, `..` or a name starting with `-`, which paths, URLs and
+/// command lines (the page, `ctl`, a secret file named after the host) cannot carry as
+/// plain names.
+pub fn acceptable_name(name: &str) -> bool {
+    valid_name(name) && name != "." && name != ".." && !name.starts_with('-')
+}
+
 fn check_name(name: &str) -> Result<()> {
-    if valid_name(name) {
+    if acceptable_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_owned()))
@@ -321,6 +329,23 @@ mod tests {
             create_partition(&meta, SPACE, "a", 1, false),
             Err(Error::PartitionExists(_))
         ));
+        assert!(matches!(
+            create_partition(&meta, SPACE, "bad name", 1, false),
+            Err(Error::InvalidName(_))
+        ));
+        for bad in [".", "..", "-x", "--force", "-"] {
+            assert!(matches!(
+                create_partition(&meta, SPACE, bad, 1, false),
+                Err(Error::InvalidName(_))
+            ));
+            assert!(matches!(
+                create_host(&meta, bad, [0; SECRET_LEN]),
+                Err(Error::InvalidName(_))
+            ));
+        }
+        for good in ["a.b", ".hidden", "x-", "a..b", "_"] {
+            assert!(acceptable_name(good), "{good}");
+        }
         assert!(matches!(
             create_partition(&meta, SPACE, "bad name", 1, false),
             Err(Error::InvalidName(_))

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +14,13 @@ use crate::error::{DiskOp, Error, Result};
 
 /// The smallest logical block any member disk uses.
 pub const SECTOR_SIZE: u32 = wire::SECTOR_SIZE;
+/// Permission of a member file `format --size` creates: owner only, since the metadata
+/// area holds the hosts' secrets.
+pub const MEMBER_FILE_MODE: u32 = 0o600;
+/// The permission bits of a file mode (shown in messages).
+const PERMISSION_BITS: u32 = 0o7777;
+/// Permission bits a member file should not have (group or others).
+const OPEN_TO_OTHERS: u32 = 0o077;
 /// `ioctl` returning a block device's logical sector size (`_IO(0x12, 104)`).
 const BLKSSZGET: libc::c_ulong = 0x1268;
 
@@ -66,11 +73,17 @@ impl MemberDisk {
             .open(path)
             .map_err(open_error)?;
         lock_exclusive(&control, path)?;
-        let block_device = control
-            .metadata()
-            .map_err(open_error)?
-            .file_type()
-            .is_block_device();
+        let file_metadata = control.metadata().map_err(open_error)?;
+        let block_device = file_metadata.file_type().is_block_device();
+        let mode = file_metadata.permissions().mode();
+        if !block_device && mode & OPEN_TO_OTHERS != 0 {
+            log::warn!(
+                "{}: member file is accessible by group or others (mode {:04o}) and its \
+                 metadata holds the hosts' secrets: chmod 600 it",
+                path.display(),
+                mode & PERMISSION_BITS
+            );
+        }
         let size = (&control).seek(SeekFrom::End(0)).map_err(open_error)?;
         let logical_block = if block_device {
             device_logical_block(&control).map_err(open_error)?
@@ -140,6 +153,21 @@ impl MemberDisk {
     /// Counts one failed data I/O.
     pub fn note_io_error(&self) {
         self.io_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes `bytes` (an encoded metadata slot, or zeroes) into metadata slot `index`
+    /// through the buffered handle, and syncs it.
+    pub fn write_metadata_slot(&self, index: u64, bytes: &[u8]) -> Result<()> {
+        #[cfg(test)]
+        if let Some(error) = faults::before_write(&self.path, index, bytes) {
+            return Err(error);
+        }
+        super::metadata::write_slot_bytes(&self.control, &self.path, index, bytes)?;
+        #[cfg(test)]
+        if let Some(error) = faults::after_write(&self.path, index) {
+            return Err(error);
+        }
+        Ok(())
     }
 }
 
@@ -225,7 +253,11 @@ fn probe_direct(file: &File, logical_block: u32) -> std::io::Result<()> {
 
 /// Creates `path` as a plain file of `size` bytes if it does not exist yet.
 pub fn create_file_if_missing(path: &Path, size: u64) -> Result<bool> {
-    let created = OpenOptions::new().write(true).create_new(true).open(path);
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MEMBER_FILE_MODE)
+        .open(path);
     match created {
         Ok(file) => {
             file.set_len(size).map_err(|source| Error::Disk {
@@ -243,5 +275,65 @@ pub fn create_file_if_missing(path: &Path, size: u64) -> Result<bool> {
             op: DiskOp::Open,
             source,
         }),
+    }
+}
+
+/// Test-only fault injection for metadata writes: a unit test arms a fault for one member
+/// disk on its own thread, and the next metadata write there fails as a dying disk would.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    use crate::error::{DiskOp, Error};
+
+    /// How the armed write fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Fault {
+        /// `EIO` before anything reaches the disk.
+        BeforeWrite,
+        /// The bytes land (readable afterwards), then the sync reports `EIO`.
+        AfterWrite,
+    }
+
+    thread_local! {
+        static ARMED: RefCell<Option<(PathBuf, Fault)>> = const { RefCell::new(None) };
+    }
+
+    /// Makes the next metadata write of an encoded slot to `path` on this thread fail
+    /// with `fault`; wipes (all zeroes) still succeed.
+    pub(crate) fn arm(path: &Path, fault: Fault) {
+        ARMED.with(|armed| *armed.borrow_mut() = Some((path.to_owned(), fault)));
+    }
+
+    fn take(path: &Path, fault: Fault) -> bool {
+        ARMED.with(|armed| {
+            let mut armed = armed.borrow_mut();
+            let hit = armed.as_ref().is_some_and(|(armed_path, armed_fault)| {
+                armed_path == path && *armed_fault == fault
+            });
+            if hit {
+                *armed = None;
+            }
+            hit
+        })
+    }
+
+    fn eio(path: &Path, index: u64) -> Error {
+        Error::Disk {
+            path: path.to_owned(),
+            offset: index,
+            op: DiskOp::WriteMetadata,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+    }
+
+    pub(super) fn before_write(path: &Path, index: u64, bytes: &[u8]) -> Option<Error> {
+        let is_wipe = bytes.iter().all(|b| *b == 0);
+        (!is_wipe && take(path, Fault::BeforeWrite)).then(|| eio(path, index))
+    }
+
+    pub(super) fn after_write(path: &Path, index: u64) -> Option<Error> {
+        take(path, Fault::AfterWrite).then(|| eio(path, index))
     }
 }

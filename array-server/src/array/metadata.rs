@@ -1,8 +1,28 @@
 //! On-disk metadata: two slots in each member disk's first [`METADATA_AREA`] bytes.
 //!
 //! A slot is `header || postcard(ArrayMetadata) || crc32c(header || body)`, all integers
-//! little-endian. Generation `g` lives in slot `g % 2`, so the next generation always
-//! overwrites the older slot. At start the newest valid slot across all disks wins.
+//! little-endian.
+//!
+//! # Commits are atomic for the operator
+//!
+//! A change is either reported done, or it never reappears, whatever fails or crashes
+//! in the middle:
+//!
+//! - Each disk keeps the last committed generation `L` in one slot ([`CommittedSlots`]).
+//!   A commit writes generation `G` into the *other* slot of every disk, each write
+//!   synced, so `L` stays intact on every disk until `G` is everywhere. It is done (and
+//!   only then reported done, and applied in memory) when every disk has `G`.
+//! - A commit that fails on one disk leaves memory at `L`; the slots it already wrote on
+//!   other disks are zeroed again (best effort, see below). Generation numbers are never
+//!   reused: the next commit takes one above every generation attempted or seen on a disk.
+//! - [`choose`] at open takes the highest generation that is valid, with the same
+//!   contents, on *every* member disk, not on any: a commit that reached only some disks
+//!   (a failure, or a crash between disks) is not chosen, and `L` is always there.
+//!
+//! The one case the zeroing exists for: the last disk's data lands but its sync reports
+//! an error, so `G` is on every disk yet was reported failed. Zeroing `G` on any one disk
+//! is enough to keep it from being chosen; only if every zeroing fails too (every disk
+//! dying at once) can it come back.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use wire::Access;
 
+use super::disk::MemberDisk;
 use super::stripe::METADATA_AREA;
 use crate::error::{DiskOp, Error, Result};
 
@@ -110,11 +131,6 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Which of the two slots this generation is stored in.
-    pub fn slot_index(generation: u64) -> u64 {
-        generation % 2
-    }
-
     /// The slot as bytes, checksum included.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let body = postcard::to_stdvec(&self.metadata)
@@ -227,10 +243,10 @@ pub fn write_slot_bytes(file: &File, path: &Path, index: u64, bytes: &[u8]) -> R
     file.sync_data().map_err(fail)
 }
 
-/// Encodes `slot` and writes it into the slot its generation selects, synced.
-pub fn write_slot(file: &File, path: &Path, slot: &Slot) -> Result<()> {
+/// Encodes `slot` and writes it into slot `index` (0 or 1), synced.
+pub fn write_slot(file: &File, path: &Path, index: u64, slot: &Slot) -> Result<()> {
     let bytes = slot.encode()?;
-    write_slot_bytes(file, path, Slot::slot_index(slot.generation), &bytes)
+    write_slot_bytes(file, path, index, &bytes)
 }
 
 /// Overwrites both slots with zeroes (used by `format --force` before the new array).
@@ -238,6 +254,109 @@ pub fn wipe_slots(file: &File, path: &Path) -> Result<()> {
     let zeroes = vec![0u8; SLOT_SIZE];
     write_slot_bytes(file, path, 0, &zeroes)?;
     write_slot_bytes(file, path, 1, &zeroes)
+}
+
+/// The slot (0 or 1) other than `index`.
+pub fn other_slot(index: u64) -> u64 {
+    1 - index
+}
+
+/// Which slot of each member disk (in stripe order) holds the last committed generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedSlots(Vec<u64>);
+
+impl From<Vec<u64>> for CommittedSlots {
+    fn from(slots: Vec<u64>) -> CommittedSlots {
+        CommittedSlots(slots)
+    }
+}
+
+impl CommittedSlots {
+    /// Every disk holds the committed generation in slot `index` (right after `format`).
+    pub fn all(disks: usize, index: u64) -> CommittedSlots {
+        CommittedSlots(vec![index; disks])
+    }
+
+    /// The slot of disk `disk`.
+    pub fn of(&self, disk: usize) -> u64 {
+        self.0[disk]
+    }
+
+    /// Commits one generation: `slot_for(disk)` is written into the slot of each disk that
+    /// does not hold the last committed generation, synced. On success every disk holds
+    /// the new generation and `self` points at it. On failure `self` is unchanged, the
+    /// slots written so far are zeroed again (best effort: failures are logged) and the
+    /// first error is returned.
+    pub fn commit(&mut self, disks: &[MemberDisk], slot_for: impl Fn(u32) -> Slot) -> Result<()> {
+        for (index, member) in disks.iter().enumerate() {
+            let target = other_slot(self.0[index]);
+            let written = slot_for(index as u32)
+                .encode()
+                .and_then(|bytes| member.write_metadata_slot(target, &bytes));
+            if let Err(error) = written {
+                self.undo(&disks[..=index]);
+                return Err(error);
+            }
+        }
+        for index in &mut self.0 {
+            *index = other_slot(*index);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the uncommitted slot of `disks` (the first disks of the array).
+    fn undo(&self, disks: &[MemberDisk]) {
+        let zeroes = vec![0u8; SLOT_SIZE];
+        for (index, member) in disks.iter().enumerate() {
+            let target = other_slot(self.0[index]);
+            if let Err(error) = member.write_metadata_slot(target, &zeroes) {
+                log::error!(
+                    "{}: cannot zero the failed metadata commit again: {error}",
+                    member.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// What [`choose`] found on the member disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The committed state: the highest generation valid and identical on every disk.
+    pub slot: Slot,
+    /// Where each disk (in the order given) holds it.
+    pub slots: Vec<u64>,
+    /// The highest generation valid on any disk (an unfinished commit's, when above
+    /// `slot.generation`): the next commit must use a higher one.
+    pub highest_seen: u64,
+}
+
+/// Picks the committed state from each disk's two slots (disks in any order): the highest
+/// generation present, valid and with the same metadata, on every disk. `None` if the
+/// disks share no generation.
+pub fn choose(disks: &[[Option<Slot>; 2]]) -> Option<Chosen> {
+    let valid = || disks.iter().flatten().flatten();
+    let highest_seen = valid().map(|slot| slot.generation).max()?;
+    let mut candidates: Vec<&Slot> = disks.first()?.iter().flatten().collect();
+    candidates.sort_by_key(|slot| std::cmp::Reverse(slot.generation));
+    candidates.into_iter().find_map(|candidate| {
+        let slots = disks
+            .iter()
+            .map(|pair| {
+                (0..2u64).find(|&index| {
+                    pair[index as usize].as_ref().is_some_and(|slot| {
+                        slot.generation == candidate.generation
+                            && slot.metadata == candidate.metadata
+                    })
+                })
+            })
+            .collect::<Option<Vec<u64>>>()?;
+        Some(Chosen {
+            slot: candidate.clone(),
+            slots,
+            highest_seen,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -292,5 +411,27 @@ mod tests {
         }
         assert_eq!(Slot::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(Slot::decode(&[0u8; 64]), None);
+    }
+
+    fn at(generation: u64, next_partition_id: u32) -> Option<Slot> {
+        let mut slot = sample();
+        slot.generation = generation;
+        slot.metadata.next_partition_id = next_partition_id;
+        Some(slot)
+    }
+
+    #[test]
+    fn the_highest_generation_on_every_disk_is_chosen() {
+        // Generation 5 reached disk 0 only; 4 is everywhere (in either slot).
+        let disks = [[at(4, 0), at(5, 0)], [at(3, 0), at(4, 0)], [at(4, 0), None]];
+        let chosen = choose(&disks).unwrap();
+        assert_eq!(chosen.slot.generation, 4);
+        assert_eq!(chosen.slots, [0, 1, 0]);
+        assert_eq!(chosen.highest_seen, 5);
+        // The same number with other contents is not the same generation.
+        let disks = [[at(4, 0), at(3, 0)], [at(4, 1), at(3, 0)]];
+        assert_eq!(choose(&disks).unwrap().slot.generation, 3);
+        // Nothing in common: no committed state.
+        assert_eq!(choose(&[[at(4, 0), None], [at(5, 0), None]]), None);
     }
 }

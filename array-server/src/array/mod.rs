@@ -2,6 +2,8 @@
 //! ([`Array`]) that the CLI, the network server and the admin layer all call.
 
 pub mod catalog;
+#[cfg(test)]
+pub(crate) mod commit_tests;
 pub mod disk;
 pub mod grant;
 pub mod metadata;
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use catalog::Space;
 use disk::{MemberDisk, SECTOR_SIZE};
 use grant::LaneGrant;
-use metadata::{ArrayMetadata, Slot};
+use metadata::{ArrayMetadata, CommittedSlots, Slot};
 use stripe::{StripeMap, METADATA_AREA};
 pub use views::{
     ArrayInfo, AssignmentView, HostPartition, HostView, NewSecret, PartitionHolder, PartitionView,
@@ -32,6 +34,10 @@ pub use views::{
 pub const MIN_CHUNK: u64 = 4 << 10;
 /// Largest stripe chunk accepted.
 pub const MAX_CHUNK: u64 = 64 << 20;
+/// Generation of a freshly formatted array.
+const FIRST_GENERATION: u64 = 1;
+/// Slot `format` writes the first generation into.
+const FORMAT_SLOT: u64 = 0;
 
 /// How to format a new array.
 #[derive(Debug, Clone)]
@@ -48,9 +54,11 @@ pub struct FormatOptions {
 struct Committed {
     /// Generation of `metadata`, the last one written everywhere.
     generation: u64,
-    /// The generation the next commit writes (above `generation` after a failed write).
+    /// The generation the next commit writes: above every generation attempted or seen.
     next_generation: u64,
     metadata: ArrayMetadata,
+    /// Where each disk holds `generation`; the next commit writes the other slots.
+    slots: CommittedSlots,
 }
 
 /// A handle on an open array; `Send + Sync`, shared as `Arc<Array>`.
@@ -110,32 +118,29 @@ impl Array {
                 }
             }
         }
-        let array_id = Uuid::new_v4();
-        let metadata = ArrayMetadata::default();
-        let first_generation = 1;
+        let slot = Slot {
+            array_id: Uuid::new_v4(),
+            disk_index: 0,
+            disk_count: disks.len() as u32,
+            chunk,
+            generation: FIRST_GENERATION,
+            metadata: ArrayMetadata::default(),
+        };
         for (index, member) in disks.iter().enumerate() {
             metadata::wipe_slots(member.control_file(), member.path())?;
-            let slot = Slot {
-                array_id,
+            let mine = Slot {
                 disk_index: index as u32,
-                disk_count: disks.len() as u32,
-                chunk,
-                generation: first_generation,
-                metadata: metadata.clone(),
+                ..slot.clone()
             };
-            metadata::write_slot(member.control_file(), member.path(), &slot)?;
+            metadata::write_slot(member.control_file(), member.path(), FORMAT_SLOT, &mine)?;
         }
-        Ok(Array::assemble(
-            disks,
-            array_id,
-            chunk,
-            first_generation,
-            metadata,
-        ))
+        let slots = CommittedSlots::all(disks.len(), FORMAT_SLOT);
+        Ok(Array::assemble(disks, &slot, slots, FIRST_GENERATION + 1))
     }
 
-    /// Opens the array on `paths` (any order): the newest valid slot across all disks
-    /// wins; disks that lag behind are brought up to date with a fresh generation.
+    /// Opens the array on `paths` (any order): the highest generation valid on every
+    /// disk wins ([`metadata::choose`]); a commit that reached only some disks is
+    /// discarded, by committing the winner again at a fresh generation everywhere.
     pub fn open(paths: &[PathBuf]) -> Result<Arc<Array>> {
         if paths.is_empty() {
             return Err(Error::NoDisks);
@@ -145,29 +150,33 @@ impl Array {
             let member = MemberDisk::open(path)?;
             let slots = metadata::read_slots(member.control_file(), member.path())?;
             let newest = slots
-                .into_iter()
+                .iter()
                 .flatten()
                 .max_by_key(|slot| slot.generation)
-                .ok_or_else(|| Error::NotFormatted { path: path.clone() })?;
-            found.push((member, newest));
+                .ok_or_else(|| Error::NotFormatted { path: path.clone() })?
+                .clone();
+            found.push((member, newest, slots));
         }
-        let winner = check_disk_set(&found)?.clone();
-        let lagging = found
-            .iter()
-            .any(|(_, slot)| slot.generation != winner.generation);
-        found.sort_by_key(|(_, slot)| slot.disk_index);
-        let disks = found.into_iter().map(|(member, _)| member).collect();
+        check_disk_set(&found)?;
+        found.sort_by_key(|(_, newest, _)| newest.disk_index);
+        let pairs: Vec<_> = found.iter().map(|(_, _, slots)| slots.clone()).collect();
+        let chosen = metadata::choose(&pairs).ok_or_else(|| {
+            Error::DiskSetMismatch("the member disks share no committed metadata generation".into())
+        })?;
+        let disks = found.into_iter().map(|(member, _, _)| member).collect();
+        let unfinished = chosen.highest_seen > chosen.slot.generation;
         let array = Array::assemble(
             disks,
-            winner.array_id,
-            winner.chunk,
-            winner.generation,
-            winner.metadata,
+            &chosen.slot,
+            chosen.slots.into(),
+            chosen.highest_seen + 1,
         );
-        if lagging {
+        if unfinished {
             log::warn!(
-                "member disks disagree on the metadata generation; rewriting generation {} everywhere",
-                winner.generation
+                "discarding generation {} found on some member disks only (an unfinished \
+                 commit); generation {} stays, written again everywhere",
+                chosen.highest_seen,
+                chosen.slot.generation
             );
             array.commit(|current| Ok((current.clone(), ())))?;
         }
@@ -176,12 +185,12 @@ impl Array {
 
     fn assemble(
         disks: Vec<MemberDisk>,
-        array_id: Uuid,
-        chunk: u64,
-        generation: u64,
-        metadata: ArrayMetadata,
+        committed: &Slot,
+        slots: CommittedSlots,
+        next_generation: u64,
     ) -> Arc<Array> {
-        let stripes = StripeMap::new(chunk, disks.len() as u32);
+        let generation = committed.generation;
+        let stripes = StripeMap::new(committed.chunk, disks.len() as u32);
         let smallest = disks.iter().map(MemberDisk::size).min().unwrap_or(0);
         let block_size = disks
             .iter()
@@ -192,13 +201,14 @@ impl Array {
         Arc::new(Array {
             capacity: stripes.capacity(smallest),
             disks,
-            array_id,
+            array_id: committed.array_id,
             stripes,
             block_size,
             state: Mutex::new(Committed {
                 generation,
-                next_generation: generation + 1,
-                metadata,
+                next_generation,
+                metadata: committed.metadata.clone(),
+                slots,
             }),
             generation: AtomicU64::new(generation),
             changes,
@@ -217,7 +227,8 @@ impl Array {
     }
 
     /// Applies `change` to the metadata and commits the result as the next generation on
-    /// every disk; returns what `change` returned. On any error nothing changes.
+    /// every disk ([`CommittedSlots::commit`]); returns what `change` returned. On any
+    /// error nothing changes, in memory or (as [`Array::open`] sees it) on the disks.
     fn commit<T>(
         &self,
         change: impl FnOnce(&ArrayMetadata) -> Result<(ArrayMetadata, T)>,
@@ -227,19 +238,20 @@ impl Array {
         let generation = state.next_generation;
         // A failed write may have reached some disks: never reuse its generation number.
         state.next_generation += 1;
-        for (index, member) in self.disks.iter().enumerate() {
-            let slot = Slot {
-                array_id: self.array_id,
-                disk_index: index as u32,
-                disk_count: self.disks.len() as u32,
-                chunk: self.stripes.chunk(),
-                generation,
-                metadata: next.clone(),
-            };
-            metadata::write_slot(member.control_file(), member.path(), &slot)?;
-        }
+        let slot = Slot {
+            array_id: self.array_id,
+            disk_index: 0,
+            disk_count: self.disks.len() as u32,
+            chunk: self.stripes.chunk(),
+            generation,
+            metadata: next,
+        };
+        state.slots.commit(&self.disks, |disk_index| Slot {
+            disk_index,
+            ..slot.clone()
+        })?;
         state.generation = generation;
-        state.metadata = next;
+        state.metadata = slot.metadata;
         self.generation.store(generation, Ordering::Release);
         self.changes.send_replace(generation);
         Ok(out)
@@ -505,11 +517,11 @@ fn random_secret() -> Result<Secret> {
     Ok(Secret(bytes))
 }
 
-/// Checks that the disks form exactly one complete array; returns the winning slot.
-fn check_disk_set(found: &[(MemberDisk, Slot)]) -> Result<&Slot> {
-    let (_, first) = &found[0];
+/// Checks that the disks (each with its newest valid slot) form exactly one complete array.
+fn check_disk_set(found: &[(MemberDisk, Slot, [Option<Slot>; 2])]) -> Result<()> {
+    let (_, first, _) = &found[0];
     let mut seen = vec![false; found.len()];
-    for (member, slot) in found {
+    for (member, slot, _) in found {
         let path = member.path().display();
         if slot.array_id != first.array_id {
             return Err(Error::DiskSetMismatch(format!(
@@ -532,9 +544,5 @@ fn check_disk_set(found: &[(MemberDisk, Slot)]) -> Result<&Slot> {
             )));
         }
     }
-    Ok(found
-        .iter()
-        .map(|(_, slot)| slot)
-        .max_by_key(|slot| slot.generation)
-        .expect("at least one disk"))
+    Ok(())
 }

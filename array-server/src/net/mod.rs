@@ -20,6 +20,7 @@ mod data;
 mod disk_io;
 mod frames;
 mod handshake;
+mod live;
 mod sessions;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 pub use buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
+pub use live::{LiveSessions, PartitionTraffic, SessionKind, SessionSnapshot, Traffic};
 pub use sessions::{
     CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
 };
@@ -160,8 +162,8 @@ impl RunningServer {
         &self.shared.sessions
     }
 
-    /// What the admin service reads while the server runs: sessions, traffic, refusals.
-    pub fn live_sessions(&self) -> Arc<dyn crate::admin::LiveSessions> {
+    /// The read-only view of the server while it runs: sessions, traffic, refusals.
+    pub fn live_sessions(&self) -> Arc<dyn LiveSessions> {
         self.shared.clone()
     }
 

@@ -1,4 +1,4 @@
-//! The registry of live connections, with per-lane counters readable by the admin layer.
+//! The registry of live connections, with per-lane counters anyone may read.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -250,7 +250,7 @@ impl Sessions {
         totals
     }
 
-    /// Snapshots of every live session, for the admin layer.
+    /// Snapshots of every live session, for readers outside the data path.
     pub fn views(&self) -> Vec<SessionView> {
         self.live().values().map(|session| session.view()).collect()
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use array_server::admin::client::{AdminClient, Answer};
-use array_server::admin::{AdminConfig, AdminServer, AdminToken, LiveSessions, NoSessions};
+use array_server::admin::{
+    AdminConfig, AdminLimits, AdminServer, AdminToken, LiveSessions, NoSessions,
+};
 use array_server::{Array, FormatOptions};
 use serde_json::{json, Value};
 
@@ -33,6 +35,15 @@ impl Fixture {
 
     /// An empty array whose sessions come from `sessions`.
     pub fn with_sessions(sessions: Arc<dyn LiveSessions>) -> Fixture {
+        Fixture::with(sessions, AdminLimits::default())
+    }
+
+    /// An empty array with no network sessions, served within `limits`.
+    pub fn with_limits(limits: AdminLimits) -> Fixture {
+        Fixture::with(Arc::new(NoSessions), limits)
+    }
+
+    fn with(sessions: Arc<dyn LiveSessions>, limits: AdminLimits) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let disks: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("d{i}"))).collect();
         let options = FormatOptions {
@@ -45,6 +56,7 @@ impl Fixture {
         let config = AdminConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: token.clone(),
+            limits,
         };
         let server = AdminServer::start(config, array.clone(), sessions).unwrap();
         let base = format!("http://{}", server.local_addr());

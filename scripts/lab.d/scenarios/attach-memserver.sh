@@ -9,7 +9,7 @@ need_bin ublk-host memserver
 
 SECRET=$LAB_WORK/host.key
 ADDR=127.0.0.1:7700
-printf '%064x\n' 42 >"$SECRET"
+(umask 077 && printf '%064x\n' 42 >"$SECRET")
 CONN="--server $ADDR --host lab --secret-file $SECRET"
 
 bg_start server memserver --listen "$ADDR" --size $((64 << 20)) --secret-file "$SECRET"

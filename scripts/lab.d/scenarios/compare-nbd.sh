@@ -21,7 +21,7 @@ array-server format "${DISKS[@]}" --size 64M --chunk 64K --admin-token-file "$LA
 array-server host create bench --secret-file "$KEY" "${DISKS[@]}" >/dev/null
 array-server partition create vol "${SIZE_MB}M" "${DISKS[@]}" >/dev/null
 array-server assign bench vol "${DISKS[@]}" >/dev/null
-bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q"
+bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q" --no-admin
 CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
 wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
 bg_start host ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1

@@ -11,7 +11,7 @@ need_bin ublk-host memserver nbdkit nbd-client fio jq
 
 SECRET=$LAB_WORK/host.key
 ADDR=127.0.0.1:7700
-printf '%064x\n' 42 >"$SECRET"
+(umask 077 && printf '%064x\n' 42 >"$SECRET")
 CONN="--server $ADDR --host lab --secret-file $SECRET"
 RUNTIME=${LAT_RUNTIME:-3}
 ROUNDS=${LAT_ROUNDS:-2}

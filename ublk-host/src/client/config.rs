@@ -63,16 +63,37 @@ impl EngineConfig {
     }
 }
 
-/// Reads a host secret (64 hex digits) from a file.
+/// The permission bits of a file mode (shown in messages).
+const PERMISSION_BITS: u32 = 0o7777;
+/// Permission bits a secret file may not have: any access by group or others.
+pub const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
+
+/// Reads a host secret (64 hex digits) from a file, which only its owner may access:
+/// a file that group or others can access is refused, as ssh refuses such a key.
 pub fn read_secret_file(path: &str) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|e| HostError::Secret {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let unusable = |reason: String| HostError::Secret {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    Secret::from_hex(&text).map_err(|e| HostError::Secret {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| unusable(e.to_string()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| unusable(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & SECRET_FILE_FORBIDDEN_MODE != 0 {
+        return Err(unusable(format!(
+            "it is accessible by group or others (mode {:04o}); a host secret must be \
+             private to its owner: chmod 600 {path}",
+            mode & PERMISSION_BITS
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| unusable(e.to_string()))?;
+    Secret::from_hex(&text).map_err(|e| unusable(e.to_string()))
 }
 
 /// Parses a byte size: a number with an optional `K`, `M` or `G` suffix (powers of 1024,
@@ -101,7 +122,26 @@ pub fn parse_size(text: &str) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, read_secret_file};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_files_open_to_group_or_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.secret");
+        std::fs::write(&path, format!("{:064x}\n", 42)).unwrap();
+        let text = path.to_str().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o601] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = read_secret_file(text).unwrap_err().to_string();
+            assert!(error.contains("group or others"), "mode {mode:o}: {error}");
+            assert!(error.contains("chmod 600"), "mode {mode:o}: {error}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(read_secret_file(text).is_ok(), "mode {mode:o}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {
