@@ -1,4 +1,5 @@
-//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, list and detach devices.
+//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, recover, list and detach
+//! devices.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ struct Cli {
 enum Command {
     Discover(DiscoverArgs),
     Attach(device_cmds::AttachArgs),
+    Recover(device_cmds::RecoverArgs),
     Detach(device_cmds::DetachArgs),
     List(device_cmds::ListArgs),
 }
@@ -93,6 +95,7 @@ fn main() {
     let outcome = match &cli.command {
         Command::Discover(args) => discover(args),
         Command::Attach(args) => device_cmds::attach(args),
+        Command::Recover(args) => device_cmds::recover(args),
         Command::Detach(args) => device_cmds::detach(args),
         Command::List(args) => device_cmds::list(args),
     };

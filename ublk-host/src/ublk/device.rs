@@ -9,11 +9,18 @@ use wire::PartitionInfo;
 
 use crate::client::{Discovery, EngineConfig};
 use crate::error::{HostError, Result};
+use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::queue::serve_queue;
+use crate::ublk::recover;
+use crate::ublk::state::{self, Claim, IdsLock, Saved, TargetData};
 
 /// The ublk target name of Multilane devices.
 pub const TARGET_NAME: &str = "multilane";
+/// Devices are made with user recovery, in-flight I/O reissued to the next daemon: when
+/// the daemon dies the driver quiesces the device (I/O waits) instead of failing it.
+pub(crate) const RECOVERY_FLAGS: u64 =
+    (libublk::sys::UBLK_F_USER_RECOVERY | libublk::sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
 
 /// What `attach` creates.
 #[derive(Debug, Clone)]
@@ -28,6 +35,9 @@ pub struct AttachOptions {
     pub depth: u16,
     /// Device id to ask for (`/dev/ublkbN`); the driver picks one when `None`.
     pub id: Option<u32>,
+    /// The `attach` arguments that recreate these options; kept in the device's state
+    /// file for a process that takes the device over.
+    pub saved_args: Vec<String>,
 }
 
 /// A device that is up.
@@ -43,35 +53,48 @@ pub struct Attached {
     pub lanes_per_queue: u16,
     /// The partition served.
     pub partition: PartitionInfo,
+    /// Whether this process took an existing device over rather than creating it.
+    pub recovered: bool,
 }
 
-/// Discovers the partition, creates `/dev/ublkbN` for it and serves it until the device is
+/// Discovers the partition, creates `/dev/ublkbN` for it (with ublk user recovery, so a
+/// new process can take it over if this one dies) and serves it until the device is
 /// stopped (by [`detach`], or by [`stop_on_signals`] on SIGINT/SIGTERM); then removes it.
 /// `ready` runs once the device is live.
+///
+/// If a quiesced device of the same server, host and partition exists (its daemon died:
+/// a supervisor runs the same command again), this takes that device over instead of
+/// creating a new one (see [`crate::ublk::recover`]). An `options.id` in use by anything
+/// else is refused before anything is created.
 pub fn attach(
     options: &AttachOptions,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
 ) -> Result<()> {
-    let mut discovery = Discovery::open(&options.engine.client)?;
-    let partition = discovery.list()?.find(&options.partition)?.clone();
-    let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
-    drop(discovery);
-    let id = options
-        .id
-        .map_or(Ok(-1), i32::try_from)
-        .map_err(|_| HostError::Config {
-            what: "device id",
-            reason: "too large".into(),
-        })?;
+    let (partition, buf_bytes) = discover(options)?;
+    let ids = IdsLock::take()?;
+    if let Some(id) = recover::takeover_candidate(options)? {
+        let claim = Claim::take(id)?;
+        drop(ids);
+        log::info!("/dev/ublkb{id} serves this partition and lost its daemon: taking it over");
+        return recover::take_over(id, claim, options, partition, ready);
+    }
+    if let Some(id) = options.id {
+        refuse_if_in_use(id)?;
+    }
+    let id = options.id.map_or(Ok(-1), ctrl_id)?;
     let ctrl = UblkCtrlBuilder::default()
         .name(TARGET_NAME)
         .id(id)
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(buf_bytes)
+        .ctrl_flags(RECOVERY_FLAGS)
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()?;
     let dev_id = ctrl.dev_info().dev_id;
+    let mut claim = Claim::take(dev_id)?;
+    claim.write(&saved_state(dev_id, options, &partition))?;
+    drop(ids);
     let queues = ctrl.dev_info().nr_hw_queues;
     if queues < options.queues {
         log::warn!(
@@ -80,15 +103,77 @@ pub fn attach(
         );
     }
     stop_on_signals(dev_id)?;
-    let params = device_params(&partition, buf_bytes);
-    let target_json = serde_json::json!({
-        "server": options.engine.client.server,
-        "host": options.engine.client.host,
-        "partition": partition.name,
-        "partition_id": partition.id,
-        "lanes_per_queue": options.engine.lanes_per_queue,
-        "split": options.engine.split,
+    serve(&ctrl, options, partition, buf_bytes, false, ready)?;
+    // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created.
+    drop(ctrl);
+    claim.remove();
+    Ok(())
+}
+
+/// The partition `options` names, and the I/O buffer size per tag for it.
+pub(crate) fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
+    let mut discovery = Discovery::open(&options.engine.client)?;
+    let partition = discovery.list()?.find(&options.partition)?.clone();
+    let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
+    Ok((partition, buf_bytes))
+}
+
+/// Fails with [`HostError::DeviceInUse`] if ublk device `id` exists: asking the driver for
+/// it would fail, and libublk's cleanup of that failed ADD_DEV deletes the device under
+/// its owner.
+fn refuse_if_in_use(id: u32) -> Result<()> {
+    if !inspect::exists(id) {
+        return Ok(());
+    }
+    let state = match inspect::inspect(id) {
+        Ok(info) => describe_owner(&info),
+        Err(error) => format!("state unknown: {error}"),
+    };
+    Err(HostError::DeviceInUse { id, state })
+}
+
+/// A short description of a device for error messages: state, daemon, what it serves.
+pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
+    let serving = info.target.as_ref().map_or(String::new(), |t| {
+        format!(", partition {} of {} as {}", t.partition, t.server, t.host)
     });
+    format!("{}, daemon pid {}{serving}", info.state, info.daemon_pid)
+}
+
+/// The device identity kept in the ublk target JSON.
+pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) -> TargetData {
+    TargetData {
+        server: options.engine.client.server.clone(),
+        host: options.engine.client.host.clone(),
+        partition: partition.name.clone(),
+        partition_id: partition.id,
+        lanes_per_queue: options.engine.lanes_per_queue,
+        split: options.engine.split,
+    }
+}
+
+/// What the state file of a device this process serves holds.
+pub(crate) fn saved_state(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Saved {
+    Saved {
+        id,
+        pid: std::process::id(),
+        target: target_data(options, partition),
+        attach_args: options.saved_args.clone(),
+    }
+}
+
+/// Serves the device `ctrl` controls (adds it, or ends its recovery) until it stops.
+pub(crate) fn serve(
+    ctrl: &UblkCtrl,
+    options: &AttachOptions,
+    partition: PartitionInfo,
+    buf_bytes: u32,
+    recovered: bool,
+    ready: impl FnOnce(&Attached) + Send + Sync + 'static,
+) -> Result<()> {
+    let params = device_params(&partition, buf_bytes);
+    let target_json = serde_json::to_value(target_data(options, &partition))
+        .map_err(|e| HostError::Protocol(format!("encoding the target data: {e}")))?;
     let size = partition.size;
     let tgt_init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = size;
@@ -99,11 +184,12 @@ pub fn attach(
     let config = Arc::new(options.engine.clone());
     let shared_partition = Arc::new(partition.clone());
     let attached = Attached {
-        id: dev_id,
+        id: ctrl.dev_info().dev_id,
         path: ctrl.get_bdev_path(),
-        queues,
+        queues: ctrl.dev_info().nr_hw_queues,
         lanes_per_queue: options.engine.lanes_per_queue,
         partition,
+        recovered,
     };
     ctrl.run_target(
         tgt_init,
@@ -153,11 +239,7 @@ fn termination_signals() -> libc::sigset_t {
 }
 
 fn stop_device(dev_id: u32) -> Result<()> {
-    let id = i32::try_from(dev_id).map_err(|_| HostError::Config {
-        what: "device id",
-        reason: "too large".into(),
-    })?;
-    UblkCtrl::new_simple(id)?.kill_dev()?;
+    UblkCtrl::new_simple(ctrl_id(dev_id)?)?.kill_dev()?;
     Ok(())
 }
 
@@ -202,65 +284,25 @@ pub fn parse_device(text: &str) -> Result<u32> {
     })
 }
 
-/// Stops device `dev_id` (its daemon then removes it) and waits up to `wait` for it to go;
-/// removes it directly if it is still there (its daemon is gone).
+/// Removes device `dev_id`. A device nobody serves (quiesced, dead, failing I/O: its
+/// daemon died) is deleted at once; otherwise it is stopped, its daemon removes it, and
+/// this waits up to `wait` for that, deleting it directly if it is still there.
 pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
-    stop_device(dev_id)?;
-    let char_dev = format!("/sys/class/ublk-char/ublkc{dev_id}");
-    let deadline = std::time::Instant::now() + wait;
-    while std::path::Path::new(&char_dev).exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(DETACH_POLL);
+    let info = inspect::inspect(dev_id)?;
+    if !info.state.unserved() {
+        stop_device(dev_id)?;
+        let deadline = std::time::Instant::now() + wait;
+        while inspect::exists(dev_id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(DETACH_POLL);
+        }
     }
-    if std::path::Path::new(&char_dev).exists() {
-        let id = i32::try_from(dev_id).unwrap_or(i32::MAX);
-        UblkCtrl::new_simple(id)?.del_dev()?;
+    if inspect::exists(dev_id) {
+        log::info!("/dev/ublkb{dev_id} is {}: deleting it", info.state);
+        UblkCtrl::new_simple(ctrl_id(dev_id)?)?.del_dev()?;
     }
+    state::forget(dev_id);
     Ok(())
 }
 
 /// How often `detach` looks whether the device is gone.
 const DETACH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// One line per ublk device: id, state, queues x depth, size, and for Multilane devices
-/// the server and partition.
-pub fn list() -> Result<Vec<String>> {
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    UblkCtrl::for_each_dev_id(move |id| {
-        let line = describe_device(id).unwrap_or_else(|e| format!("ublkb{id}\t? ({e})"));
-        sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-    });
-    let mut lines = std::mem::take(&mut *lines.lock().unwrap_or_else(|p| p.into_inner()));
-    lines.sort();
-    Ok(lines)
-}
-
-fn describe_device(id: u32) -> Result<String> {
-    let ctrl = UblkCtrl::new_simple(i32::try_from(id).unwrap_or(i32::MAX))?;
-    let info = ctrl.dev_info();
-    let mut params = libublk::sys::ublk_params::default();
-    let size = match ctrl.get_params(&mut params) {
-        Ok(_) => params.basic.dev_sectors << crate::ublk::params::SECTOR_SHIFT,
-        Err(_) => 0,
-    };
-    let target = ctrl
-        .get_target_data_from_json()
-        .map(|v| v.to_string())
-        .unwrap_or_default();
-    Ok(format!(
-        "/dev/ublkb{id}\tstate={state}\tqueues={q}\tdepth={d}\tsize={size}\t{target}",
-        state = state_name(info.state),
-        q = info.nr_hw_queues,
-        d = info.queue_depth,
-    ))
-}
-
-fn state_name(state: u16) -> &'static str {
-    match u32::from(state) {
-        libublk::sys::UBLK_S_DEV_DEAD => "dead",
-        libublk::sys::UBLK_S_DEV_LIVE => "live",
-        libublk::sys::UBLK_S_DEV_QUIESCED => "quiesced",
-        libublk::sys::UBLK_S_DEV_FAIL_IO => "fail-io",
-        _ => "unknown",
-    }
-}

@@ -2,10 +2,21 @@
 //!
 //! - [`params`]: device parameters from the partition (sizes, cache, read-only, discard).
 //! - [`queue`]: one hardware queue: a task per tag, the queue's own lanes, one io_uring.
-//! - [`device`]: attach (create + serve + remove), detach, list, signals, mount namespace.
+//! - [`device`]: attach (create with user recovery + serve + remove), detach, signals,
+//!   mount namespace.
+//! - [`recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
+//! - [`inspect`]: each device's state (live, quiescing, quiesced, recovering, dead, fail-io)
+//!   and what it serves; `list`.
+//! - [`state`]: the state files under `/run/multilane` (what a recovering process needs,
+//!   and the lock that says a live process serves the device), the target JSON.
 
 pub mod device;
+pub mod inspect;
 pub mod params;
 pub mod queue;
+pub mod recover;
+pub mod state;
 
-pub use device::{attach, detach, list, AttachOptions, Attached};
+pub use device::{attach, detach, AttachOptions, Attached};
+pub use inspect::{list, DeviceState};
+pub use recover::recover;
