@@ -27,6 +27,7 @@ t_kill=$(now_ms)
 kill -KILL "$(bg_pid host1)"
 wait_for "! bg_alive host1" 10 "the killed daemon to go"
 log "killed the daemon after $before bytes written"
+ml_wait_lanes h1 vol 0
 wait_for "ublk-host list | grep -q '^/dev/ublkb0[[:space:]]state=quiesced'" 30 "list to show /dev/ublkb0 quiesced"
 t_quiesced=$(now_ms)
 ublk-host list
