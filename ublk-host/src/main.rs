@@ -79,7 +79,7 @@ fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
     // Follows the list across server restarts: reconnects with backoff, prints each change.
     let mut watch = Watch::open(&config, DEFAULT_KEEPALIVE).with_context(context)?;
     loop {
-        print_list(&watch.next().with_context(context)?);
+        print_list(&watch.next_list().with_context(context)?);
     }
 }
 

@@ -127,12 +127,12 @@ fn watch_follows_changes_across_a_server_restart() {
             names.sort();
             names
         };
-        assert_eq!(names(&watch.next().unwrap()), ["vol"]);
+        assert_eq!(names(&watch.next_list().unwrap()), ["vol"]);
 
         let (lists, received) = std::sync::mpsc::channel();
         let watcher = std::thread::spawn(move || {
             for _ in 0..2 {
-                let list = watch.next().unwrap();
+                let list = watch.next_list().unwrap();
                 lists.send(list).unwrap();
             }
         });
@@ -167,11 +167,11 @@ fn watch_gives_up_when_the_restarted_server_refuses_the_host() {
         let addr = server.local_addr();
         let config = ClientConfig::new(addr.to_string(), "h1", setup.secret.clone());
         let mut watch = Watch::open(&config, Duration::from_secs(10)).unwrap();
-        watch.next().unwrap();
+        watch.next_list().unwrap();
         server.stop();
         setup.array.delete_host_forced("h1").unwrap();
         let server = restartable::serve(&setup.array, addr);
-        let error = watch.next().unwrap_err();
+        let error = watch.next_list().unwrap_err();
         assert!(
             matches!(error, HostError::Wire(wire::WireError::Refused { .. })),
             "{error}"

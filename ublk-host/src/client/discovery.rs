@@ -150,7 +150,7 @@ impl Watch {
     /// The current list on the first call, then the next list that differs from the last
     /// one returned. Fails only on an error reconnecting cannot fix (the server refuses this
     /// host, or answers with something that is not the protocol).
-    pub fn next(&mut self) -> Result<PartitionList> {
+    pub fn next_list(&mut self) -> Result<PartitionList> {
         loop {
             let discovery = match self.discovery.as_mut() {
                 Some(discovery) => discovery,
