@@ -7,7 +7,8 @@ use anyhow::Context;
 use argh::FromArgs;
 use ublk_host::client::config::DEFAULT_RECONNECT_DEADLINE;
 use ublk_host::client::EngineConfig;
-use ublk_host::ublk::device::{enter_private_mount_namespace, parse_device};
+use ublk_host::ublk::device::parse_device;
+use ublk_host::ublk::namespace::enter_private_mount_namespace;
 use ublk_host::ublk::state;
 use ublk_host::ublk::{self, AttachOptions, Attached};
 

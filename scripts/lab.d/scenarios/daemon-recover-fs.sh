@@ -19,7 +19,7 @@ dmesg -c >/dev/null
 
 mkfs.ext4 -q -F "$dev"
 mount "$dev" "$mnt"
-on_cleanup "! mountpoint -q $mnt || umount $mnt"
+on_cleanup "! grep -q ' $mnt ' /proc/mounts || umount $mnt"
 
 # The writer: each file made in tmpfs, copied onto ext4 with fsync, then counted.
 cat >"$LAB_WORK/writer.sh" <<WRITER
@@ -62,6 +62,10 @@ cp "$src/after" "$mnt/after"
 files=$(wc -l <"$LAB_WORK/files.sha256")
 sync
 umount "$mnt"
+# Unmounted everywhere: the recovering daemon's own mount namespace holds no copy of it.
+if grep -l " - ext4 $dev " /proc/[0-9]*/mountinfo 2>/dev/null; then
+	fail "$dev is still mounted in some process's mount namespace after umount"
+fi
 e2fsck -fn "$dev" >"$LAB_WORK/fsck.log" 2>&1 || { cat "$LAB_WORK/fsck.log"; fail "e2fsck -fn after the daemon crash reports problems"; }
 mount "$dev" "$mnt"
 (cd "$mnt" && sha256sum -c --quiet "$LAB_WORK/files.sha256") || fail "checksums differ after the daemon crash"

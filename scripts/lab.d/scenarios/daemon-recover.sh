@@ -40,7 +40,6 @@ t_ready=$(now_ms)
 ublk-host list | grep -q "^/dev/ublkb0[[:space:]]state=live[[:space:]]pid=$(bg_pid host2)[[:space:]]" ||
 	fail "list does not show /dev/ublkb0 live under the new daemon: $(ublk-host list)"
 wait_for "[ \$(written) -gt 0 ]" 30 "writes through the new daemon's lanes"
-t_resumed=$(now_ms)
 on_cleanup "[ ! -e /sys/class/ublk-char/ublkc0 ] || ublk-host detach 0"
 
 wait_for "! bg_alive fio" 240 "fio to finish"
@@ -52,9 +51,10 @@ assert_eq "$(jq -r '[.jobs[] | "\(.write.io_bytes) \(.read.io_bytes)"] | join(",
 	"12582912 12582912, 12582912 12582912" "per job: bytes written and bytes verified"
 metric daemon_kill_to_quiesced_ms $((t_quiesced - t_kill)) ms
 metric daemon_kill_to_recovered_ms $((t_ready - t_kill)) ms
-metric daemon_kill_to_io_resumed_ms $((t_resumed - t_kill)) ms
-metric daemon_recover_fio_max_write_lat_ms "$(jq '[.jobs[].write.clat_ns.max] | max / 1e6 | floor' "$json.clean")" ms
-log "fio wrote 24 MiB across a kill -9 of the daemon and verified every block; I/O resumed $((t_resumed - t_kill)) ms after the kill"
+# The stall fio saw: its slowest write completion (the writes the dead daemon held).
+stall=$(jq '[.jobs[].write.clat_ns.max] | max / 1e6 | floor' "$json.clean")
+metric daemon_recover_stall_ms "$stall" ms
+log "fio wrote 24 MiB across a kill -9 of the daemon and verified every block; longest write stalled $stall ms"
 
 ml_detach host2 "$dev"
 [ ! -e /sys/class/ublk-char/ublkc0 ] || fail "the recovered device was not removed by detach"

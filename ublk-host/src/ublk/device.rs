@@ -243,34 +243,6 @@ fn stop_device(dev_id: u32) -> Result<()> {
     Ok(())
 }
 
-/// Moves this process into its own mount namespace with private propagation, so a
-/// filesystem someone mounts on our device elsewhere never pins it in ours.
-pub fn enter_private_mount_namespace() -> Result<()> {
-    // SAFETY: unshare takes only flags.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(HostError::io("unshare(CLONE_NEWNS)", error));
-    }
-    let root = c"/";
-    let flags = libc::MS_REC | libc::MS_PRIVATE;
-    // SAFETY: valid NUL-terminated path, null source/type/data are allowed for a
-    // propagation change.
-    let changed = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if changed != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(HostError::io("making / private", error));
-    }
-    Ok(())
-}
-
 /// Parses `N`, `ublkbN`, `/dev/ublkbN` (or `ublkcN`) into a device id.
 pub fn parse_device(text: &str) -> Result<u32> {
     let name = text.rsplit('/').next().unwrap_or(text);

@@ -2,8 +2,8 @@
 //!
 //! - [`params`]: device parameters from the partition (sizes, cache, read-only, discard).
 //! - [`queue`]: one hardware queue: a task per tag, the queue's own lanes, one io_uring.
-//! - [`device`]: attach (create with user recovery + serve + remove), detach, signals,
-//!   mount namespace.
+//! - [`device`]: attach (create with user recovery + serve + remove), detach, signals.
+//! - [`namespace`]: the daemon's private mount namespace, without ublk filesystems.
 //! - [`recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
 //! - [`inspect`]: each device's state (live, quiescing, quiesced, recovering, dead, fail-io)
 //!   and what it serves; `list`.
@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod inspect;
+pub mod namespace;
 pub mod params;
 pub mod queue;
 pub mod recover;
