@@ -190,3 +190,37 @@ pub fn list(_args: &ListArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_attach_arguments_parse_back_with_an_absolute_secret_file() {
+        // Relative to the crate directory, where cargo runs the tests.
+        let argv: Vec<String> = [
+            "--server",
+            "10.0.0.1:7700",
+            "--host",
+            "h1",
+            "--secret-file",
+            "Cargo.toml",
+            "--partition",
+            "vol",
+            "--lanes-per-queue",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let saved = with_absolute_secret_file(argv);
+        let secret_file = std::path::Path::new(&saved[5]);
+        assert!(secret_file.is_absolute(), "{secret_file:?}");
+        assert!(secret_file.ends_with("ublk-host/Cargo.toml"));
+        let refs: Vec<&str> = saved.iter().map(String::as_str).collect();
+        let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs).unwrap();
+        assert_eq!(args.secret_file, saved[5]);
+        assert_eq!(args.partition, "vol");
+        assert_eq!(args.lanes_per_queue, 2);
+        assert_eq!(args.id, None);
+    }
+}

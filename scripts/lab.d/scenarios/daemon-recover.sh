@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: fio randwrite --verify=crc32c on /dev/ublkb0 while the ublk-host daemon is killed with -9; list shows it quiesced; `ublk-host recover 0` takes it over: fio ends with 0 errors and verifies every block; stall measured; detach then removes it
+# lab-desc: fio randwrite --verify=crc32c on /dev/ublkb0 while the ublk-host daemon is killed with -9; list shows it quiesced; `ublk-host recover 0` takes it over: fio ends with 0 errors and verifies every block; stall measured; after a second kill -9, detach removes the quiesced device at once
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
@@ -56,6 +56,15 @@ stall=$(jq '[.jobs[].write.clat_ns.max] | max / 1e6 | floor' "$json.clean")
 metric daemon_recover_stall_ms "$stall" ms
 log "fio wrote 24 MiB across a kill -9 of the daemon and verified every block; longest write stalled $stall ms"
 
-ml_detach host2 "$dev"
-[ ! -e /sys/class/ublk-char/ublkc0 ] || fail "the recovered device was not removed by detach"
+# The new daemon dies too: detach removes the orphaned device at once (it used to wait 10 s).
+kill -KILL "$(bg_pid host2)"
+wait_for "! bg_alive host2" 10 "the second killed daemon to go"
+wait_for "ublk-host list | grep -q '^/dev/ublkb0[[:space:]]state=quiesced'" 30 "list to show /dev/ublkb0 quiesced again"
+t0=$(now_ms)
+ublk-host detach 0
+t_detach=$(($(now_ms) - t0))
+metric detach_quiesced_ms "$t_detach" ms
+[ "$t_detach" -lt 3000 ] || fail "detach of a quiesced device took $t_detach ms"
+[ ! -e /sys/class/ublk-char/ublkc0 ] || fail "detach did not remove the quiesced device"
 [ ! -e /run/multilane/ublkb0.json ] || fail "the state file outlived the device"
+log "detach removed the quiesced /dev/ublkb0 in $t_detach ms"

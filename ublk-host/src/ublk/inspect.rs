@@ -49,11 +49,15 @@ impl DeviceState {
         matches!(self, DeviceState::Quiesced | DeviceState::Quiescing)
     }
 
-    /// Whether no process serves the device (removing it disturbs nobody's daemon).
+    /// Whether no process serves the device (its daemon died, or it is stopped): removing
+    /// it disturbs nobody's daemon, and nobody else would.
     pub fn unserved(self) -> bool {
         matches!(
             self,
-            DeviceState::Quiesced | DeviceState::Dead | DeviceState::FailIo
+            DeviceState::Quiescing
+                | DeviceState::Quiesced
+                | DeviceState::Dead
+                | DeviceState::FailIo
         )
     }
 }
@@ -228,7 +232,7 @@ mod tests {
         assert!(!DeviceState::Dead.recoverable());
         assert!(DeviceState::Dead.unserved() && DeviceState::Quiesced.unserved());
         assert!(!DeviceState::Live.unserved() && !DeviceState::Recovering.unserved());
-        assert!(!DeviceState::Quiescing.unserved());
+        assert!(DeviceState::Quiescing.unserved());
     }
 
     #[test]
