@@ -20,7 +20,7 @@ use libublk::UblkFlags;
 use wire::PartitionInfo;
 
 use crate::error::{HostError, Result};
-use crate::ublk::device::{
+use crate::ublk::daemon::{
     describe_owner, discover, saved_state, serve, stop_on_signals, target_data, AttachOptions,
     Attached, RECOVERY_FLAGS, TARGET_NAME,
 };
