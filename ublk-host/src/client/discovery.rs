@@ -114,7 +114,7 @@ pub const WATCH_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts of a [`Watch`].
 pub const WATCH_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// While a [`Watch`] cannot reconnect, it logs at most once per this interval.
-const WATCH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+pub const WATCH_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A partition list followed for as long as the caller wants: the current list first, then
 /// every change. When the connection is lost (the server restarts, the network drops) it

@@ -6,7 +6,7 @@
 //!   stops, signals.
 //! - [`device`]: attach (create with user recovery, or take over; serve; remove), detach.
 //! - [`namespace`]: the daemon's private mount namespace, without ublk filesystems.
-//! - [`recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
+//! - [`mod@recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
 //! - [`inspect`]: each device's state (live, quiescing, quiesced, recovering, dead, fail-io)
 //!   and what it serves; `list`.
 //! - [`state`]: the state files under `/run/multilane` (what a recovering process needs,
