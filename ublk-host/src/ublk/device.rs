@@ -20,7 +20,7 @@ use crate::ublk::state::{self, Claim, IdsLock};
 ///
 /// If a quiesced device of the same server, host and partition exists (its daemon died:
 /// a supervisor runs the same command again), this takes that device over instead of
-/// creating a new one (see [`crate::ublk::recover`]). An `options.id` in use by anything
+/// creating a new one (see [`mod@crate::ublk::recover`]). An `options.id` in use by anything
 /// else is refused before anything is created.
 pub fn attach(
     options: &AttachOptions,
