@@ -67,8 +67,13 @@ pub fn attach(
 }
 
 /// Fails with [`HostError::DeviceInUse`] if ublk device `id` exists: asking the driver for
-/// it would fail, and libublk's cleanup of that failed ADD_DEV deletes the device under
-/// its owner.
+/// it would fail, and libublk 0.4.8's cleanup of that failed ADD_DEV (its control handle's
+/// drop sends DEL_DEV for the id it asked for, and the flag that would stop it is internal)
+/// deletes the device under its owner.
+///
+/// Multilane processes check and create under [`IdsLock`], so they never race each other;
+/// another ublk server creating the same id between this check and ADD_DEV is the window
+/// left.
 fn refuse_if_in_use(id: u32) -> Result<()> {
     if !inspect::exists(id) {
         return Ok(());
