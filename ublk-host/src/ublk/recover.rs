@@ -91,7 +91,8 @@ pub(crate) fn take_over(
     partition: PartitionInfo,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
 ) -> Result<()> {
-    check_identity(id, options, &partition)?;
+    let lanes_per_queue = check_identity(id, options, &partition)?;
+    let options = &with_lanes(options, lanes_per_queue);
     wait_quiesced(id)?;
     claim.write(&saved_state(id, options, &partition))?;
     let simple = UblkCtrl::new_simple(ctrl_id(id)?)?;
@@ -128,7 +129,8 @@ pub(crate) fn take_over(
 }
 
 /// The device must serve this very partition: same server, host, name, id and size.
-fn check_identity(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Result<()> {
+/// Returns the device's lanes per queue.
+fn check_identity(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Result<u16> {
     let want = target_data(options, partition);
     let info = inspect::inspect(id)?;
     let same = info.target.as_ref().is_some_and(|t| {
@@ -151,7 +153,24 @@ fn check_identity(id: u32, options: &AttachOptions, partition: &PartitionInfo) -
             ),
         });
     }
-    Ok(())
+    Ok(info
+        .target
+        .map_or(want.lanes_per_queue, |t| t.lanes_per_queue))
+}
+
+/// `options` with the device's own lanes per queue: the new daemon opens a lane for every
+/// (queue, lane) the dead one had, so the server fences each of the dead daemon's
+/// connections before anything is reissued.
+fn with_lanes(options: &AttachOptions, lanes_per_queue: u16) -> AttachOptions {
+    let mut options = options.clone();
+    if options.engine.lanes_per_queue != lanes_per_queue {
+        log::warn!(
+            "the device was served with {lanes_per_queue} lanes per queue, not {}: keeping {lanes_per_queue}",
+            options.engine.lanes_per_queue
+        );
+        options.engine.lanes_per_queue = lanes_per_queue;
+    }
+    options
 }
 
 /// Waits until the driver has quiesced device `id`.
