@@ -1,4 +1,4 @@
-//! The device subcommands: attach, detach, list.
+//! The device subcommands: attach, recover, detach, list.
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,7 +7,9 @@ use anyhow::Context;
 use argh::FromArgs;
 use ublk_host::client::config::DEFAULT_RECONNECT_DEADLINE;
 use ublk_host::client::EngineConfig;
-use ublk_host::ublk::device::{enter_private_mount_namespace, parse_device};
+use ublk_host::ublk::device::parse_device;
+use ublk_host::ublk::namespace::enter_private_mount_namespace;
+use ublk_host::ublk::state;
 use ublk_host::ublk::{self, AttachOptions, Attached};
 
 use crate::{client_config, size_option};
@@ -20,7 +22,8 @@ const DETACH_WAIT: Duration = Duration::from_secs(10);
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "attach")]
 /// Create /dev/ublkbN for a partition and serve it in the foreground until SIGINT/SIGTERM
-/// or `ublk-host detach`.
+/// or `ublk-host detach`. If a device of the same server, host and partition lost its
+/// daemon (kill -9, crash), take that one over instead: run the same command again.
 pub struct AttachArgs {
     /// server address, host:port
     #[argh(option)]
@@ -58,8 +61,19 @@ pub struct AttachArgs {
 }
 
 #[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "recover")]
+/// Take over a device whose daemon died, with the options it was attached with, and serve
+/// it in the foreground like `attach`: `ublk-host recover 0`.
+pub struct RecoverArgs {
+    /// device: N, ublkbN or /dev/ublkbN
+    #[argh(positional)]
+    device: String,
+}
+
+#[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "detach")]
-/// Stop and remove a device: `ublk-host detach 0` or `ublk-host detach /dev/ublkb0`.
+/// Stop and remove a device: `ublk-host detach 0` or `ublk-host detach /dev/ublkb0`. One
+/// whose daemon died (quiesced, dead) is removed at once.
 pub struct DetachArgs {
     /// device: N, ublkbN or /dev/ublkbN
     #[argh(positional)]
@@ -68,7 +82,8 @@ pub struct DetachArgs {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
-/// List ublk devices (id, state, queues, depth, size, server and partition).
+/// List ublk devices (id, state: live, quiescing, quiesced, recovering, dead or fail-io,
+/// daemon pid, queues, depth, size, server, host and partition).
 pub struct ListArgs {}
 
 fn cpus() -> u16 {
@@ -79,18 +94,7 @@ fn cpus() -> u16 {
 }
 
 pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
-    let client = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
-    let mut engine = EngineConfig::new(client);
-    engine.lanes_per_queue = args.lanes_per_queue;
-    engine.split = size_option(&args.split)?;
-    engine.reconnect_deadline = Duration::from_secs(args.reconnect_deadline);
-    let options = AttachOptions {
-        engine,
-        partition: args.partition.clone(),
-        queues: args.queues.unwrap_or_else(cpus).max(1),
-        depth: args.depth,
-        id: args.id,
-    };
+    let options = attach_options(args, attach_argv())?;
     enter_private_mount_namespace().context("entering a private mount namespace")?;
     ublk::attach(&options, announce)
         .with_context(|| format!("attaching partition {}", args.partition))?;
@@ -98,9 +102,72 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<AttachOptions> {
+    let client = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
+    let mut engine = EngineConfig::new(client);
+    engine.lanes_per_queue = args.lanes_per_queue;
+    engine.split = size_option(&args.split)?;
+    engine.reconnect_deadline = Duration::from_secs(args.reconnect_deadline);
+    Ok(AttachOptions {
+        engine,
+        partition: args.partition.clone(),
+        queues: args.queues.unwrap_or_else(cpus).max(1),
+        depth: args.depth,
+        id: args.id,
+        saved_args: with_absolute_secret_file(argv),
+    })
+}
+
+/// This process's arguments after `attach`.
+fn attach_argv() -> Vec<String> {
+    std::env::args()
+        .skip_while(|arg| arg != "attach")
+        .skip(1)
+        .collect()
+}
+
+/// `argv` with the secret file as an absolute path, so a recovering process started
+/// elsewhere finds it.
+fn with_absolute_secret_file(mut argv: Vec<String>) -> Vec<String> {
+    let at = argv.iter().position(|arg| arg == "--secret-file");
+    if let Some(path) = at.and_then(|i| argv.get_mut(i + 1)) {
+        if let Ok(absolute) = std::fs::canonicalize(&*path) {
+            *path = absolute.to_string_lossy().into_owned();
+        }
+    }
+    argv
+}
+
+pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
+    let id = parse_device(&args.device)?;
+    let saved = state::load(id)?.with_context(|| {
+        format!(
+            "/dev/ublkb{id} has no state file {} (not made by ublk-host attach?)",
+            state::state_path(id).display()
+        )
+    })?;
+    let argv: Vec<&str> = saved.attach_args.iter().map(String::as_str).collect();
+    let attach_args = AttachArgs::from_args(&["ublk-host", "attach"], &argv).map_err(|e| {
+        anyhow::anyhow!(
+            "the saved attach arguments of /dev/ublkb{id} do not parse: {}",
+            e.output
+        )
+    })?;
+    let options = attach_options(&attach_args, saved.attach_args.clone())?;
+    enter_private_mount_namespace().context("entering a private mount namespace")?;
+    ublk::recover(id, &options, announce).with_context(|| format!("recovering /dev/ublkb{id}"))?;
+    println!("ublk-host: device removed");
+    Ok(())
+}
+
 fn announce(attached: &Attached) {
+    let how = if attached.recovered {
+        " (recovered)"
+    } else {
+        ""
+    };
     println!(
-        "ublk-host: {} ready ({} queues x {} lanes) partition {} size {}",
+        "ublk-host: {} ready{how} ({} queues x {} lanes) partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,
@@ -122,4 +189,38 @@ pub fn list(_args: &ListArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_attach_arguments_parse_back_with_an_absolute_secret_file() {
+        // Relative to the crate directory, where cargo runs the tests.
+        let argv: Vec<String> = [
+            "--server",
+            "10.0.0.1:7700",
+            "--host",
+            "h1",
+            "--secret-file",
+            "Cargo.toml",
+            "--partition",
+            "vol",
+            "--lanes-per-queue",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let saved = with_absolute_secret_file(argv);
+        let secret_file = std::path::Path::new(&saved[5]);
+        assert!(secret_file.is_absolute(), "{secret_file:?}");
+        assert!(secret_file.ends_with("ublk-host/Cargo.toml"));
+        let refs: Vec<&str> = saved.iter().map(String::as_str).collect();
+        let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs).unwrap();
+        assert_eq!(args.secret_file, saved[5]);
+        assert_eq!(args.partition, "vol");
+        assert_eq!(args.lanes_per_queue, 2);
+        assert_eq!(args.id, None);
+    }
 }

@@ -81,6 +81,23 @@ pub enum HostError {
     /// The partition asked for is not among those the host may use.
     #[error("partition {0:?} is not assigned to this host")]
     UnknownPartition(String),
+    /// The ublk device id asked for is already in use; nothing was created or touched.
+    #[error("/dev/ublkb{id} is in use ({state}): choose another --id, or detach it first")]
+    DeviceInUse {
+        /// The device id.
+        id: u32,
+        /// Its state and owner.
+        state: String,
+    },
+    /// The device cannot be taken over: it has a live daemon, is dead, or serves something
+    /// else.
+    #[error("/dev/ublkb{id} cannot be recovered: {state}")]
+    NotRecoverable {
+        /// The device id.
+        id: u32,
+        /// Why.
+        state: String,
+    },
     /// A secret file could not be read or does not hold a secret.
     #[error("secret file {path}: {reason}")]
     Secret {
@@ -124,6 +141,7 @@ impl HostError {
             }
             HostError::Closed => libc_errno::ECONNRESET,
             HostError::UnknownPartition(_) => libc_errno::ENXIO,
+            HostError::DeviceInUse { .. } | HostError::NotRecoverable { .. } => libc_errno::EBUSY,
             HostError::Config { .. } => libc_errno::EINVAL,
             HostError::Ublk(libublk::UblkError::OtherError(e))
             | HostError::Ublk(libublk::UblkError::UringIOError(e)) => e.abs(),

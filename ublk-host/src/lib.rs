@@ -4,12 +4,15 @@
 //! # Layout
 //!
 //! - [`client`]: no kernel needed. [`client::connect`] (TCP + mutual handshake),
-//!   [`client::discovery`] (control connection: partition list and live pushes), and the
+//!   [`client::discovery`] (control connection: partition list and live pushes, a watch
+//!   that reconnects across server restarts), and the
 //!   request engine [`client::QueueEngine`]: a queue's lanes, splitting at stripe-chunk
 //!   boundaries, batched sends and tag-matched replies on the queue's io_uring,
 //!   reconnection with reissue.
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
-//!   hardware queue running the same engine, teardown.
+//!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
+//!   over a device whose daemon died), device states and state files, the daemon's mount
+//!   namespace.
 //! - [`error`]: [`HostError`] and the errno a failed block I/O completes with.
 //!
 //! # Driving the engine (tests, bench)

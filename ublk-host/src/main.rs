@@ -1,12 +1,13 @@
-//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, list and detach devices.
+//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, recover, list and detach
+//! devices.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use argh::FromArgs;
 use ublk_host::client::config::{parse_size, read_secret_file};
-use ublk_host::client::discovery::{describe, DEFAULT_KEEPALIVE};
-use ublk_host::client::{ClientConfig, Discovery};
+use ublk_host::client::discovery::{describe, Watch, DEFAULT_KEEPALIVE};
+use ublk_host::client::{ClientConfig, Discovery, PartitionList};
 
 mod device_cmds;
 
@@ -22,6 +23,7 @@ struct Cli {
 enum Command {
     Discover(DiscoverArgs),
     Attach(device_cmds::AttachArgs),
+    Recover(device_cmds::RecoverArgs),
     Detach(device_cmds::DetachArgs),
     List(device_cmds::ListArgs),
 }
@@ -68,31 +70,41 @@ pub(crate) fn size_option(text: &str) -> anyhow::Result<u32> {
 
 fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
     let config = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
-    let mut discovery =
-        Discovery::open(&config).with_context(|| format!("discovery on {}", args.server))?;
-    let mut list = discovery.list()?;
+    let context = || format!("discovery on {}", args.server);
+    if !args.watch {
+        let list = Discovery::open(&config).with_context(context)?.list()?;
+        print_list(&list);
+        return Ok(());
+    }
+    // Follows the list across server restarts: reconnects with backoff, prints each change.
+    let mut watch = Watch::open(&config, DEFAULT_KEEPALIVE).with_context(context)?;
     loop {
-        println!(
-            "generation {}: {} partition(s)",
-            list.generation,
-            list.partitions.len()
-        );
-        for partition in &list.partitions {
-            println!("{}", describe(partition));
-        }
-        if !args.watch {
-            return Ok(());
-        }
-        list = discovery.next_change(DEFAULT_KEEPALIVE)?;
+        print_list(&watch.next_list().with_context(context)?);
     }
 }
 
+fn print_list(list: &PartitionList) {
+    println!(
+        "generation {}: {} partition(s)",
+        list.generation,
+        list.partitions.len()
+    );
+    for partition in &list.partitions {
+        println!("{}", describe(partition));
+    }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,libublk=warn"),
+    )
+    .init();
     let cli: Cli = argh::from_env();
     let outcome = match &cli.command {
         Command::Discover(args) => discover(args),
         Command::Attach(args) => device_cmds::attach(args),
+        Command::Recover(args) => device_cmds::recover(args),
         Command::Detach(args) => device_cmds::detach(args),
         Command::List(args) => device_cmds::list(args),
     };

@@ -50,3 +50,189 @@ fn watch_pings_when_quiet() {
         pusher.join().unwrap();
     });
 }
+
+/// The real array server on temporary member disks, restartable on the same address.
+mod restartable {
+    use std::sync::Arc;
+
+    use array_server::net::{self, RunningServer, ServerConfig};
+    use array_server::{Array, FormatOptions};
+
+    const DISKS: usize = 3;
+    const DISK_SIZE: u64 = 24 << 20;
+    const CHUNK: u64 = 64 << 10;
+    pub const PARTITION_SIZE: u64 = 4 << 20;
+
+    pub struct Setup {
+        pub _dir: tempfile::TempDir,
+        pub array: Arc<Array>,
+        pub secret: wire::Secret,
+    }
+
+    /// An array with host `h1` and partition `vol` assigned to it.
+    pub fn array() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = (0..DISKS)
+            .map(|i| dir.path().join(format!("disk{i}.img")))
+            .collect();
+        for path in &paths {
+            std::fs::File::create(path)
+                .unwrap()
+                .set_len(DISK_SIZE)
+                .unwrap();
+        }
+        let options = FormatOptions {
+            chunk: CHUNK,
+            force: false,
+            create_size: None,
+        };
+        let array = Array::format(&paths, &options).unwrap();
+        array
+            .create_partition("vol", PARTITION_SIZE, false)
+            .unwrap();
+        let secret = array.create_host("h1").unwrap().secret;
+        array.assign("h1", "vol", wire::Access::ReadWrite).unwrap();
+        Setup {
+            _dir: dir,
+            array,
+            secret: wire::Secret::from_hex(&secret).unwrap(),
+        }
+    }
+
+    /// Serves `array` on `listen` (`127.0.0.1:0` for any port).
+    pub fn serve(array: &Arc<Array>, listen: std::net::SocketAddr) -> RunningServer {
+        let config = ServerConfig {
+            listen,
+            threads: 1,
+            ..ServerConfig::default()
+        };
+        net::start(array.clone(), config).unwrap()
+    }
+}
+
+#[test]
+fn watch_follows_changes_across_a_server_restart() {
+    use ublk_host::client::discovery::Watch;
+    use ublk_host::client::ClientConfig;
+
+    within(Duration::from_secs(60), || {
+        let setup = restartable::array();
+        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let addr = server.local_addr();
+        let mut config = ClientConfig::new(addr.to_string(), "h1", setup.secret.clone());
+        config.handshake_timeout = Duration::from_secs(2);
+        let mut watch = Watch::open(&config, Duration::from_secs(10)).unwrap();
+        let names = |list: &ublk_host::client::PartitionList| -> Vec<String> {
+            let mut names: Vec<_> = list.partitions.iter().map(|p| p.name.clone()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&watch.next_list().unwrap()), ["vol"]);
+
+        let (lists, received) = std::sync::mpsc::channel();
+        let watcher = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let list = watch.next_list().unwrap();
+                lists.send(list).unwrap();
+            }
+        });
+        // The server goes away; while it is down, a partition is assigned to h1.
+        server.stop();
+        let array = &setup.array;
+        let size = restartable::PARTITION_SIZE;
+        array.create_partition("vol2", size, false).unwrap();
+        array.assign("h1", "vol2", wire::Access::ReadOnly).unwrap();
+        let server = restartable::serve(array, addr);
+        let after_restart = received.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(names(&after_restart), ["vol", "vol2"]);
+        // The reconnected watch also gets the next live push.
+        array.create_partition("vol3", size, false).unwrap();
+        array.assign("h1", "vol3", wire::Access::ReadWrite).unwrap();
+        let pushed = received.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(names(&pushed), ["vol", "vol2", "vol3"]);
+        assert!(pushed.generation > after_restart.generation);
+        watcher.join().unwrap();
+        server.stop();
+    });
+}
+
+#[test]
+fn watch_gives_up_when_the_restarted_server_refuses_the_host() {
+    use ublk_host::client::discovery::Watch;
+    use ublk_host::client::ClientConfig;
+
+    within(Duration::from_secs(60), || {
+        let setup = restartable::array();
+        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let addr = server.local_addr();
+        let config = ClientConfig::new(addr.to_string(), "h1", setup.secret.clone());
+        let mut watch = Watch::open(&config, Duration::from_secs(10)).unwrap();
+        watch.next_list().unwrap();
+        server.stop();
+        setup.array.delete_host_forced("h1").unwrap();
+        let server = restartable::serve(&setup.array, addr);
+        let error = watch.next_list().unwrap_err();
+        assert!(
+            matches!(error, HostError::Wire(wire::WireError::Refused { .. })),
+            "{error}"
+        );
+        server.stop();
+    });
+}
+
+/// `ublk-host discover --watch` (the binary) goes on printing after a server restart.
+#[test]
+fn discover_watch_command_survives_a_server_restart() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    within(Duration::from_secs(60), || {
+        let setup = restartable::array();
+        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let addr = server.local_addr();
+        let key = setup._dir.path().join("h1.key");
+        std::fs::write(&key, hex::encode(setup.secret.0)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ublk-host"))
+            .args(["discover", "--watch", "--host", "h1", "--server"])
+            .arg(addr.to_string())
+            .arg("--secret-file")
+            .arg(&key)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let heading = |count: usize| {
+            let want = format!(": {count} partition(s)");
+            loop {
+                let line = received.recv_timeout(Duration::from_secs(30)).unwrap();
+                if line.starts_with("generation ") && line.ends_with(&want) {
+                    return;
+                }
+            }
+        };
+        heading(1);
+        server.stop();
+        let size = restartable::PARTITION_SIZE;
+        setup.array.create_partition("vol2", size, false).unwrap();
+        setup
+            .array
+            .assign("h1", "vol2", wire::Access::ReadWrite)
+            .unwrap();
+        let server = restartable::serve(&setup.array, addr);
+        heading(2);
+        assert!(child.try_wait().unwrap().is_none(), "the watch exited");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        server.stop();
+    });
+}

@@ -1,11 +1,12 @@
 //! Discovery: the control connection on which the server lists this host's partitions and
-//! pushes every change.
+//! pushes every change; [`Watch`] follows the changes across server restarts.
 
 use std::io;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose, Welcome};
+use wire::WireError;
+use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose, RefusedCode, Welcome};
 
 use crate::client::config::ClientConfig;
 use crate::client::connect::{connect, read_message, write_message};
@@ -104,6 +105,128 @@ impl Discovery {
             }),
             ControlEvent::Pong(_) => None,
         })
+    }
+}
+
+/// First pause after a failed reconnect attempt of a [`Watch`]; it doubles up to
+/// [`WATCH_MAX_BACKOFF`].
+pub const WATCH_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between reconnect attempts of a [`Watch`].
+pub const WATCH_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While a [`Watch`] cannot reconnect, it logs at most once per this interval.
+pub const WATCH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A partition list followed for as long as the caller wants: the current list first, then
+/// every change. When the connection is lost (the server restarts, the network drops) it
+/// reconnects with backoff, like the lanes, lists again and reports the list if it differs
+/// from the last one returned. Logs one line when the connection is lost, at most one per
+/// [`WATCH_LOG_INTERVAL`] while it stays lost, and one when it is back.
+#[derive(Debug)]
+pub struct Watch {
+    config: ClientConfig,
+    keepalive: Duration,
+    discovery: Option<Discovery>,
+    /// Whether the current connection has been asked for the list yet.
+    listed: bool,
+    last: Option<PartitionList>,
+    backoff: Duration,
+}
+
+impl Watch {
+    /// Opens the first connection; an error here (server unreachable, refused) is returned
+    /// as is, since it usually means a wrong address or secret.
+    pub fn open(config: &ClientConfig, keepalive: Duration) -> Result<Watch> {
+        let discovery = Discovery::open(config)?;
+        Ok(Watch {
+            config: config.clone(),
+            keepalive,
+            discovery: Some(discovery),
+            listed: false,
+            last: None,
+            backoff: WATCH_FIRST_BACKOFF,
+        })
+    }
+
+    /// The current list on the first call, then the next list that differs from the last
+    /// one returned. Fails only on an error reconnecting cannot fix (the server refuses this
+    /// host, or answers with something that is not the protocol).
+    pub fn next_list(&mut self) -> Result<PartitionList> {
+        loop {
+            let discovery = match self.discovery.as_mut() {
+                Some(discovery) => discovery,
+                None => {
+                    self.listed = false;
+                    let discovery = self.reconnect()?;
+                    self.discovery.insert(discovery)
+                }
+            };
+            let outcome = if self.listed {
+                discovery.next_change(self.keepalive)
+            } else {
+                self.listed = true;
+                discovery.list()
+            };
+            match outcome {
+                Ok(list) if self.last.as_ref() == Some(&list) => {}
+                Ok(list) => {
+                    self.last = Some(list.clone());
+                    return Ok(list);
+                }
+                Err(error) if is_transient(&error) => {
+                    log::warn!("discovery on {}: {error}; reconnecting", self.config.server);
+                    self.discovery = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Opens a new control connection, retrying transient failures with backoff.
+    fn reconnect(&mut self) -> Result<Discovery> {
+        let started = Instant::now();
+        let mut logged = started;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match Discovery::open(&self.config) {
+                Ok(discovery) => {
+                    log::info!(
+                        "discovery on {}: reconnected after {attempts} attempt(s), {:.1} s",
+                        self.config.server,
+                        started.elapsed().as_secs_f64()
+                    );
+                    self.backoff = WATCH_FIRST_BACKOFF;
+                    return Ok(discovery);
+                }
+                Err(error) if is_transient(&error) => {
+                    if logged.elapsed() >= WATCH_LOG_INTERVAL {
+                        log::warn!(
+                            "discovery on {}: still unreachable after {attempts} attempts: {error}",
+                            self.config.server
+                        );
+                        logged = Instant::now();
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+            std::thread::sleep(self.backoff);
+            self.backoff = (self.backoff * 2).min(WATCH_MAX_BACKOFF);
+        }
+    }
+}
+
+/// Whether reconnecting may cure `error`: the connection broke or could not be made, or
+/// the server was busy.
+fn is_transient(error: &HostError) -> bool {
+    match error {
+        HostError::Resolve { .. }
+        | HostError::Connect { .. }
+        | HostError::Io { .. }
+        | HostError::HandshakeTimeout { .. }
+        | HostError::Closed => true,
+        HostError::Wire(WireError::Refused { code, .. }) => *code == RefusedCode::Busy,
+        HostError::Wire(WireError::Truncated { .. }) => true,
+        _ => false,
     }
 }
 

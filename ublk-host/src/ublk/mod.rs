@@ -2,10 +2,26 @@
 //!
 //! - [`params`]: device parameters from the partition (sizes, cache, read-only, discard).
 //! - [`queue`]: one hardware queue: a task per tag, the queue's own lanes, one io_uring.
-//! - [`device`]: attach (create + serve + remove), detach, list, signals, mount namespace.
+//! - [`daemon`]: what every daemon does: options, the partition, serving the device until it
+//!   stops, signals.
+//! - [`device`]: attach (create with user recovery, or take over; serve; remove), detach.
+//! - [`namespace`]: the daemon's private mount namespace, without ublk filesystems.
+//! - [`mod@recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
+//! - [`inspect`]: each device's state (live, quiescing, quiesced, recovering, dead, fail-io)
+//!   and what it serves; `list`.
+//! - [`state`]: the state files under `/run/multilane` (what a recovering process needs,
+//!   and the lock that says a live process serves the device), the target JSON.
 
+pub mod daemon;
 pub mod device;
+pub mod inspect;
+pub mod namespace;
 pub mod params;
 pub mod queue;
+pub mod recover;
+pub mod state;
 
-pub use device::{attach, detach, list, AttachOptions, Attached};
+pub use daemon::{AttachOptions, Attached};
+pub use device::{attach, detach};
+pub use inspect::{list, DeviceState};
+pub use recover::recover;

@@ -1,0 +1,177 @@
+//! What every Multilane daemon does, whether it created its device or took it over: the
+//! options, finding the partition, serving the device until it stops, signals.
+
+use std::sync::Arc;
+
+use libublk::ctrl::UblkCtrl;
+use libublk::io::UblkDev;
+use wire::PartitionInfo;
+
+use crate::client::{Discovery, EngineConfig};
+use crate::error::{HostError, Result};
+use crate::ublk::inspect::{self, ctrl_id};
+use crate::ublk::params::{device_params, io_buf_bytes};
+use crate::ublk::queue::serve_queue;
+use crate::ublk::state::{Saved, TargetData};
+
+/// The ublk target name of Multilane devices.
+pub const TARGET_NAME: &str = "multilane";
+/// Devices are made with user recovery, in-flight I/O reissued to the next daemon: when
+/// the daemon dies the driver quiesces the device (I/O waits) instead of failing it.
+pub(crate) const RECOVERY_FLAGS: u64 =
+    (libublk::sys::UBLK_F_USER_RECOVERY | libublk::sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+
+/// What `attach` creates.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// Server, credentials, lanes per queue, split size, reconnect deadline.
+    pub engine: EngineConfig,
+    /// The partition's name.
+    pub partition: String,
+    /// Hardware queues (one thread and `lanes_per_queue` lanes each).
+    pub queues: u16,
+    /// Queue depth (tags per queue).
+    pub depth: u16,
+    /// Device id to ask for (`/dev/ublkbN`); the driver picks one when `None`.
+    pub id: Option<u32>,
+    /// The `attach` arguments that recreate these options; kept in the device's state
+    /// file for a process that takes the device over.
+    pub saved_args: Vec<String>,
+}
+
+/// A device that is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The ublk device id N.
+    pub id: u32,
+    /// `/dev/ublkbN`.
+    pub path: String,
+    /// Hardware queues the driver created (at most one per CPU).
+    pub queues: u16,
+    /// Lanes per queue.
+    pub lanes_per_queue: u16,
+    /// The partition served.
+    pub partition: PartitionInfo,
+    /// Whether this process took an existing device over rather than creating it.
+    pub recovered: bool,
+}
+
+/// The partition `options` names, and the I/O buffer size per tag for it.
+pub(crate) fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
+    let mut discovery = Discovery::open(&options.engine.client)?;
+    let partition = discovery.list()?.find(&options.partition)?.clone();
+    let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
+    Ok((partition, buf_bytes))
+}
+
+/// A short description of a device for error messages: state, daemon, what it serves.
+pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
+    let serving = info.target.as_ref().map_or(String::new(), |t| {
+        format!(", partition {} of {} as {}", t.partition, t.server, t.host)
+    });
+    format!("{}, daemon pid {}{serving}", info.state, info.daemon_pid)
+}
+
+/// The device identity kept in the ublk target JSON.
+pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) -> TargetData {
+    TargetData {
+        server: options.engine.client.server.clone(),
+        host: options.engine.client.host.clone(),
+        partition: partition.name.clone(),
+        partition_id: partition.id,
+        lanes_per_queue: options.engine.lanes_per_queue,
+        split: options.engine.split,
+    }
+}
+
+/// What the state file of a device this process serves holds.
+pub(crate) fn saved_state(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Saved {
+    Saved {
+        id,
+        pid: std::process::id(),
+        target: target_data(options, partition),
+        attach_args: options.saved_args.clone(),
+    }
+}
+
+/// Serves the device `ctrl` controls (adds it, or ends its recovery) until it stops.
+pub(crate) fn serve(
+    ctrl: &UblkCtrl,
+    options: &AttachOptions,
+    partition: PartitionInfo,
+    buf_bytes: u32,
+    recovered: bool,
+    ready: impl FnOnce(&Attached) + Send + Sync + 'static,
+) -> Result<()> {
+    let params = device_params(&partition, buf_bytes);
+    let target_json = serde_json::to_value(target_data(options, &partition))
+        .map_err(|e| HostError::Protocol(format!("encoding the target data: {e}")))?;
+    let size = partition.size;
+    let tgt_init = move |dev: &mut UblkDev| {
+        dev.tgt.dev_size = size;
+        dev.tgt.params = params;
+        dev.set_target_json(target_json);
+        Ok(())
+    };
+    let config = Arc::new(options.engine.clone());
+    let shared_partition = Arc::new(partition.clone());
+    let attached = Attached {
+        id: ctrl.dev_info().dev_id,
+        path: ctrl.get_bdev_path(),
+        queues: ctrl.dev_info().nr_hw_queues,
+        lanes_per_queue: options.engine.lanes_per_queue,
+        partition,
+        recovered,
+    };
+    ctrl.run_target(
+        tgt_init,
+        move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
+        move |_ctrl: &UblkCtrl| ready(&attached),
+    )?;
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts later) and
+/// starts a thread that stops device `dev_id` when one arrives; the queues then wind down
+/// and `attach` returns.
+pub fn stop_on_signals(dev_id: u32) -> Result<()> {
+    let set = termination_signals();
+    // SAFETY: `set` is an initialised sigset; a null old-mask pointer is allowed.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if blocked != 0 {
+        let error = std::io::Error::from_raw_os_error(blocked);
+        return Err(HostError::io("blocking SIGINT/SIGTERM", error));
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: `set` is initialised and `signal` is a live out-parameter.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            log::info!("signal {signal}: stopping /dev/ublkb{dev_id}");
+            if let Err(error) = stop_device(dev_id) {
+                log::error!("cannot stop /dev/ublkb{dev_id}: {error}");
+            }
+        })
+        .map_err(|e| HostError::io("starting the signal thread", e))?;
+    Ok(())
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset takes valid signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Sends STOP_DEV: the device's daemon then winds its queues down and removes it.
+pub(crate) fn stop_device(dev_id: u32) -> Result<()> {
+    UblkCtrl::new_simple(ctrl_id(dev_id)?)?.kill_dev()?;
+    Ok(())
+}
