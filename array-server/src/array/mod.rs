@@ -319,10 +319,21 @@ impl Array {
         &self.disks
     }
 
-    /// Counts a failed data I/O on the member disk at `path` (for `/metrics`).
+    /// Counts a failed data I/O on the member disk at `path` (for `/metrics` and the
+    /// admin page's disk health).
     pub fn note_disk_error(&self, path: &std::path::Path) {
         if let Some(member) = self.disks.iter().find(|d| d.path() == path) {
-            member.note_io_error();
+            member.note_io_error("a data I/O failed (details in the server log)");
+        }
+    }
+
+    /// Counts a failed data I/O with its description, when `error` is a member disk's
+    /// ([`Error::Disk`]); other errors are not the disk's and are ignored.
+    pub fn note_disk_failure(&self, error: &Error) {
+        if let Error::Disk { path, .. } = error {
+            if let Some(member) = self.disks.iter().find(|d| d.path() == path) {
+                member.note_io_error(&error.to_string());
+            }
         }
     }
 
