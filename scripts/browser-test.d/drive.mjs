@@ -21,6 +21,8 @@ const TOKEN = readFileSync(env("TOKEN_FILE"), "utf8").trim();
 const ELEMENT = "element-6066-11e4-a52e-4f735466cecf";
 const children = [];
 const measured = {};
+// New points (one a second per series) the history charts must gain under load.
+const HISTORY_NEW_POINTS = 5;
 
 function log(message) {
   console.log(`browser-test: ${message}`);
@@ -208,9 +210,9 @@ async function chartsMove() {
   await waitFor("vm1 and h1 in the charts' legends", 10, async () =>
     (await find("#legend-partitions [data-series=vm1]")).length &&
     (await find("#legend-hosts [data-series=h1]")).length);
-  const moved = await waitFor("the charts to move (new points, still under load)", 15, async () => {
+  const moved = await waitFor("the charts to move (5 new points each, still under load)", 20, async () => {
     const now = await Promise.all(ids.map(chart));
-    return now.every((d, i) => d.points > first[i].points) && now[0].last > 0 && now;
+    return now.every((d, i) => d.points >= first[i].points + HISTORY_NEW_POINTS) && now[0].last > 0 && now;
   });
   measured.history_points = moved.map((d) => d.points);
   measured.history_throughput_max_bps = moved[0].max;

@@ -197,6 +197,7 @@ function renderSessions(sessions) {
 // ---- history charts (inline SVG, no library) ------------------------------------------
 
 const HISTORY_REFRESH_MS = 2000;
+const HISTORY_MIN_SPAN_MS = 60000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const PALETTE = ["#1f5fbf", "#d9480f", "#1a7f37", "#9c36b5", "#c2255c", "#0c8599", "#e67700", "#495057"];
 const CHART = { width: 520, height: 150, left: 64, right: 10, top: 10, bottom: 20 };
@@ -249,10 +250,11 @@ function drawChart(svg, lines, format, unit, now, windowMs) {
     children.push(svgEl("line", { x1: left, x2: width - right, y1: yy, y2: yy, stroke: "#e4e7ec" }));
     children.push(svgEl("text", { x: left - 6, y: yy + 3, "text-anchor": "end" }, format(yTop * fraction)));
   }
-  for (const minutes of [15, 10, 5, 0]) {
-    const label = minutes ? `−${minutes} min` : "now";
-    children.push(svgEl("text", { x: x(now - minutes * 60000), y: height - 6,
-      "text-anchor": minutes === 15 ? "start" : minutes ? "middle" : "end" }, label));
+  for (const fraction of [1, 2 / 3, 1 / 3, 0]) {
+    const ago = windowMs * fraction;
+    const label = !ago ? "now" : ago >= 60000 ? `−${Math.round(ago / 60000)} min` : `−${Math.round(ago / 1000)} s`;
+    children.push(svgEl("text", { x: x(now - ago), y: height - 6,
+      "text-anchor": fraction === 1 ? "start" : fraction ? "middle" : "end" }, label));
   }
   let points = 0;
   for (const line of lines) {
@@ -292,7 +294,16 @@ function historyRow(kind, title) {
   return row;
 }
 
+// The time axis: the whole window once it is full, else what the server has so far
+// (at least HISTORY_MIN_SPAN_MS), so a fresh server's first minutes are readable.
+function historySpan(history) {
+  const oldest = Math.min(history.now_ms, ...["partitions", "hosts"]
+    .flatMap((kind) => history[kind].map((s) => (s.t.length ? s.t[0] : history.now_ms))));
+  return Math.min(history.window_ms, Math.max(HISTORY_MIN_SPAN_MS, history.now_ms - oldest));
+}
+
 function renderHistory(history) {
+  const span = historySpan(history);
   for (const [kind, title] of HISTORY_KINDS) {
     historyRow(kind, title);
     const series = history[kind];
@@ -308,7 +319,7 @@ function renderHistory(history) {
     };
     for (const [chart, , format, unit] of HISTORY_CHARTS) {
       drawChart(document.getElementById(`chart-${kind}-${chart}`), lines[chart], format, unit,
-        history.now_ms, history.window_ms);
+        history.now_ms, span);
     }
     document.getElementById(`legend-${kind}`).replaceChildren(...(series.length
       ? series.map((s, i) => {
