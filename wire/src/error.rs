@@ -56,6 +56,13 @@ pub enum WireError {
         /// Bytes the frame needs.
         need: usize,
     },
+    /// A reader asked for the next head while the current frame's payload was still
+    /// owed (a bug in the reader: every payload byte goes through the decoder).
+    #[error("next head asked for with {remaining} payload bytes of the current frame unread")]
+    PayloadPending {
+        /// Payload bytes of the current frame not received yet.
+        remaining: usize,
+    },
     /// A message could not be encoded (a bug, or a name over the limit).
     #[error("cannot encode message: {0}")]
     Encode(String),

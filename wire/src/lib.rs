@@ -8,7 +8,8 @@
 //!
 //! - [`messages`]: every message as plain data (what is said).
 //! - [`frame`]: prefix + postcard header + raw payload (how it becomes bytes), with the
-//!   length checks made before anything is allocated.
+//!   length checks made before anything is allocated, and [`FrameDecoder`], the one
+//!   incremental decoder every reader on both sides runs (`frame/decoder.rs`).
 //! - [`handshake`]: the mutual HMAC-SHA256 challenge-response and the transcript it binds.
 //! - [`error`]: [`WireError`], and the errno a failed block I/O completes with.
 //!
@@ -40,6 +41,9 @@ pub mod handshake;
 pub mod messages;
 
 pub use error::{libc_errno, WireError};
-pub use frame::{FramePrefix, Limits, Parsed, DEFAULT_MAX_IO, MAX_HEADER_LEN, PREFIX_LEN};
+pub use frame::{
+    FrameDecoder, FrameHeader, FramePrefix, Head, Limits, Parsed, Progress, DEFAULT_MAX_IO,
+    MAX_HEADER_LEN, PREFIX_LEN,
+};
 pub use handshake::{ClientHandshake, Secret, ServerHandshake};
 pub use messages::*;

@@ -4,12 +4,11 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::File;
 use tokio_uring::net::TcpStream;
-use wire::frame::{self, FramePrefix, Limits};
+use wire::frame::{self, FrameDecoder, FrameHeader, FramePrefix, Limits, Progress};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
 
 use super::buffer::{AlignedBuf, DATA_OFFSET};
@@ -19,7 +18,7 @@ use crate::error::{Error, Result};
 /// Bytes of the staging buffer: the largest head plus room to batch small frames.
 const STAGING_LEN: usize = PREFIX_LEN + MAX_HEADER_LEN as usize + (64 << 10);
 
-/// Reads frames from one connection.
+/// Reads frames from one connection with wire's [`FrameDecoder`].
 ///
 /// Heads are read into a staging buffer. A write's payload goes into its own aligned
 /// buffer, or straight into its place in the disks' mappings: the part the staging read
@@ -29,6 +28,8 @@ pub struct FrameReader {
     stream: Rc<TcpStream>,
     staging: Vec<u8>,
     start: usize,
+    /// Where the stream is: between frames, or inside a payload (and how much is owed).
+    decoder: FrameDecoder,
     /// A duplicate of the socket's descriptor as a ring file, for vectored receives
     /// (`readv` into several mapped pieces at once); made on first use.
     vectored: Option<File>,
@@ -49,6 +50,7 @@ impl FrameReader {
             stream,
             staging: Vec::with_capacity(STAGING_LEN),
             start: 0,
+            decoder: FrameDecoder::new(Limits::HANDSHAKE),
             vectored: None,
         }
     }
@@ -76,15 +78,15 @@ impl FrameReader {
     /// Waits for the next frame's prefix and header; `Ok(None)` on a clean end of stream.
     /// The header is then available from [`FrameReader::header`].
     pub async fn next_head(&mut self, limits: Limits) -> Result<Option<FramePrefix>> {
+        self.decoder.set_limits(limits);
         loop {
-            if let Some(bytes) = self.buffered().first_chunk::<PREFIX_LEN>() {
-                let prefix = FramePrefix::decode(bytes, limits)?;
-                if self.buffered().len() >= prefix.head_len() {
-                    return Ok(Some(prefix));
-                }
+            if let Progress::Ready(prefix) =
+                self.decoder.next_prefix(&self.staging[self.start..])?
+            {
+                return Ok(Some(prefix));
             }
             if self.fill().await? == 0 {
-                frame::check_eof(self.buffered(), limits)?;
+                self.decoder.eof(self.buffered())?;
                 return Ok(None);
             }
         }
@@ -103,24 +105,18 @@ impl FrameReader {
     /// Receives the current frame's `len`-byte payload into a fresh aligned buffer's
     /// data area.
     pub async fn read_payload(&mut self, len: usize) -> Result<AlignedBuf> {
+        self.expect_payload(len)?;
         let mut buffer = AlignedBuf::for_data(len);
-        let copied = self.buffered().len().min(len);
+        let copied = self.decoder.consume_payload(self.buffered().len());
         buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
         self.start += copied;
-        let mut received = copied;
-        while received < len {
+        while self.decoder.payload_remaining() > 0 {
+            let received = len - self.decoder.payload_remaining();
             let range = DATA_OFFSET + received..DATA_OFFSET + len;
             let (result, slice) = self.stream.read(buffer.slice(range)).await;
             buffer = slice.into_inner();
             let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
-            if read == 0 {
-                return Err(WireError::Truncated {
-                    have: received,
-                    need: len,
-                }
-                .into());
-            }
-            received += read;
+            self.decoder.payload_received(read)?;
         }
         buffer.set_len(DATA_OFFSET + len);
         Ok(buffer)
@@ -130,14 +126,12 @@ impl FrameReader {
     /// lengths add up to the payload's). On an error or a cut-off stream the targets are
     /// left partly written.
     pub async fn read_payload_into(&mut self, targets: Vec<MappedTarget>) -> Result<()> {
-        let total: usize = targets.iter().map(MappedTarget::remaining).sum();
-        let mut received = 0;
+        self.expect_payload(targets.iter().map(MappedTarget::remaining).sum())?;
+        let staged_end = self.start + self.decoder.consume_payload(self.buffered().len());
         let mut pending = Vec::with_capacity(targets.len());
         for mut target in targets {
-            let staged = &self.staging[self.start..];
-            let took = target.fill_from(staged);
+            let took = target.fill_from(&self.staging[self.start..staged_end]);
             self.start += took;
-            received += took;
             if target.remaining() > 0 {
                 pending.push(target);
             }
@@ -148,16 +142,22 @@ impl FrameReader {
             // each target's filled part (see `MappedTarget`).
             let (result, mut targets) = file.readv_at(pending, 0).await;
             let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
-            if read == 0 {
-                return Err(WireError::Truncated {
-                    have: received,
-                    need: total,
-                }
-                .into());
-            }
-            received += read;
+            self.decoder.payload_received(read)?;
             targets.retain(|target| target.remaining() > 0);
             pending = targets;
+        }
+        Ok(())
+    }
+
+    /// Checks that the caller is about to receive exactly the payload the decoder owes.
+    fn expect_payload(&self, len: usize) -> Result<()> {
+        let owed = self.decoder.payload_remaining();
+        if len != owed {
+            return Err(WireError::PayloadMismatch {
+                expected: u32::try_from(owed).unwrap_or(u32::MAX),
+                actual: u32::try_from(len).unwrap_or(u32::MAX),
+            }
+            .into());
         }
         Ok(())
     }
@@ -175,18 +175,26 @@ impl FrameReader {
         Ok(self.vectored.as_ref().expect("set just above"))
     }
 
-    /// Reads one payload-less message; `Ok(None)` on a clean end of stream.
-    pub async fn next_message<M: DeserializeOwned>(
+    /// Reads one payload-less message; `Ok(None)` on a clean end of stream. (Errors name
+    /// the message by [`FrameHeader::WHAT`]; `_what` stays for the callers' sake.)
+    pub async fn next_message<M: FrameHeader>(
         &mut self,
         limits: Limits,
-        what: &'static str,
+        _what: &'static str,
     ) -> Result<Option<M>> {
-        let Some(prefix) = self.next_head(limits).await? else {
-            return Ok(None);
-        };
-        let message = frame::decode_header(self.header(&prefix), what)?;
-        self.consume_head(&prefix);
-        Ok(Some(message))
+        self.decoder.set_limits(limits);
+        loop {
+            if let Progress::Ready(head) =
+                self.decoder.next_head::<M>(&self.staging[self.start..])?
+            {
+                self.consume_head(&head.prefix);
+                return Ok(Some(head.message));
+            }
+            if self.fill().await? == 0 {
+                self.decoder.eof(self.buffered())?;
+                return Ok(None);
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use array_server::net::{self, RunningServer, ServerConfig};
 use array_server::{Array, FormatOptions};
-use wire::frame::{self, FramePrefix, Limits};
+use wire::frame::{self, FrameDecoder, FramePrefix, Limits, Progress};
 use wire::{
     ClientHandshake, ControlEvent, ControlRequest, HelloReply, Op, PartitionInfo, ProofReply,
     Purpose, Reply, Request, Secret, Status, Welcome, WireError, PREFIX_LEN,
@@ -114,20 +114,29 @@ pub fn send_frame(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     stream.write_all(bytes)
 }
 
-/// Reads one frame: prefix, header bytes, payload bytes.
+/// Reads one frame with wire's decoder: prefix, header bytes, payload bytes. Each receive
+/// takes exactly what the decoder still needs, so nothing past the frame is read.
 pub fn read_frame(
     stream: &mut TcpStream,
     limits: Limits,
 ) -> io::Result<(FramePrefix, Vec<u8>, Vec<u8>)> {
-    let mut prefix_bytes = [0u8; PREFIX_LEN];
-    stream.read_exact(&mut prefix_bytes)?;
-    let prefix = FramePrefix::decode(&prefix_bytes, limits)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut header = vec![0u8; prefix.header_len as usize];
-    stream.read_exact(&mut header)?;
-    let mut payload = vec![0u8; prefix.payload_len as usize];
+    let invalid = |e: WireError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut decoder = FrameDecoder::new(limits);
+    let mut head = Vec::new();
+    let prefix = loop {
+        match decoder.next_prefix(&head).map_err(invalid)? {
+            Progress::Ready(prefix) => break prefix,
+            Progress::NeedMore(more) => {
+                let filled = head.len();
+                head.resize(filled + more, 0);
+                stream.read_exact(&mut head[filled..])?;
+            }
+        }
+    };
+    let mut payload = vec![0u8; decoder.payload_remaining()];
     stream.read_exact(&mut payload)?;
-    Ok((prefix, header, payload))
+    decoder.consume_payload(payload.len());
+    Ok((prefix, head.split_off(PREFIX_LEN), payload))
 }
 
 fn read_message<M: serde::de::DeserializeOwned>(

@@ -8,9 +8,12 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use serde::{de::DeserializeOwned, Serialize};
-use wire::frame::{decode_header, encode_message};
-use wire::{ClientHandshake, FramePrefix, HelloReply, Limits, ProofReply, Purpose, Welcome};
+use serde::Serialize;
+use wire::frame::encode_message;
+use wire::{
+    ClientHandshake, FrameDecoder, FrameHeader, HelloReply, Limits, Progress, ProofReply, Purpose,
+    Welcome,
+};
 
 use crate::client::config::ClientConfig;
 use crate::error::{HostError, Result};
@@ -173,19 +176,39 @@ pub fn write_message<M: Serialize>(mut stream: &TcpStream, message: &M) -> Resul
         .map_err(|e| HostError::io("sending a frame", e))
 }
 
-/// Reads one payload-less frame (handshake and control limits).
-pub fn read_message<M: DeserializeOwned>(mut stream: &TcpStream, what: &'static str) -> Result<M> {
-    let mut prefix = [0u8; wire::PREFIX_LEN];
-    read_exact(&mut stream, &mut prefix)?;
-    let prefix = FramePrefix::decode(&prefix, Limits::HANDSHAKE)?;
-    let mut header = vec![0u8; prefix.header_len as usize];
-    read_exact(&mut stream, &mut header)?;
-    Ok(decode_header(&header, what)?)
+/// Bytes reserved up front for a handshake or control head (most are far smaller; a
+/// larger one grows the buffer, up to what the limits allow).
+const HEAD_CAPACITY: usize = 256;
+
+/// Reads one payload-less frame (handshake and control limits) with wire's
+/// [`FrameDecoder`]. Each receive asks for exactly the bytes the decoder still needs, so
+/// nothing past the frame is taken from the socket. Errors name the message by
+/// [`FrameHeader::WHAT`]; `_what` stays for the callers' sake.
+pub fn read_message<M: FrameHeader>(mut stream: &TcpStream, _what: &'static str) -> Result<M> {
+    let mut decoder = FrameDecoder::new(Limits::HANDSHAKE);
+    let mut buffered = Vec::with_capacity(HEAD_CAPACITY);
+    loop {
+        let more = match decoder.next_head::<M>(&buffered)? {
+            Progress::Ready(head) => return Ok(head.message),
+            Progress::NeedMore(more) => more,
+        };
+        let filled = buffered.len();
+        buffered.resize(filled + more, 0);
+        let received = read_some(&mut stream, &mut buffered[filled..])?;
+        buffered.truncate(filled + received);
+        if received == 0 {
+            decoder.eof(&buffered)?;
+            return Err(HostError::Closed);
+        }
+    }
 }
 
-fn read_exact(stream: &mut &TcpStream, buf: &mut [u8]) -> Result<()> {
-    stream.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => HostError::Closed,
-        _ => HostError::io("receiving a frame", e),
-    })
+/// One receive into `buf`, retried when interrupted; `Ok(0)` at end of stream.
+fn read_some(stream: &mut &TcpStream, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result.map_err(|e| HostError::io("receiving a frame", e)),
+        }
+    }
 }

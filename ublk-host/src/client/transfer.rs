@@ -6,8 +6,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
-use wire::frame::decode_reply;
-use wire::{FramePrefix, Limits, Reply, Status, PREFIX_LEN};
+use wire::{FrameDecoder, Limits, Progress, Reply, Status};
 
 use crate::client::lane::Lane;
 use crate::client::slot::Slot;
@@ -78,31 +77,33 @@ fn advance(iovecs: &mut [libc::iovec], mut first: usize, mut sent: usize) -> usi
 }
 
 /// Receives once into `[ptr, ptr + len)`; `MSG_WAITALL` asks for all of it at once.
+/// `Ok(0)` at end of stream.
 async fn recv_into(fd: RawFd, ptr: *mut u8, len: usize, flags: i32) -> Result<usize> {
     let len = len.min(u32::MAX as usize) as u32;
     let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
         .flags(flags)
         .build();
     match submit(sqe).await {
-        0 => Err(HostError::Closed),
         n if n < 0 => Err(os_error("receiving replies", n)),
         n => Ok(n as usize),
     }
 }
 
-/// Buffered reply bytes: `data[start..end]`.
+/// Buffered reply bytes `data[start..end]`, and wire's decoder that walks them.
 struct RecvBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    decoder: FrameDecoder,
 }
 
 impl RecvBuf {
-    fn new() -> RecvBuf {
+    fn new(limits: Limits) -> RecvBuf {
         RecvBuf {
             data: vec![0; RECV_BUF_LEN],
             start: 0,
             end: 0,
+            decoder: FrameDecoder::new(limits),
         }
     }
 
@@ -132,24 +133,26 @@ impl RecvBuf {
         // SAFETY: `end <= len`, so the pointer stays inside (or one past) the buffer; the
         // buffer is not touched until the receive completes (we await it here).
         let ptr = unsafe { self.data.as_mut_ptr().add(self.end) };
-        self.end += recv_into(fd, ptr, free, 0).await?;
+        let received = recv_into(fd, ptr, free, 0).await?;
+        if received == 0 {
+            self.decoder.eof(self.bytes())?;
+            return Err(HostError::Closed);
+        }
+        self.end += received;
         Ok(())
     }
 
-    /// Waits for the next reply's prefix and header; consumes them.
-    async fn next_reply(&mut self, fd: RawFd, limits: Limits) -> Result<Reply> {
+    /// Waits for the next reply's prefix and header; consumes them. The reply's payload
+    /// (`reply.len` bytes) is owed next.
+    async fn next_reply(&mut self, fd: RawFd) -> Result<Reply> {
         loop {
-            if let Some(prefix_bytes) = self.bytes().first_chunk::<PREFIX_LEN>() {
-                let prefix = FramePrefix::decode(prefix_bytes, limits)?;
-                let head = prefix.head_len();
-                if self.bytes().len() >= head {
-                    let reply = decode_reply(&self.bytes()[PREFIX_LEN..head], prefix)?;
-                    self.consume(head);
-                    return Ok(reply);
+            let buffered = &self.data[self.start..self.end];
+            match self.decoder.next_head::<Reply>(buffered)? {
+                Progress::Ready(head) => {
+                    self.consume(head.prefix.head_len());
+                    return Ok(head.message);
                 }
-                self.fill(fd, head).await?;
-            } else {
-                self.fill(fd, PREFIX_LEN).await?;
+                Progress::NeedMore(more) => self.fill(fd, self.bytes().len() + more).await?,
             }
         }
     }
@@ -157,9 +160,9 @@ impl RecvBuf {
 
 /// Runs a lane's receive side until the connection fails; returns why it stopped.
 pub(crate) async fn receive_replies(lane: &Lane, fd: RawFd, limits: Limits) -> HostError {
-    let mut buf = RecvBuf::new();
+    let mut buf = RecvBuf::new(limits);
     loop {
-        let reply = match buf.next_reply(fd, limits).await {
+        let reply = match buf.next_reply(fd).await {
             Ok(reply) => reply,
             Err(error) => return error,
         };
@@ -200,23 +203,33 @@ fn check_reply(slot: &Slot, reply: &Reply) -> Result<()> {
 /// Moves a read's data into the slot's buffer: what is buffered already by copy, the rest
 /// straight from the socket.
 async fn receive_payload(buf: &mut RecvBuf, fd: RawFd, slot: &Slot, len: usize) -> Result<()> {
-    let have = buf.bytes().len().min(len);
+    let owed = buf.decoder.payload_remaining();
+    if owed != len {
+        return Err(HostError::Protocol(format!(
+            "reply to tag {} owes {owed} payload bytes, expected {len}",
+            slot.request.tag
+        )));
+    }
+    let have = buf.decoder.consume_payload(buf.bytes().len());
     // SAFETY: the slot's buffer holds `request.len == len` bytes (checked by
     // `check_reply`), its issuer keeps it alive until the slot completes, and `have <= len`.
     unsafe { std::ptr::copy_nonoverlapping(buf.bytes().as_ptr(), slot.buf, have) };
     buf.consume(have);
-    let mut done = have;
     slot.set_busy(true);
     let mut outcome = Ok(());
-    while done < len {
+    while buf.decoder.payload_remaining() > 0 {
+        let done = len - buf.decoder.payload_remaining();
         // SAFETY: `done < len`, inside the slot's buffer (see above).
         let ptr = unsafe { slot.buf.add(done) };
-        match recv_into(fd, ptr, len - done, libc::MSG_WAITALL).await {
-            Ok(n) => done += n,
-            Err(error) => {
-                outcome = Err(error);
-                break;
-            }
+        outcome = match recv_into(fd, ptr, len - done, libc::MSG_WAITALL).await {
+            Ok(received) => buf
+                .decoder
+                .payload_received(received)
+                .map_err(HostError::from),
+            Err(error) => Err(error),
+        };
+        if outcome.is_err() {
+            break;
         }
     }
     slot.set_busy(false);

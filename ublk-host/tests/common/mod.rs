@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ublk_host::client::connect::{read_message, write_message};
 use ublk_host::client::ClientConfig;
-use wire::frame::{decode_request, encode_head};
+use wire::frame::encode_head;
 use wire::handshake::{authentication_refused, server_mac, transcript};
 use wire::*;
 
@@ -234,15 +234,24 @@ fn serve_control(stream: TcpStream, shared: &Shared) {
     }
 }
 
+/// Reads one request and its payload with wire's decoder, taking exactly the bytes it
+/// still needs from the socket.
 fn read_request(mut stream: &TcpStream) -> Option<(Request, Vec<u8>)> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    stream.read_exact(&mut prefix).ok()?;
-    let prefix = FramePrefix::decode(&prefix, Limits::data(MAX_IO)).ok()?;
-    let mut header = vec![0; prefix.header_len as usize];
-    stream.read_exact(&mut header).ok()?;
-    let request = decode_request(&header, prefix).ok()?;
-    let mut payload = vec![0; prefix.payload_len as usize];
+    let mut decoder = FrameDecoder::new(Limits::data(MAX_IO));
+    let mut head = Vec::new();
+    let request = loop {
+        match decoder.next_head::<Request>(&head).ok()? {
+            Progress::Ready(head) => break head.message,
+            Progress::NeedMore(more) => {
+                let filled = head.len();
+                head.resize(filled + more, 0);
+                stream.read_exact(&mut head[filled..]).ok()?;
+            }
+        }
+    };
+    let mut payload = vec![0; decoder.payload_remaining()];
     stream.read_exact(&mut payload).ok()?;
+    decoder.consume_payload(payload.len());
     Some((request, payload))
 }
 

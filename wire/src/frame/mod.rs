@@ -13,8 +13,15 @@
 //! [`crate::Reply::len`]); [`decode_request`] and [`decode_reply`] check that both agree.
 //!
 //! Lengths are checked against [`Limits`] before anything is allocated.
+//!
+//! Every reader (server and host, async and blocking, and the fuzz target) walks a stream
+//! with the one incremental [`FrameDecoder`]; the functions here are its building blocks.
 
 use serde::{de::DeserializeOwned, Serialize};
+
+mod decoder;
+
+pub use decoder::{FrameDecoder, FrameHeader, Head, Progress};
 
 use crate::error::WireError;
 use crate::messages::{Reply, Request, Status};
@@ -199,19 +206,10 @@ pub fn parse<'a, M: DeserializeOwned>(
     }))
 }
 
-/// Reports EOF: an error if it came in the middle of a frame, `Ok` on a frame boundary.
+/// Reports EOF: an error if it came in the middle of a frame, `Ok` on a frame boundary
+/// (what [`FrameDecoder::eof`] answers on a frame boundary).
 pub fn check_eof(buffered: &[u8], limits: Limits) -> Result<(), WireError> {
-    if buffered.is_empty() {
-        return Ok(());
-    }
-    let need = match buffered.first_chunk::<PREFIX_LEN>() {
-        Some(prefix) => FramePrefix::decode(prefix, limits)?.frame_len(),
-        None => PREFIX_LEN,
-    };
-    Err(WireError::Truncated {
-        have: buffered.len(),
-        need,
-    })
+    FrameDecoder::new(limits).eof(buffered)
 }
 
 /// Decodes a data request header and checks it against the frame's payload length.
