@@ -69,7 +69,10 @@ pub enum Error {
         path: PathBuf,
     },
     /// No member disk was given.
-    #[error("no disks given (use --disk PATH, once per member disk)")]
+    #[error(
+        "no disks given: name them (--disk PATH, once per member disk), or the array \
+         (--array ID, found by scanning), or a configuration file (--config FILE)"
+    )]
     NoDisks,
     /// A disk is too small to hold the metadata area and one chunk.
     #[error("{path} holds {size} bytes; a member disk needs at least {min}")]
@@ -110,6 +113,18 @@ pub enum Error {
         missing: String,
         /// Member disks the array has.
         count: u32,
+        /// How many candidate paths were probed.
+        searched: usize,
+    },
+    /// Scanning found no member disk of the array at all.
+    #[error(
+        "no member disk of array {array_id} found among {searched} scanned path(s); check \
+         the id (`array-server info --disk PATH` shows a disk's array) and that the disks \
+         are attached, or add --scan PATH_OR_GLOB"
+    )]
+    ArrayNotFound {
+        /// The array looked for.
+        array_id: uuid::Uuid,
         /// How many candidate paths were probed.
         searched: usize,
     },

@@ -9,7 +9,7 @@ use argh::FromArgs;
 use array_server::admin;
 use array_server::array::scan::{self, DiskSpec};
 use array_server::array::FormatPhase;
-use array_server::config::{ConfigFile, ServeOverrides};
+use array_server::config::{self, ConfigFile, ServeOverrides};
 use array_server::net;
 use array_server::units::{format_size, parse_size};
 use array_server::{Array, FormatOptions};
@@ -127,6 +127,10 @@ struct InfoCommand {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -174,6 +178,10 @@ struct PartitionCreate {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Grow a partition to a new size.
@@ -198,6 +206,10 @@ struct PartitionGrow {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Delete a partition no host is assigned.
@@ -219,6 +231,10 @@ struct PartitionDelete {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// List partitions.
@@ -237,6 +253,10 @@ struct PartitionList {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -282,6 +302,10 @@ struct HostCreate {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Delete a host that has no assignment.
@@ -303,6 +327,10 @@ struct HostDelete {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Give a host a new secret: into --secret-file (mode 0600, not printed), else printed
@@ -328,6 +356,10 @@ struct HostRotate {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// List hosts and their partitions.
@@ -346,6 +378,10 @@ struct HostList {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -376,6 +412,10 @@ struct AssignCommand {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Withdraw a host's assignment.
@@ -400,27 +440,53 @@ struct UnassignCommand {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
-/// Which member disks a command names: `--disk`, `--array`, `--scan`, `--no-device-scan`.
+/// Which member disks a command names: `--disk`, `--array`, `--scan`, `--no-device-scan`,
+/// or else a configuration file's `[array]` section (`--config`, or the service's).
 trait DiskArgs {
     /// The disks to open.
-    fn spec(&self) -> DiskSpec;
+    fn spec(&self) -> Result<DiskSpec>;
 }
 
 macro_rules! disk_args {
     ($($command:ty),* $(,)?) => {$(
         impl DiskArgs for $command {
-            fn spec(&self) -> DiskSpec {
-                DiskSpec {
+            fn spec(&self) -> Result<DiskSpec> {
+                let given = DiskSpec {
                     disks: self.disk.clone(),
                     array_id: self.array,
                     scan: self.scan.clone(),
                     scan_block_devices: !self.no_device_scan,
-                }
+                };
+                spec_or_config(given, self.config.as_deref())
             }
         }
     )*};
+}
+
+/// `given` if it names disks or an array; else the `[array]` section of `config` (or of
+/// [`config::DEFAULT_PATH`] when that file exists), with the command line's scan options.
+fn spec_or_config(given: DiskSpec, config: Option<&Path>) -> Result<DiskSpec> {
+    if !given.disks.is_empty() || given.array_id.is_some() {
+        return Ok(given);
+    }
+    let default = Path::new(config::DEFAULT_PATH);
+    let path = match config {
+        Some(path) => path,
+        None if default.exists() => default,
+        None => return Ok(given),
+    };
+    let overrides = ServeOverrides {
+        scan: given.scan.clone(),
+        no_device_scan: !given.scan_block_devices,
+        ..ServeOverrides::default()
+    };
+    Ok(ConfigFile::load(path)?.settings(&overrides)?.disks)
 }
 
 disk_args!(
@@ -474,7 +540,7 @@ fn main() -> Result<()> {
 }
 
 fn open(command: &impl DiskArgs) -> Result<Arc<Array>> {
-    open_spec(&command.spec())
+    open_spec(&command.spec()?)
 }
 
 /// Finds the member disks of `spec` (scanning for them when it names an array id) and

@@ -76,6 +76,19 @@ fn offline_commands_find_the_members_by_array_id() {
         .collect();
     assert_eq!(paths, ["a.img", "b.img", "c.img"], "stripe order");
     assert_eq!(json["partitions"], 1);
+    // Or from a configuration file's [array] section, as the service finds it.
+    let config = dir.path().join("array.toml");
+    std::fs::write(
+        &config,
+        format!("[array]\nid = \"{id}\"\nscan = [\"{glob}\"]\nscan_block_devices = false\n"),
+    )
+    .unwrap();
+    let listed = run(
+        dir.path(),
+        &["partition", "list", "--config", config.to_str().unwrap()],
+    );
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(text(&listed.stdout).contains("vm1"));
 
     std::fs::rename(dir.path().join("b.img"), dir.path().join("b.away")).unwrap();
     let missing = run(dir.path(), &[&["info"][..], &base[..]].concat());

@@ -14,7 +14,7 @@
 //! [`Error::ForeignDisk`]); scanned ones of another array are ignored. Two paths to the
 //! same disk (a symlink, a device and a glob) count once; two *different* disks claiming
 //! one index are refused ([`Error::AmbiguousMember`]); a missing index is named
-//! ([`Error::MembersMissing`]).
+//! ([`Error::MembersMissing`]), and finding none says so ([`Error::ArrayNotFound`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -237,10 +237,8 @@ impl Members {
 
     fn finish(self, searched: usize) -> Result<Vec<PathBuf>> {
         let Some(count) = self.count else {
-            return Err(Error::MembersMissing {
+            return Err(Error::ArrayNotFound {
                 array_id: self.array_id,
-                missing: "(all: no member found)".into(),
-                count: 0,
                 searched,
             });
         };
@@ -314,7 +312,7 @@ mod tests {
         );
         assert!(error.to_string().contains("member disk 1 of 3"), "{error}");
         let none = find_members(id, &[], Vec::new()).unwrap_err();
-        assert!(matches!(none, Error::MembersMissing { .. }), "{none:?}");
+        assert!(matches!(none, Error::ArrayNotFound { .. }), "{none:?}");
     }
 
     #[test]
