@@ -6,6 +6,8 @@ pub mod catalog;
 pub(crate) mod commit_tests;
 pub mod disk;
 pub mod grant;
+#[cfg(test)]
+mod health_tests;
 pub mod metadata;
 pub mod scan;
 pub mod space;
