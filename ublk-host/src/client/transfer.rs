@@ -1,22 +1,15 @@
 //! Socket I/O of a lane on the queue's io_uring: batched sends with short-send resumption,
-//! and the reply receiver.
+//! and single receives (the reply parsing built on them is in `receive.rs`).
 
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
-use wire::frame::decode_reply;
-use wire::{FramePrefix, Limits, Reply, Status, PREFIX_LEN};
 
-use crate::client::lane::Lane;
 use crate::client::slot::Slot;
 use crate::client::uring::submit;
-use crate::error::{Errno, HostError, Result};
-
-/// Size of a lane's reply buffer: many reply headers per receive, and the start of a
-/// read's data (copied out; the rest is received straight into the caller's buffer).
-const RECV_BUF_LEN: usize = 32 * 1024;
+use crate::error::{HostError, Result};
 
 fn os_error(context: &'static str, result: i32) -> HostError {
     HostError::io(context, io::Error::from_raw_os_error(-result))
@@ -48,7 +41,11 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
         let sqe = opcode::SendMsg::new(types::Fd(fd), &message)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();
-        let sent = submit(sqe).await;
+        // SAFETY: `message` and `iovecs` live until the send completes (awaited here);
+        // the iovecs point at the slots' heads (owned by the slots, kept alive by
+        // `batch`) and payloads (valid while the slot is unfinished, by `Slot::new`'s
+        // contract, and marked busy by the caller so they are not released meanwhile).
+        let sent = unsafe { submit(sqe) }.await;
         if sent < 0 {
             return Err(os_error("sending requests", sent));
         }
@@ -78,149 +75,27 @@ fn advance(iovecs: &mut [libc::iovec], mut first: usize, mut sent: usize) -> usi
 }
 
 /// Receives once into `[ptr, ptr + len)`; `MSG_WAITALL` asks for all of it at once.
-async fn recv_into(fd: RawFd, ptr: *mut u8, len: usize, flags: i32) -> Result<usize> {
+///
+/// # Safety
+///
+/// `[ptr, ptr + len)` must be writable, and not otherwise accessed, until the returned
+/// future completes; the future must be polled to completion.
+pub(crate) async unsafe fn recv_into(
+    fd: RawFd,
+    ptr: *mut u8,
+    len: usize,
+    flags: i32,
+) -> Result<usize> {
     let len = len.min(u32::MAX as usize) as u32;
     let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
         .flags(flags)
         .build();
-    match submit(sqe).await {
+    // SAFETY: the caller vouches for the buffer and for polling to completion.
+    match unsafe { submit(sqe) }.await {
         0 => Err(HostError::Closed),
         n if n < 0 => Err(os_error("receiving replies", n)),
         n => Ok(n as usize),
     }
-}
-
-/// Buffered reply bytes: `data[start..end]`.
-struct RecvBuf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl RecvBuf {
-    fn new() -> RecvBuf {
-        RecvBuf {
-            data: vec![0; RECV_BUF_LEN],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.data[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Receives more bytes, making room for at least `want` buffered bytes first.
-    async fn fill(&mut self, fd: RawFd, want: usize) -> Result<()> {
-        if self.start + want > self.data.len() {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if want > self.data.len() {
-            self.data.resize(want, 0);
-        }
-        let free = self.data.len() - self.end;
-        // SAFETY: `end <= len`, so the pointer stays inside (or one past) the buffer; the
-        // buffer is not touched until the receive completes (we await it here).
-        let ptr = unsafe { self.data.as_mut_ptr().add(self.end) };
-        self.end += recv_into(fd, ptr, free, 0).await?;
-        Ok(())
-    }
-
-    /// Waits for the next reply's prefix and header; consumes them.
-    async fn next_reply(&mut self, fd: RawFd, limits: Limits) -> Result<Reply> {
-        loop {
-            if let Some(prefix_bytes) = self.bytes().first_chunk::<PREFIX_LEN>() {
-                let prefix = FramePrefix::decode(prefix_bytes, limits)?;
-                let head = prefix.head_len();
-                if self.bytes().len() >= head {
-                    let reply = decode_reply(&self.bytes()[PREFIX_LEN..head], prefix)?;
-                    self.consume(head);
-                    return Ok(reply);
-                }
-                self.fill(fd, head).await?;
-            } else {
-                self.fill(fd, PREFIX_LEN).await?;
-            }
-        }
-    }
-}
-
-/// Runs a lane's receive side until the connection fails; returns why it stopped.
-pub(crate) async fn receive_replies(lane: &Lane, fd: RawFd, limits: Limits) -> HostError {
-    let mut buf = RecvBuf::new();
-    loop {
-        let reply = match buf.next_reply(fd, limits).await {
-            Ok(reply) => reply,
-            Err(error) => return error,
-        };
-        let Some(slot) = lane.take_inflight(reply.tag) else {
-            return HostError::Protocol(format!("reply for unknown tag {}", reply.tag));
-        };
-        if let Err(error) = check_reply(&slot, &reply) {
-            lane.restore_inflight(slot);
-            return error;
-        }
-        if reply.len > 0 {
-            if let Err(error) = receive_payload(&mut buf, fd, &slot, reply.len as usize).await {
-                lane.restore_inflight(slot);
-                return error;
-            }
-        }
-        slot.finish(match reply.status {
-            Status::Ok => Ok(()),
-            Status::Errno(e) => Err(Errno(e)),
-        });
-    }
-}
-
-fn check_reply(slot: &Slot, reply: &Reply) -> Result<()> {
-    let expected = match reply.status {
-        Status::Ok if Lane::expects_data(&slot.request) => slot.request.len,
-        _ => 0,
-    };
-    if reply.len != expected {
-        return Err(HostError::Protocol(format!(
-            "reply to tag {} carries {} bytes, expected {expected}",
-            reply.tag, reply.len
-        )));
-    }
-    Ok(())
-}
-
-/// Moves a read's data into the slot's buffer: what is buffered already by copy, the rest
-/// straight from the socket.
-async fn receive_payload(buf: &mut RecvBuf, fd: RawFd, slot: &Slot, len: usize) -> Result<()> {
-    let have = buf.bytes().len().min(len);
-    // SAFETY: the slot's buffer holds `request.len == len` bytes (checked by
-    // `check_reply`), its issuer keeps it alive until the slot completes, and `have <= len`.
-    unsafe { std::ptr::copy_nonoverlapping(buf.bytes().as_ptr(), slot.buf, have) };
-    buf.consume(have);
-    let mut done = have;
-    slot.set_busy(true);
-    let mut outcome = Ok(());
-    while done < len {
-        // SAFETY: `done < len`, inside the slot's buffer (see above).
-        let ptr = unsafe { slot.buf.add(done) };
-        match recv_into(fd, ptr, len - done, libc::MSG_WAITALL).await {
-            Ok(n) => done += n,
-            Err(error) => {
-                outcome = Err(error);
-                break;
-            }
-        }
-    }
-    slot.set_busy(false);
-    outcome
 }
 
 #[cfg(test)]
