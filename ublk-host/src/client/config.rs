@@ -30,6 +30,10 @@ pub struct ClientConfig {
     pub secret: Secret,
     /// Deadline of one connection attempt (TCP connect plus handshake).
     pub handshake_timeout: Duration,
+    /// Deadline of the TCP connect alone, within `handshake_timeout`. Reconnecting lanes
+    /// use a short one, so a fresh SYN goes out soon after a path heals instead of
+    /// waiting for TCP's own SYN retransmission backoff.
+    pub connect_timeout: Duration,
     /// A connection that has requests outstanding and hears nothing from the server for
     /// this long is dead; also the sockets' `TCP_USER_TIMEOUT` and keepalive idle time
     /// (an idle connection is found dead after about twice this).
@@ -44,6 +48,7 @@ impl ClientConfig {
             host: host.into(),
             secret,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
         }
     }

@@ -37,7 +37,8 @@ pub struct Connection {
 /// Connects to the server and authenticates for `purpose`, within the configured deadline.
 pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
     let deadline = Instant::now() + config.handshake_timeout;
-    let stream = connect_tcp(&config.server, deadline)?;
+    let connect_deadline = deadline.min(Instant::now() + config.connect_timeout);
+    let stream = connect_tcp(&config.server, connect_deadline)?;
     set_liveness(&stream, config.dead_after)
         .map_err(|e| HostError::io("setting TCP_USER_TIMEOUT and keepalive", e))?;
     let timed_out = || HostError::HandshakeTimeout {

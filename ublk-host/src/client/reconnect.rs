@@ -30,6 +30,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause between attempts while the server refuses the lane for good.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(3);
+/// Deadline of one reconnect attempt's TCP connect: a new SYN at least this often, so a
+/// healed path is used within about this long.
+const RECONNECT_TCP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the helper hands the lane.
 #[derive(Debug)]
@@ -90,6 +93,8 @@ pub(crate) fn spawn_helper(
     purpose: Purpose,
     mailbox: Arc<Mailbox>,
 ) -> Result<(), HostError> {
+    let mut config = config;
+    config.connect_timeout = config.connect_timeout.min(RECONNECT_TCP_TIMEOUT);
     std::thread::Builder::new()
         .name("lane-reconnect".into())
         .spawn(move || retry(&config, purpose, &mailbox))
