@@ -153,8 +153,12 @@ impl Lane {
             }
             Err(errno) => {
                 self.failures.log(log::Level::Warn, || {
-                    let link = self.core.borrow().link();
-                    format!("{:?}: failing I/O with {errno} ({link:?})", self.purpose)
+                    let why = match self.core.borrow().link() {
+                        Link::Refused { .. } => "the server refused the lane",
+                        Link::Closed => "the lane is closed",
+                        Link::Up | Link::Down { .. } => "the server is lost past the policy bound",
+                    };
+                    format!("{:?}: failing I/O with {errno}: {why}", self.purpose)
                 });
                 slot.finish(Err(errno));
             }
@@ -259,7 +263,7 @@ impl Lane {
             }
             Action::Fail(slots) => {
                 log::error!(
-                    "{:?}: server lost for {:.1} s (the device's wait bound): failing {} \
+                    "{:?}: server lost for {:.1} s (the device's failure policy): failing {} \
                      request(s), and new ones until it is back, with EIO",
                     self.purpose,
                     self.config.fail_after().as_secs_f64(),
