@@ -55,6 +55,18 @@ pub async fn serve(
     session: Arc<Session>,
     grant: Arc<LaneGrant>,
 ) -> Result<()> {
+    // A newer connection for this lane claimed it while this one was being welcomed: it
+    // must not serve anything (fencing, see sessions.rs).
+    if !shared
+        .sessions
+        .still_claimed(&session.host, session.purpose)
+    {
+        log::info!(
+            "session {}: replaced before it started; closing",
+            session.id
+        );
+        return Ok(());
+    }
     let (replies, outgoing) = mpsc::unbounded_channel();
     let writer = tokio_uring::spawn(write_replies(stream.clone(), outgoing));
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
