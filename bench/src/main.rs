@@ -103,10 +103,10 @@ async fn run_queue(engine: Rc<QueueEngine>, plan: Plan, queue: u16) -> Result<Qu
     for task in tasks {
         result.merge(task.await);
     }
-    result.lanes = engine
-        .lane_stats()
-        .iter()
-        .map(|stats| stats.requests)
-        .collect();
+    let stats = engine.lane_stats();
+    result.lanes = stats.iter().map(|stats| stats.requests).collect();
+    for lane in &stats {
+        report::add_events(&mut result.events, lane);
+    }
     Ok(result)
 }
