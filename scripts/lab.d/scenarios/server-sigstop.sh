@@ -37,9 +37,9 @@ kill -CONT "$server_pid"
 cont_ms=$(now_ms)
 log "server continued"
 wait_for "[ \"\$(grep -c 'reconnected after' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
-wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
 recover_ms=$(($(now_ms) - cont_ms))
-log "I/O flowing again ${recover_ms} ms after SIGCONT"
+wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
+log "reconnected ${recover_ms} ms after SIGCONT; writes flowing again"
 
 wait_for "! bg_alive fio" 240 "fio to finish"
 bg_stop fio || fail "fio failed: $(tail -n 5 "$LAB_WORK/fio.log")"

@@ -39,10 +39,10 @@ ml_heal
 heal_ms=$(now_ms)
 log "path healed"
 wait_for "[ \"\$(grep -c 'reconnected after' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
-wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
 recover_ms=$(($(now_ms) - heal_ms))
 stall_ms=$(($(now_ms) - cut_ms))
-log "I/O flowing again ${recover_ms} ms after the heal (stall ${stall_ms} ms)"
+log "reconnected ${recover_ms} ms after the heal (stall ${stall_ms} ms)"
+wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
 
 wait_for "! bg_alive fio" 240 "fio to finish"
 bg_stop fio || fail "fio failed: $(tail -n 5 "$LAB_WORK/fio.log")"
