@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod disk;
+pub mod gate;
 pub mod grant;
 pub mod metadata;
 pub mod space;
@@ -21,6 +22,7 @@ use wire::{Access, Features, PartitionInfo, Secret};
 use crate::error::{Error, Result};
 use catalog::Space;
 use disk::{MemberDisk, SECTOR_SIZE};
+use gate::{GateGuard, LaneGates};
 use grant::LaneGrant;
 use metadata::{ArrayMetadata, Slot};
 use stripe::{StripeMap, METADATA_AREA};
@@ -68,6 +70,8 @@ pub struct Array {
     state: Mutex<Committed>,
     generation: AtomicU64,
     changes: watch::Sender<u64>,
+    /// Data lanes' revocation gates (see [`gate`]).
+    gates: Arc<LaneGates>,
 }
 
 impl Array {
@@ -202,6 +206,7 @@ impl Array {
             }),
             generation: AtomicU64::new(generation),
             changes,
+            gates: Arc::default(),
         })
     }
 
@@ -217,7 +222,9 @@ impl Array {
     }
 
     /// Applies `change` to the metadata and commits the result as the next generation on
-    /// every disk; returns what `change` returned. On any error nothing changes.
+    /// every disk; returns what `change` returned. On any error nothing changes. Data
+    /// lanes the change takes rights from are closed, and their disk work drained, before
+    /// this returns (see [`gate`]).
     fn commit<T>(
         &self,
         change: impl FnOnce(&ArrayMetadata) -> Result<(ArrayMetadata, T)>,
@@ -242,7 +249,29 @@ impl Array {
         state.metadata = next;
         self.generation.store(generation, Ordering::Release);
         self.changes.send_replace(generation);
+        let revoked = self.gates.revoke_for(&state.metadata);
+        drop(state);
+        LaneGates::drain(&revoked);
         Ok(out)
+    }
+
+    /// Registers a data lane working with `grant` on socket `socket` for revocation (see
+    /// [`gate`]); `None` if the grant was already withdrawn or narrowed, in which case the
+    /// lane must close without touching the disks.
+    pub fn register_lane(
+        &self,
+        host: &str,
+        grant: &LaneGrant,
+        socket: std::os::fd::RawFd,
+    ) -> Option<GateGuard> {
+        let info = &grant.info;
+        let guard = self.gates.register(host, info.id, info.access, socket);
+        // A commit that ran before the registration did not see the gate: check its result.
+        if self.generation() != grant.generation && !guard.gate.still_allowed(&self.lock().metadata)
+        {
+            return None;
+        }
+        Some(guard)
     }
 
     /// The array's UUID.

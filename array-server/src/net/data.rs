@@ -1,7 +1,25 @@
 //! Data sessions ("lanes"): block requests on one partition, run concurrently up to
 //! `max_in_flight`, answered in any order by one writer task.
+//!
+//! # What one lane may cost
+//!
+//! Every request holds a slot (one of `max_in_flight`) from before its header is read
+//! until its reply has left through the socket, and reads and writes also hold their
+//! length in bytes of the lane's byte budget (`max_lane_bytes`, at least `max_io`) for
+//! the same span: the reply carries both (a [`Credit`]) to the writer, which releases
+//! them once the send completed. When either runs out the reader stops reading the
+//! socket, so a peer that sends requests and never reads replies holds at most
+//! `max_lane_bytes` of data buffers plus `max_in_flight` reply heads, and TCP pushes back.
+//!
+//! # Revocation
+//!
+//! Every disk operation, every write payload received into a disk mapping and every send
+//! of read data straight from a mapping runs under a [`DiskPass`] of the lane's gate (see
+//! [`crate::array::gate`]); a revoked lane's socket is shut down by the committer itself.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,8 +34,16 @@ use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
 use super::frames::FrameReader;
 use super::sessions::{LaneCounters, Session};
 use super::Shared;
+use crate::array::gate::{DiskPass, LaneGate};
 use crate::array::grant::LaneGrant;
 use crate::error::{Error, Result};
+
+/// What a reply holds until it has been sent: its request's slot and, for reads and
+/// writes, its share of the lane's byte budget.
+struct Credit {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
 
 /// What the writer task sends.
 enum Outgoing {
@@ -30,8 +56,6 @@ enum Outgoing {
         head: Vec<u8>,
         data: Vec<MappedSlice>,
     },
-    /// Send nothing more and close the connection.
-    Close,
 }
 
 /// One lane's state, shared by its reader and its request tasks (one thread).
@@ -41,8 +65,9 @@ struct Lane {
     host: String,
     partition: u32,
     grant: RefCell<Arc<LaneGrant>>,
+    gate: Arc<LaneGate>,
     session: Arc<Session>,
-    replies: mpsc::UnboundedSender<Outgoing>,
+    replies: mpsc::UnboundedSender<(Outgoing, Credit)>,
 }
 
 /// Serves one data connection until the peer leaves, a frame does not decode, or the
@@ -55,60 +80,61 @@ pub async fn serve(
     session: Arc<Session>,
     grant: Arc<LaneGrant>,
 ) -> Result<()> {
+    // Unregistered (dropped) before this returns, so before the socket is closed.
+    let Some(registration) = shared
+        .array
+        .register_lane(&session.host, &grant, stream.as_raw_fd())
+    else {
+        log::info!(
+            "host {:?} lost partition {} during its handshake; closing the lane",
+            session.host,
+            grant.info.id
+        );
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Ok(());
+    };
+    // The channel holds at most one message per slot: every message carries one.
     let (replies, outgoing) = mpsc::unbounded_channel();
-    let writer = tokio_uring::spawn(write_replies(stream.clone(), outgoing));
-    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let gate = registration.gate.clone();
+    let writer = tokio_uring::spawn(write_replies(stream.clone(), gate.clone(), outgoing));
+    let slots = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let budget = Arc::new(Semaphore::new(lane_byte_budget(&shared.config)));
     let lane = Rc::new(Lane {
         host: session.host.clone(),
         partition: grant.info.id,
         shared,
         disks,
         grant: RefCell::new(grant),
+        gate,
         session,
         replies,
     });
-    let watcher = tokio_uring::spawn(close_on_revoke(
-        lane.shared.clone(),
-        lane.host.clone(),
-        lane.partition,
-        lane.replies.clone(),
-    ));
-    let outcome = read_requests(&lane, &mut reader, &permits).await;
-    watcher.abort();
+    let outcome = read_requests(&lane, &mut reader, &slots, &budget).await;
     if outcome.is_err() {
-        let _ = lane.replies.send(Outgoing::Close);
+        // Close at once: queued replies need not reach a peer that broke the protocol,
+        // and a pending send to one that stopped reading ends with this.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
     drop(lane);
     let _ = writer.await;
+    drop(registration);
     outcome
 }
 
-/// Closes the lane as soon as its assignment is withdrawn, even while it is idle, so the
-/// host's I/O on it stops and the lane leaves the sessions registry at once.
-async fn close_on_revoke(
-    shared: Arc<Shared>,
-    host: String,
-    partition: u32,
-    replies: mpsc::UnboundedSender<Outgoing>,
-) {
-    let mut changes = shared.array.subscribe();
-    while changes.changed().await.is_ok() {
-        if shared.array.lane_grant(&host, partition).is_none() {
-            log::info!("host {host:?} lost partition {partition}; closing its idle lane");
-            let _ = replies.send(Outgoing::Close);
-            return;
-        }
-    }
+/// Bytes of reads and writes one lane may hold at once (see the module docs).
+fn lane_byte_budget(config: &super::ServerConfig) -> usize {
+    config.max_lane_bytes.max(config.max_io) as usize
 }
 
 async fn read_requests(
     lane: &Rc<Lane>,
     reader: &mut FrameReader,
-    permits: &Arc<Semaphore>,
+    slots: &Arc<Semaphore>,
+    budget: &Arc<Semaphore>,
 ) -> Result<()> {
     let limits = Limits::data(lane.shared.config.max_io);
     loop {
-        let permit = permits
+        let slot = slots
             .clone()
             .acquire_owned()
             .await
@@ -122,18 +148,27 @@ async fn read_requests(
         // straight into the disks' mappings; a refused write's payload is drained into a
         // buffer and dropped, never written.
         let admitted = lane.admit(&request);
-        let payload = match (&admitted, request.op) {
-            (Ok(grant), Op::Write) => Some(receive_write(lane, reader, grant, &request).await?),
-            (Err(Error::Revoked), _) => None, // the lane closes below
-            (Err(_), Op::Write) => {
-                drop(reader.read_payload(request.len as usize).await?);
-                None
-            }
+        let bytes = match (&admitted, request.op) {
+            (Ok(_), Op::Read | Op::Write) => Some(
+                budget
+                    .clone()
+                    .acquire_many_owned(request.len)
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
             _ => None,
+        };
+        let credit = Credit {
+            _slot: slot,
+            _bytes: bytes,
         };
         match admitted {
             Ok(grant) => {
-                tokio_uring::spawn(execute(lane.clone(), grant, request, payload, permit));
+                let payload = match request.op {
+                    Op::Write => Some(receive_write(lane, reader, &grant, &request).await?),
+                    _ => None,
+                };
+                tokio_uring::spawn(execute(lane.clone(), grant, request, payload, credit));
             }
             Err(Error::Revoked) => {
                 log::info!(
@@ -141,17 +176,22 @@ async fn read_requests(
                     lane.host,
                     lane.partition
                 );
-                lane.reply_error(&request, &Error::Revoked);
-                let _ = lane.replies.send(Outgoing::Close);
+                lane.reply_error(&request, &Error::Revoked, credit);
                 return Ok(());
             }
-            Err(error) => lane.reply_error(&request, &error),
+            Err(error) => {
+                if request.op == Op::Write {
+                    drop(reader.read_payload(request.len as usize).await?);
+                }
+                lane.reply_error(&request, &error, credit);
+            }
         }
     }
 }
 
 /// Receives an admitted write's payload: straight into the disks' mappings when every
-/// piece is on a mapped disk (the data is then in place), else into a buffer.
+/// piece is on a mapped disk (the data is then in place, received under a pass of the
+/// lane's gate), else into a buffer.
 async fn receive_write(
     lane: &Lane,
     reader: &mut FrameReader,
@@ -164,11 +204,18 @@ async fn receive_write(
         .mapped_write(grant, request.offset, u64::from(request.len))
     {
         Some(views) => {
-            reader.read_payload_into(views).await?;
+            guarded(&lane.gate, reader.read_payload_into(views)).await?;
             Ok(Payload::InPlace)
         }
         None => Ok(Payload::Buffer(reader.read_payload(len).await?)),
     }
+}
+
+/// Runs `work` (a disk operation or mapped copy, not started yet) under a pass of `gate`:
+/// `Revoked` without running it once the lane is revoked.
+async fn guarded<T>(gate: &LaneGate, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let _pass: DiskPass<'_> = gate.enter().map_err(|_| Error::Revoked)?;
+    work.await
 }
 
 /// A write's payload as its request task gets it.
@@ -197,7 +244,7 @@ impl Lane {
         Ok(grant)
     }
 
-    fn reply_error(&self, request: &Request, error: &Error) {
+    fn reply_error(&self, request: &Request, error: &Error, credit: Credit) {
         self.session
             .counters
             .errors
@@ -206,21 +253,22 @@ impl Lane {
             self.shared.array.note_disk_error(path);
         }
         log::debug!("request {request:?} failed: {error}");
-        self.reply_head(Reply {
+        let reply = Reply {
             tag: request.tag,
             status: Status::Errno(error.errno()),
             len: 0,
-        });
+        };
+        self.reply_head(reply, credit);
     }
 
-    fn reply_head(&self, reply: Reply) {
+    fn reply_head(&self, reply: Reply, credit: Credit) {
         let mut head = Vec::with_capacity(16);
         if frame::encode_head(&reply, 0, &mut head).is_ok() {
-            let _ = self.replies.send(Outgoing::Head(head));
+            let _ = self.replies.send((Outgoing::Head(head), credit));
         }
     }
 
-    fn reply_mapped(&self, tag: u32, data: Vec<MappedSlice>, len: u32) {
+    fn reply_mapped(&self, tag: u32, data: Vec<MappedSlice>, len: u32, credit: Credit) {
         let reply = Reply {
             tag,
             status: Status::Ok,
@@ -228,11 +276,11 @@ impl Lane {
         };
         let mut head = Vec::with_capacity(16);
         if frame::encode_head(&reply, len, &mut head).is_ok() {
-            let _ = self.replies.send(Outgoing::Mapped { head, data });
+            let _ = self.replies.send((Outgoing::Mapped { head, data }, credit));
         }
     }
 
-    fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32) {
+    fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32, credit: Credit) {
         let reply = Reply {
             tag,
             status: Status::Ok,
@@ -244,7 +292,9 @@ impl Lane {
         }
         let start = DATA_OFFSET - head.len();
         buffer.as_mut_slice()[start..DATA_OFFSET].copy_from_slice(&head);
-        let _ = self.replies.send(Outgoing::Data { buffer, start });
+        let _ = self
+            .replies
+            .send((Outgoing::Data { buffer, start }, credit));
     }
 }
 
@@ -283,24 +333,26 @@ async fn execute(
     grant: Arc<LaneGrant>,
     request: Request,
     payload: Option<Payload>,
-    _permit: OwnedSemaphorePermit,
+    credit: Credit,
 ) {
     let disks = &lane.disks;
+    let gate = &lane.gate;
     let counters = &lane.session.counters;
     let _timer = counters.time_request();
     let (offset, len) = (request.offset, u64::from(request.len));
     let outcome = match (request.op, payload) {
         (Op::Read, _) => {
+            // Sent straight from the mappings; the writer checks the gate at send time.
             if let Some(data) = disks.mapped_read(&grant, offset, len) {
                 LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                lane.reply_mapped(request.tag, data, request.len);
+                lane.reply_mapped(request.tag, data, request.len, credit);
                 return;
             }
             let buffer = AlignedBuf::for_data(len as usize);
-            match disks.read(&grant, offset, len, buffer).await {
+            match guarded(gate, disks.read(&grant, offset, len, buffer)).await {
                 Ok(buffer) => {
                     LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                    lane.reply_data(request.tag, buffer, request.len);
+                    lane.reply_data(request.tag, buffer, request.len, credit);
                     return;
                 }
                 Err(error) => {
@@ -312,14 +364,12 @@ async fn execute(
         (Op::Write, Some(payload)) => {
             let result = match payload {
                 Payload::Buffer(buffer) => {
-                    disks
-                        .write(&grant, offset, len, buffer, request.fua())
-                        .await
+                    let write = disks.write(&grant, offset, len, buffer, request.fua());
+                    guarded(gate, write).await
                 }
                 Payload::InPlace => {
-                    disks
-                        .finish_mapped_write(&grant, offset, len, request.fua())
-                        .await
+                    let finish = disks.finish_mapped_write(&grant, offset, len, request.fua());
+                    guarded(gate, finish).await
                 }
             };
             let bytes = result.is_ok().then_some((&counters.write_bytes, len));
@@ -336,23 +386,26 @@ async fn execute(
         }
         (Op::Discard, _) => {
             LaneCounters::count(&counters.discards, None);
-            disks.discard(&grant, offset, len).await
+            guarded(gate, disks.discard(&grant, offset, len)).await
         }
         (Op::Heartbeat, _) => Ok(()),
         (Op::WriteZeroes, _) => {
             LaneCounters::count(&counters.write_zeroes, None);
-            disks.write_zeroes(&grant, offset, len).await
+            guarded(gate, disks.write_zeroes(&grant, offset, len)).await
         }
     };
     match outcome {
-        Ok(()) => lane.reply_head(Reply {
-            tag: request.tag,
-            status: Status::Ok,
-            len: 0,
-        }),
+        Ok(()) => {
+            let reply = Reply {
+                tag: request.tag,
+                status: Status::Ok,
+                len: 0,
+            };
+            lane.reply_head(reply, credit);
+        }
         Err(error) => {
             log::warn!("host {:?} partition {}: {error}", lane.host, lane.partition);
-            lane.reply_error(&request, &error);
+            lane.reply_error(&request, &error, credit);
         }
     }
 }
@@ -363,36 +416,48 @@ const MAX_REPLIES_PER_SEND: usize = 256;
 const _: () = assert!(MAX_REPLIES_PER_SEND + 1 + MAX_MAPPED_PIECES <= 1024);
 
 /// The connection's one writer: gathers every reply ready (heads and read data, each from
-/// its own buffer) into one `writev`, resumes short writes, stops at `Close` or when every
-/// sender is gone.
+/// its own buffer) into one `writev`, resumes short writes, releases each reply's
+/// [`Credit`] once it is sent, and stops when every sender is gone or a send fails (the
+/// socket is then shut down). A batch with data straight from the disks' mappings is sent
+/// under a pass of the lane's gate: a revoked lane sends none.
 ///
 /// One send per batch rather than per reply matters: a send completes on the ring only at
 /// the next turn of the event loop, so sending replies one at a time would cap the lane at
 /// one reply per turn however many requests are in flight.
-async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_replies(
+    stream: Rc<TcpStream>,
+    gate: Arc<LaneGate>,
+    mut outgoing: mpsc::UnboundedReceiver<(Outgoing, Credit)>,
+) {
     let mut batch: Vec<OutBuf> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
+    let mut credits: Vec<Credit> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
-        let mut close = false;
-        while let Some(item) = next.take() {
+        let mut mapped = false;
+        while let Some((item, credit)) = next.take() {
+            credits.push(credit);
             match item {
                 Outgoing::Head(head) => batch.push(OutBuf::Head(head)),
                 Outgoing::Data { buffer, start } => batch.push(OutBuf::Data { buffer, start }),
                 Outgoing::Mapped { head, data } => {
+                    mapped = true;
                     batch.push(OutBuf::Head(head));
                     batch.extend(data.into_iter().map(OutBuf::Mapped));
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
                 }
             }
             if batch.len() < MAX_REPLIES_PER_SEND {
                 next = outgoing.try_recv().ok();
             }
         }
-        let sent = send_all(&stream, &mut batch).await;
-        if close || !sent {
+        let sent = if mapped {
+            guarded(&gate, send_all(&stream, &mut batch)).await
+        } else {
+            send_all(&stream, &mut batch).await
+        };
+        batch.clear();
+        credits.clear();
+        if let Err(error) = sent {
+            log::debug!("sending replies: {error}");
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
@@ -400,8 +465,8 @@ async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedRecei
 }
 
 /// Sends every buffer of `batch` in order with as few `writev` calls as the socket allows;
-/// empties `batch` (dropping the buffers, which returns them to the pool).
-async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
+/// on success `batch` is empty (the buffers dropped, which returns them to the pool).
+async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> Result<()> {
     let mut skip = 0; // bytes of the first buffer already sent
     while !batch.is_empty() {
         let slices: Vec<Slice<OutBuf>> = batch
@@ -416,12 +481,14 @@ async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
         let (result, slices) = stream.writev(slices).await;
         batch.extend(slices.into_iter().map(Slice::into_inner));
         let mut sent = match result {
-            Ok(0) => return false,
-            Ok(sent) => sent,
-            Err(error) => {
-                log::debug!("sending replies: {error}");
-                return false;
+            Ok(0) => {
+                return Err(Error::io(
+                    "sending replies",
+                    std::io::ErrorKind::WriteZero.into(),
+                ))
             }
+            Ok(sent) => sent,
+            Err(error) => return Err(Error::io("sending replies", error)),
         };
         // Drop what went out completely; remember how far the first remaining buffer got.
         let mut done = 0;
@@ -436,7 +503,7 @@ async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
         skip = if done == 0 { skip + sent } else { sent };
         batch.drain(..done);
     }
-    true
+    Ok(())
 }
 
 /// One reply's bytes as the writer sends them.

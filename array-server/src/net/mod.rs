@@ -50,6 +50,8 @@ pub const DEFAULT_PORT: u16 = 7700;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default number of requests one connection runs at once.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+/// Default byte budget of one data connection: 16 of the largest reads.
+pub const DEFAULT_MAX_LANE_BYTES: u32 = 64 << 20;
 /// Default deadline for a handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listen backlog of each socket.
@@ -72,6 +74,9 @@ pub struct ServerConfig {
     pub max_in_flight: u32,
     /// Deadline for a connection's handshake.
     pub handshake_timeout: Duration,
+    /// Bytes of read data and write payloads one data connection holds at once (raised to
+    /// `max_io` if below); see `data`'s module docs.
+    pub max_lane_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +88,7 @@ impl Default for ServerConfig {
             max_io: wire::DEFAULT_MAX_IO,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_lane_bytes: DEFAULT_MAX_LANE_BYTES,
         }
     }
 }
