@@ -84,7 +84,6 @@ fn setup(config: ServerConfig) -> Setup {
     array.assign("h", "p", Access::ReadWrite).unwrap();
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
         ..config
     };
     let server = net::start(array, config).unwrap();
@@ -115,6 +114,7 @@ fn silent_connections_release_their_descriptors_at_the_deadline() {
     let setup = setup(ServerConfig {
         handshake_timeout: SHORT_DEADLINE,
         max_unauthenticated: SILENT * 2,
+        threads: 2,
         ..ServerConfig::default()
     });
     let baseline = open_fds();
@@ -134,7 +134,10 @@ fn silent_connections_release_their_descriptors_at_the_deadline() {
 #[test]
 fn ended_control_sessions_release_their_descriptors() {
     let _turn = turn();
-    let setup = setup(ServerConfig::default());
+    let setup = setup(ServerConfig {
+        threads: 2,
+        ..ServerConfig::default()
+    });
     let array = setup.server.array().clone();
     array.create_host("gone").unwrap();
     let secret = array.create_host("quiet").unwrap().secret;
@@ -157,6 +160,7 @@ fn a_flood_of_silent_connections_cannot_lock_hosts_out() {
     let _turn = turn();
     let setup = setup(ServerConfig {
         max_unauthenticated: UNAUTHENTICATED_CAP,
+        threads: 2,
         ..ServerConfig::default()
     });
     let baseline = open_fds();
@@ -179,7 +183,11 @@ fn a_flood_of_silent_connections_cannot_lock_hosts_out() {
 #[test]
 fn failing_accepts_back_off() {
     let _turn = turn();
-    let setup = setup(ServerConfig::default());
+    // One thread, so one accept loop backs off.
+    let setup = setup(ServerConfig {
+        threads: 1,
+        ..ServerConfig::default()
+    });
     let waiting = {
         let _limit = FdLimit::set(open_fds() as u64 + 2);
         let waiting: Vec<TcpStream> = (0..2)
