@@ -23,12 +23,13 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_uring::buf::{BoundedBuf, IoBuf, Slice};
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, Limits};
 use wire::{Op, Reply, Request, Status};
 
+use super::budget::{Credit, LaneBudget};
 use super::buffer::{AlignedBuf, DATA_OFFSET};
 use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
 use super::frames::FrameReader;
@@ -37,13 +38,6 @@ use super::Shared;
 use crate::array::gate::{DiskPass, LaneGate};
 use crate::array::grant::LaneGrant;
 use crate::error::{Error, Result};
-
-/// What a reply holds until it has been sent: its request's slot and, for reads and
-/// writes, its share of the lane's byte budget.
-struct Credit {
-    _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
-}
 
 /// What the writer task sends.
 enum Outgoing {
@@ -97,8 +91,10 @@ pub async fn serve(
     let (replies, outgoing) = mpsc::unbounded_channel();
     let gate = registration.gate.clone();
     let writer = tokio_uring::spawn(write_replies(stream.clone(), gate.clone(), outgoing));
-    let slots = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
-    let budget = Arc::new(Semaphore::new(lane_byte_budget(&shared.config)));
+    let budget = LaneBudget::new(
+        shared.config.max_in_flight,
+        lane_byte_budget(&shared.config),
+    );
     let lane = Rc::new(Lane {
         host: session.host.clone(),
         partition: grant.info.id,
@@ -109,7 +105,7 @@ pub async fn serve(
         session,
         replies,
     });
-    let outcome = read_requests(&lane, &mut reader, &slots, &budget).await;
+    let outcome = read_requests(&lane, &mut reader, &budget).await;
     if outcome.is_err() {
         // Close at once: queued replies need not reach a peer that broke the protocol,
         // and a pending send to one that stopped reading ends with this.
@@ -122,23 +118,18 @@ pub async fn serve(
 }
 
 /// Bytes of reads and writes one lane may hold at once (see the module docs).
-fn lane_byte_budget(config: &super::ServerConfig) -> usize {
-    config.max_lane_bytes.max(config.max_io) as usize
+fn lane_byte_budget(config: &super::ServerConfig) -> u64 {
+    u64::from(config.max_lane_bytes.max(config.max_io))
 }
 
 async fn read_requests(
     lane: &Rc<Lane>,
     reader: &mut FrameReader,
-    slots: &Arc<Semaphore>,
-    budget: &Arc<Semaphore>,
+    budget: &Rc<LaneBudget>,
 ) -> Result<()> {
     let limits = Limits::data(lane.shared.config.max_io);
     loop {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let slot = budget.slot().await;
         let Some(prefix) = reader.next_head(limits).await? else {
             return Ok(());
         };
@@ -148,19 +139,9 @@ async fn read_requests(
         // straight into the disks' mappings; a refused write's payload is drained into a
         // buffer and dropped, never written.
         let admitted = lane.admit(&request);
-        let bytes = match (&admitted, request.op) {
-            (Ok(_), Op::Read | Op::Write) => Some(
-                budget
-                    .clone()
-                    .acquire_many_owned(request.len)
-                    .await
-                    .expect("the semaphore is never closed"),
-            ),
-            _ => None,
-        };
-        let credit = Credit {
-            _slot: slot,
-            _bytes: bytes,
+        let credit = match (&admitted, request.op) {
+            (Ok(_), Op::Read | Op::Write) => budget.add_bytes(slot, request.len.into()).await,
+            _ => slot,
         };
         match admitted {
             Ok(grant) => {

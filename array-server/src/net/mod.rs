@@ -19,6 +19,7 @@
 //! down first, so that the receive completes and the descriptor is really closed.
 
 mod admission;
+mod budget;
 mod buffer;
 mod control;
 mod data;
