@@ -36,7 +36,7 @@ use super::frames::FrameReader;
 use super::sessions::{LaneCounters, Session};
 use super::Shared;
 use crate::array::gate::{DiskPass, LaneGate};
-use crate::array::grant::LaneGrant;
+use crate::array::grant::{LaneGrant, MappedPiece};
 use crate::error::{Error, Result};
 
 /// What the writer task sends.
@@ -180,15 +180,15 @@ async fn receive_write(
     request: &Request,
 ) -> Result<Payload> {
     let len = request.len as usize;
-    match lane
+    let plan = lane
         .disks
-        .mapped_write(grant, request.offset, u64::from(request.len))
-    {
+        .plan(grant, request.offset, u64::from(request.len));
+    match lane.disks.mapped_write(&plan) {
         Some(views) => {
             guarded(&lane.gate, reader.read_payload_into(views)).await?;
-            Ok(Payload::InPlace)
+            Ok(Payload::InPlace(plan))
         }
-        None => Ok(Payload::Buffer(reader.read_payload(len).await?)),
+        None => Ok(Payload::Buffer(reader.read_payload(len).await?, plan)),
     }
 }
 
@@ -199,12 +199,12 @@ async fn guarded<T>(gate: &LaneGate, work: impl Future<Output = Result<T>>) -> R
     work.await
 }
 
-/// A write's payload as its request task gets it.
+/// A write's payload as its request task gets it, with the write's plan.
 enum Payload {
     /// Received into a buffer, to be written to the disks.
-    Buffer(AlignedBuf),
+    Buffer(AlignedBuf, Vec<MappedPiece>),
     /// Already received into the disks' mappings.
-    InPlace,
+    InPlace(Vec<MappedPiece>),
 }
 
 impl Lane {
@@ -320,17 +320,19 @@ async fn execute(
     let gate = &lane.gate;
     let counters = &lane.session.counters;
     let _timer = counters.time_request();
-    let (offset, len) = (request.offset, u64::from(request.len));
+    let len = u64::from(request.len);
+    let plan = || disks.plan(&grant, request.offset, len);
     let outcome = match (request.op, payload) {
         (Op::Read, _) => {
+            let plan = plan();
             // Sent straight from the mappings; the writer checks the gate at send time.
-            if let Some(data) = disks.mapped_read(&grant, offset, len) {
+            if let Some(data) = disks.mapped_read(&plan) {
                 LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
                 lane.reply_mapped(request.tag, data, request.len, credit);
                 return;
             }
             let buffer = AlignedBuf::for_data(len as usize);
-            match guarded(gate, disks.read(&grant, offset, len, buffer)).await {
+            match guarded(gate, disks.read(&plan, buffer)).await {
                 Ok(buffer) => {
                     LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
                     lane.reply_data(request.tag, buffer, request.len, credit);
@@ -344,13 +346,11 @@ async fn execute(
         }
         (Op::Write, Some(payload)) => {
             let result = match payload {
-                Payload::Buffer(buffer) => {
-                    let write = disks.write(&grant, offset, len, buffer, request.fua());
-                    guarded(gate, write).await
+                Payload::Buffer(buffer, plan) => {
+                    guarded(gate, disks.write(&plan, buffer, request.fua())).await
                 }
-                Payload::InPlace => {
-                    let finish = disks.finish_mapped_write(&grant, offset, len, request.fua());
-                    guarded(gate, finish).await
+                Payload::InPlace(plan) => {
+                    guarded(gate, disks.finish_mapped_write(&plan, request.fua())).await
                 }
             };
             let bytes = result.is_ok().then_some((&counters.write_bytes, len));
@@ -367,12 +367,12 @@ async fn execute(
         }
         (Op::Discard, _) => {
             LaneCounters::count(&counters.discards, None);
-            guarded(gate, disks.discard(&grant, offset, len)).await
+            guarded(gate, disks.discard(&plan())).await
         }
         (Op::Heartbeat, _) => Ok(()),
         (Op::WriteZeroes, _) => {
             LaneCounters::count(&counters.write_zeroes, None);
-            guarded(gate, disks.write_zeroes(&grant, offset, len)).await
+            guarded(gate, disks.write_zeroes(&plan())).await
         }
     };
     match outcome {

@@ -293,18 +293,17 @@ impl DiskSet {
         &self.disks[index as usize]
     }
 
-    /// Reads `len` bytes at partition `offset` into the data area of `buffer`.
-    pub async fn read(
-        &self,
-        grant: &LaneGrant,
-        offset: u64,
-        len: u64,
-        buffer: AlignedBuf,
-    ) -> Result<AlignedBuf> {
-        let pieces = grant.map(&self.stripes, offset, len);
-        if self.all_inline(&pieces) {
+    /// A request's disk pieces: the partition range `offset..offset + len` of `grant`
+    /// mapped through the stripes, once per request (every operation below takes it).
+    pub fn plan(&self, grant: &LaneGrant, offset: u64, len: u64) -> Vec<MappedPiece> {
+        grant.map(&self.stripes, offset, len)
+    }
+
+    /// Reads the request planned as `pieces` into the data area of `buffer`.
+    pub async fn read(&self, pieces: &[MappedPiece], buffer: AlignedBuf) -> Result<AlignedBuf> {
+        if self.all_inline(pieces) {
             let mut buffer = buffer;
-            for mapped in &pieces {
+            for mapped in pieces {
                 let start = DATA_OFFSET + mapped.buffer_offset as usize;
                 let target = &mut buffer.as_mut_slice()[start..start + mapped.piece.len as usize];
                 self.read_inline(mapped.piece, target)?;
@@ -330,18 +329,12 @@ impl DiskSet {
     /// write to the same range that the host issues before this read's reply arrives may
     /// show in it, which is what a read concurrent with an overlapping write may return on
     /// any block device.
-    pub fn mapped_read(
-        &self,
-        grant: &LaneGrant,
-        offset: u64,
-        len: u64,
-    ) -> Option<Vec<MappedSlice>> {
-        let pieces = grant.map(&self.stripes, offset, len);
+    pub fn mapped_read(&self, pieces: &[MappedPiece]) -> Option<Vec<MappedSlice>> {
         if pieces.len() > MAX_MAPPED_PIECES {
             return None;
         }
         let mut slices = Vec::with_capacity(pieces.len());
-        for mapped in &pieces {
+        for mapped in pieces {
             let map = self.disk(mapped.piece.disk).map.as_ref()?;
             let ptr = map.range(mapped.piece.disk_offset, mapped.piece.len as usize)?;
             slices.push(MappedSlice {
@@ -358,28 +351,16 @@ impl DiskSet {
     /// then be received from the socket straight into the disks' pages. `None` otherwise.
     /// The caller has admitted the request (range, access) first; once the payload is in,
     /// [`DiskSet::finish_mapped_write`] completes it.
-    pub fn mapped_write(
-        &self,
-        grant: &LaneGrant,
-        offset: u64,
-        len: u64,
-    ) -> Option<Vec<MappedTarget>> {
-        let views = self.mapped_read(grant, offset, len)?;
+    pub fn mapped_write(&self, pieces: &[MappedPiece]) -> Option<Vec<MappedTarget>> {
+        let views = self.mapped_read(pieces)?;
         Some(views.into_iter().map(MappedTarget::new).collect())
     }
 
     /// Completes a write whose payload [`DiskSet::mapped_write`]'s views received: with
     /// `fua`, the touched disks are synced, as [`DiskSet::write`] does.
-    pub async fn finish_mapped_write(
-        &self,
-        grant: &LaneGrant,
-        offset: u64,
-        len: u64,
-        fua: bool,
-    ) -> Result<()> {
+    pub async fn finish_mapped_write(&self, pieces: &[MappedPiece], fua: bool) -> Result<()> {
         if fua {
-            let pieces = grant.map(&self.stripes, offset, len);
-            self.sync_touched(&pieces).await?;
+            self.sync_touched(pieces).await?;
         }
         Ok(())
     }
@@ -393,17 +374,9 @@ impl DiskSet {
 
     /// Writes the data area of `buffer` (`len` bytes) at partition `offset`; with `fua`,
     /// the touched disks are synced before this returns.
-    pub async fn write(
-        &self,
-        grant: &LaneGrant,
-        offset: u64,
-        len: u64,
-        buffer: AlignedBuf,
-        fua: bool,
-    ) -> Result<()> {
-        let pieces = grant.map(&self.stripes, offset, len);
-        if self.all_inline(&pieces) {
-            for mapped in &pieces {
+    pub async fn write(&self, pieces: &[MappedPiece], buffer: AlignedBuf, fua: bool) -> Result<()> {
+        if self.all_inline(pieces) {
+            for mapped in pieces {
                 let start = DATA_OFFSET + mapped.buffer_offset as usize;
                 let source = &buffer.as_slice()[start..start + mapped.piece.len as usize];
                 self.write_inline(mapped.piece, source)?;
@@ -419,7 +392,7 @@ impl DiskSet {
             results.into_iter().collect::<Result<()>>()?;
         }
         if fua {
-            self.sync_touched(&pieces).await?;
+            self.sync_touched(pieces).await?;
         }
         Ok(())
     }
@@ -444,8 +417,8 @@ impl DiskSet {
 
     /// Releases the range: punch a hole in files, `BLKDISCARD` on block devices; where
     /// neither is supported, the range is zeroed instead.
-    pub async fn discard(&self, grant: &LaneGrant, offset: u64, len: u64) -> Result<()> {
-        let ranges = self.disk_ranges(grant, offset, len);
+    pub async fn discard(&self, pieces: &[MappedPiece]) -> Result<()> {
+        let ranges = disk_ranges(pieces);
         let discards = ranges.iter().map(|&range| async move {
             match self.release(range).await {
                 Err(error) if unsupported(&error) => self.fill_zeroes(range, DiskOp::Discard).await,
@@ -459,8 +432,8 @@ impl DiskSet {
     }
 
     /// Makes the range read back as zeroes: `FALLOC_FL_ZERO_RANGE`, else zero writes.
-    pub async fn write_zeroes(&self, grant: &LaneGrant, offset: u64, len: u64) -> Result<()> {
-        let ranges = self.disk_ranges(grant, offset, len);
+    pub async fn write_zeroes(&self, pieces: &[MappedPiece]) -> Result<()> {
+        let ranges = disk_ranges(pieces);
         let zeroings = ranges.iter().map(|&range| async move {
             let disk = self.disk(range.disk);
             let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
@@ -472,31 +445,6 @@ impl DiskSet {
             }
         });
         join_all(zeroings).await.into_iter().collect()
-    }
-
-    /// The request's pieces merged into contiguous ranges per disk (consecutive chunks of
-    /// one disk are adjacent on it), so large discards are few system calls.
-    fn disk_ranges(&self, grant: &LaneGrant, offset: u64, len: u64) -> Vec<DiskRange> {
-        let mut ranges: Vec<DiskRange> = grant
-            .map(&self.stripes, offset, len)
-            .into_iter()
-            .map(|mapped| DiskRange {
-                disk: mapped.piece.disk,
-                offset: mapped.piece.disk_offset,
-                len: mapped.piece.len,
-            })
-            .collect();
-        ranges.sort_by_key(|range| (range.disk, range.offset));
-        let mut merged: Vec<DiskRange> = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            match merged.last_mut() {
-                Some(last) if last.disk == range.disk && last.offset + last.len == range.offset => {
-                    last.len += range.len;
-                }
-                _ => merged.push(range),
-            }
-        }
-        merged
     }
 
     async fn release(&self, range: DiskRange) -> io::Result<()> {
@@ -666,6 +614,30 @@ impl DiskSet {
         }
         Ok(())
     }
+}
+
+/// The request's pieces merged into contiguous ranges per disk (consecutive chunks of
+/// one disk are adjacent on it), so large discards are few system calls.
+fn disk_ranges(pieces: &[MappedPiece]) -> Vec<DiskRange> {
+    let mut ranges: Vec<DiskRange> = pieces
+        .iter()
+        .map(|mapped| DiskRange {
+            disk: mapped.piece.disk,
+            offset: mapped.piece.disk_offset,
+            len: mapped.piece.len,
+        })
+        .collect();
+    ranges.sort_by_key(|range| (range.disk, range.offset));
+    let mut merged: Vec<DiskRange> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if last.disk == range.disk && last.offset + last.len == range.offset => {
+                last.len += range.len;
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
 }
 
 fn part_of(owner: &Rc<AlignedBuf>, mapped: &MappedPiece) -> BufPart {
