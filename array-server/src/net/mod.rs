@@ -14,7 +14,7 @@
 //! serves control ([`control`]) or data ([`data`]). A frame that does not decode closes
 //! that connection only. Beyond `max_connections` sessions, hellos are answered
 //! `Refused(Busy)`. Connections still in their handshake have a small room of their own,
-//! and a failing `accept` backs off (see [`admission`]). A connection that ends while a
+//! and a failing `accept` backs off (see `net/admission.rs`). A connection that ends while a
 //! receive is pending on its socket (a missed deadline, an aborted reader) shuts the socket
 //! down first, so that the receive completes and the descriptor is really closed.
 
@@ -76,7 +76,7 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,
-    /// Most connections still in their handshake (see [`admission`]).
+    /// Most connections still in their handshake (see `net/admission.rs`).
     pub max_unauthenticated: usize,
     /// Largest payload per request, offered in `Welcome`.
     pub max_io: u32,
