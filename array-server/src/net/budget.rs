@@ -11,6 +11,7 @@ use std::task::{Poll, Waker};
 
 /// One lane's slots and bytes.
 pub struct LaneBudget {
+    total_slots: u32,
     slots: Cell<u32>,
     bytes: Cell<u64>,
     waiter: Cell<Option<Waker>>,
@@ -37,6 +38,7 @@ impl LaneBudget {
     /// A budget of `slots` requests and `bytes` bytes.
     pub fn new(slots: u32, bytes: u64) -> Rc<LaneBudget> {
         Rc::new(LaneBudget {
+            total_slots: slots,
             slots: Cell::new(slots),
             bytes: Cell::new(bytes),
             waiter: Cell::new(None),
@@ -60,6 +62,13 @@ impl LaneBudget {
         self.reserve(0, bytes).await;
         credit.bytes += bytes;
         credit
+    }
+
+    /// Waits until every credit has come back: no request of the lane is running or
+    /// waiting to be answered. Only once the reader has stopped (it is the one waiter).
+    pub async fn drained(&self) {
+        self.reserve(self.total_slots, 0).await;
+        self.slots.set(self.total_slots);
     }
 
     async fn reserve(&self, slots: u32, bytes: u64) {
@@ -113,7 +122,14 @@ mod tests {
         };
         let mut more = pin!(budget.add_bytes(second, 1));
         assert!(more.as_mut().poll(&mut context).is_pending());
+        let mut drained = pin!(budget.drained());
+        assert!(drained.as_mut().poll(&mut context).is_pending());
         drop(first);
-        assert!(more.as_mut().poll(&mut context).is_ready());
+        let Poll::Ready(second) = more.as_mut().poll(&mut context) else {
+            panic!("bytes came back")
+        };
+        assert!(drained.as_mut().poll(&mut context).is_pending());
+        drop(second);
+        assert!(drained.as_mut().poll(&mut context).is_ready());
     }
 }

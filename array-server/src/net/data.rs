@@ -113,6 +113,9 @@ pub async fn serve(
     }
     drop(lane);
     let _ = writer.await;
+    // A writer that failed leaves requests running; the gate stays registered until they
+    // are done, so a revocation still waits for their disk work.
+    budget.drained().await;
     drop(registration);
     outcome
 }
