@@ -7,12 +7,13 @@
 //!   on-disk metadata slots ([`array::metadata`]), free space ([`array::space`]), the
 //!   operator's mutations as pure functions ([`array::catalog`]), the data lanes' snapshot
 //!   ([`array::grant`]), their revocation gates ([`array::gate`]: a commit that takes a
-//!   right away closes the lanes and drains their disk work before it returns) and the
-//!   management handle [`Array`] with its serialisable views.
+//!   right away closes the lanes and drains their disk work before it returns), the
+//!   storage layer ([`array::io`]: typed commands, one engine per kind of member disk)
+//!   and the management handle [`Array`] with its serialisable views.
 //! - [`net`]: the TCP server: thread-per-core tokio-uring runtimes ([`net::start`]),
 //!   connection budgets and accept back-off, handshake, control sessions (discovery, live
 //!   pushes), data sessions (block I/O under a per-lane budget of requests and bytes), the
-//!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers.
+//!   sessions registry with per-lane counters ([`net::Sessions`]); it only moves bytes.
 //! - [`error`]: [`Error`], one enum for the crate, with the errno each variant fails a
 //!   block request with.
 //! - [`units`]: human-readable sizes (`4K`, `1.5G`).

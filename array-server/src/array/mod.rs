@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod disk;
 pub mod gate;
 pub mod grant;
+pub mod io;
 pub mod metadata;
 pub mod space;
 pub mod stripe;

@@ -30,13 +30,13 @@ use wire::frame::{self, Limits};
 use wire::{Op, Reply, Request, Status};
 
 use super::budget::{Credit, LaneBudget};
-use super::buffer::{AlignedBuf, DATA_OFFSET};
-use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
 use super::frames::FrameReader;
 use super::sessions::{LaneCounters, Session};
 use super::Shared;
 use crate::array::gate::{DiskPass, LaneGate};
-use crate::array::grant::{LaneGrant, MappedPiece};
+use crate::array::grant::LaneGrant;
+use crate::array::io::buffer::{AlignedBuf, DATA_OFFSET};
+use crate::array::io::{Command, DiskSet, Done, MappedSlice, Payload, MAX_MAPPED_PIECES};
 use crate::error::{Error, Result};
 
 /// What the writer task sends.
@@ -148,11 +148,8 @@ async fn read_requests(
         };
         match admitted {
             Ok(grant) => {
-                let payload = match request.op {
-                    Op::Write => Some(receive_write(lane, reader, &grant, &request).await?),
-                    _ => None,
-                };
-                tokio_uring::spawn(execute(lane.clone(), grant, request, payload, credit));
+                let command = plan(lane, reader, &grant, &request).await?;
+                tokio_uring::spawn(execute(lane.clone(), request, command, credit));
             }
             Err(Error::Revoked) => {
                 log::info!(
@@ -173,26 +170,39 @@ async fn read_requests(
     }
 }
 
-/// Receives an admitted write's payload: straight into the disks' mappings when every
-/// piece is on a mapped disk (the data is then in place, received under a pass of the
-/// lane's gate), else into a buffer.
-async fn receive_write(
+/// Turns an admitted request into its command (none for a heartbeat, which touches no
+/// disk), with its stripe plan; a write's payload is received on the way: straight into the disks' mappings when every piece is on a
+/// mapped disk (under a pass of the lane's gate), else into a buffer.
+async fn plan(
     lane: &Lane,
     reader: &mut FrameReader,
     grant: &LaneGrant,
     request: &Request,
-) -> Result<Payload> {
-    let len = request.len as usize;
-    let plan = lane
-        .disks
-        .plan(grant, request.offset, u64::from(request.len));
-    match lane.disks.mapped_write(&plan) {
-        Some(views) => {
-            guarded(&lane.gate, reader.read_payload_into(views)).await?;
-            Ok(Payload::InPlace(plan))
+) -> Result<Option<Command>> {
+    let disks = &lane.disks;
+    let plan = || disks.plan(grant, request.offset, u64::from(request.len));
+    Ok(Some(match request.op {
+        Op::Heartbeat => return Ok(None),
+        Op::Read => Command::Read { plan: plan() },
+        Op::Write => {
+            let plan = plan();
+            let payload = match disks.mapped_targets(&plan) {
+                Some(views) => {
+                    guarded(&lane.gate, reader.read_payload_into(views)).await?;
+                    Payload::InPlace
+                }
+                None => Payload::Buffer(reader.read_payload(request.len as usize).await?),
+            };
+            Command::Write {
+                plan,
+                payload,
+                fua: request.fua(),
+            }
         }
-        None => Ok(Payload::Buffer(reader.read_payload(len).await?, plan)),
-    }
+        Op::Flush => Command::Flush,
+        Op::Discard => Command::Discard { plan: plan() },
+        Op::WriteZeroes => Command::WriteZeroes { plan: plan() },
+    }))
 }
 
 /// Runs `work` (a disk operation or mapped copy, not started yet) under a pass of `gate`:
@@ -200,14 +210,6 @@ async fn receive_write(
 async fn guarded<T>(gate: &LaneGate, work: impl Future<Output = Result<T>>) -> Result<T> {
     let _pass: DiskPass<'_> = gate.enter().map_err(|_| Error::Revoked)?;
     work.await
-}
-
-/// A write's payload as its request task gets it, with the write's plan.
-enum Payload {
-    /// Received into a buffer, to be written to the disks.
-    Buffer(AlignedBuf, Vec<MappedPiece>),
-    /// Already received into the disks' mappings.
-    InPlace(Vec<MappedPiece>),
 }
 
 impl Lane {
@@ -240,6 +242,15 @@ impl Lane {
         let reply = Reply {
             tag: request.tag,
             status: Status::Errno(error.errno()),
+            len: 0,
+        };
+        self.reply_head(reply, credit);
+    }
+
+    fn reply_ok(&self, tag: u32, credit: Credit) {
+        let reply = Reply {
+            tag,
+            status: Status::Ok,
             len: 0,
         };
         self.reply_head(reply, credit);
@@ -312,81 +323,32 @@ fn check_request(grant: &LaneGrant, request: &Request, max_io: u32) -> Result<()
     Ok(())
 }
 
-async fn execute(
-    lane: Rc<Lane>,
-    grant: Arc<LaneGrant>,
-    request: Request,
-    payload: Option<Payload>,
-    credit: Credit,
-) {
-    let disks = &lane.disks;
-    let gate = &lane.gate;
+/// Runs one request's command (none for a heartbeat) under a pass of the lane's gate and
+/// queues its reply.
+async fn execute(lane: Rc<Lane>, request: Request, command: Option<Command>, credit: Credit) {
     let counters = &lane.session.counters;
     let _timer = counters.time_request();
     let len = u64::from(request.len);
-    let plan = || disks.plan(&grant, request.offset, len);
-    let outcome = match (request.op, payload) {
-        (Op::Read, _) => {
-            let plan = plan();
-            // Sent straight from the mappings; the writer checks the gate at send time.
-            if let Some(data) = disks.mapped_read(&plan) {
-                LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                lane.reply_mapped(request.tag, data, request.len, credit);
-                return;
-            }
-            let buffer = AlignedBuf::for_data(len as usize);
-            match guarded(gate, disks.read(&plan, buffer)).await {
-                Ok(buffer) => {
-                    LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                    lane.reply_data(request.tag, buffer, request.len, credit);
-                    return;
-                }
-                Err(error) => {
-                    LaneCounters::count(&counters.reads, None);
-                    Err(error)
-                }
-            }
-        }
-        (Op::Write, Some(payload)) => {
-            let result = match payload {
-                Payload::Buffer(buffer, plan) => {
-                    guarded(gate, disks.write(&plan, buffer, request.fua())).await
-                }
-                Payload::InPlace(plan) => {
-                    guarded(gate, disks.finish_mapped_write(&plan, request.fua())).await
-                }
-            };
-            let bytes = result.is_ok().then_some((&counters.write_bytes, len));
-            LaneCounters::count(&counters.writes, bytes);
-            result
-        }
-        (Op::Write, None) => Err(Error::Wire(wire::WireError::PayloadMismatch {
-            expected: request.len,
-            actual: 0,
-        })),
-        (Op::Flush, _) => {
-            LaneCounters::count(&counters.flushes, None);
-            disks.flush().await
-        }
-        (Op::Discard, _) => {
-            LaneCounters::count(&counters.discards, None);
-            guarded(gate, disks.discard(&plan())).await
-        }
-        (Op::Heartbeat, _) => Ok(()),
-        (Op::WriteZeroes, _) => {
-            LaneCounters::count(&counters.write_zeroes, None);
-            guarded(gate, disks.write_zeroes(&plan())).await
+    let (count, bytes) = match request.op {
+        Op::Read => (&counters.reads, Some(&counters.read_bytes)),
+        Op::Write => (&counters.writes, Some(&counters.write_bytes)),
+        Op::Flush => (&counters.flushes, None),
+        Op::Discard => (&counters.discards, None),
+        Op::WriteZeroes => (&counters.write_zeroes, None),
+        Op::Heartbeat => {
+            lane.reply_ok(request.tag, credit);
+            return;
         }
     };
+    let Some(command) = command else { return };
+    let outcome = guarded(&lane.gate, lane.disks.run(command)).await;
+    let counted = outcome.is_ok().then_some(()).and(bytes.map(|b| (b, len)));
+    LaneCounters::count(count, counted);
     match outcome {
-        Ok(()) => {
-            let reply = Reply {
-                tag: request.tag,
-                status: Status::Ok,
-                len: 0,
-            };
-            lane.reply_head(reply, credit);
-        }
+        // Mapped views are sent under a pass too: the writer checks the gate at send time.
+        Ok(Done::Mapped(data)) => lane.reply_mapped(request.tag, data, request.len, credit),
+        Ok(Done::Data(buffer)) => lane.reply_data(request.tag, buffer, request.len, credit),
+        Ok(Done::Nothing) => lane.reply_ok(request.tag, credit),
         Err(error) => {
             log::warn!("host {:?} partition {}: {error}", lane.host, lane.partition);
             lane.reply_error(&request, &error, credit);

@@ -20,10 +20,8 @@
 
 mod admission;
 mod budget;
-mod buffer;
 mod control;
 mod data;
-mod disk_io;
 mod frames;
 mod handshake;
 mod sessions;
@@ -41,15 +39,15 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-pub use buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
+pub use crate::array::io::buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
 pub use sessions::{
     CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
 };
 
+use crate::array::io::DiskSet;
 use crate::array::Array;
 use crate::error::{Error, Result};
 use admission::{AcceptBackoff, Unauthenticated};
-use disk_io::DiskSet;
 use frames::{send_message, FrameReader};
 
 /// Default TCP port.
