@@ -20,8 +20,14 @@
 #    device at once: the completed-writes count of ublkb0 moved while dd ran, Dirty 0.)
 # Every acknowledged write is carried to boot 2 over the result serial port (not the disks),
 # then the power is cut. Boot 2 serves the array from the same disk images, attaches the
-# partition and compares every acknowledged write byte for byte; the canary file must not
-# hold its data (proof that the cut dropped what nobody synced).
+# partition and compares every acknowledged write byte for byte; the ext4 synced in boot 1
+# must mount; the canary file must not hold its data (proof that the cut dropped what
+# nobody synced).
+# On the bare virtio disks (cache=none: qemu writes the images with O_DIRECT) whatever the
+# server wrote with O_DIRECT is on the images at once, synced or not: this proves nothing
+# acknowledged is held in guest RAM (page cache, buffers), and that the metadata commits
+# sync. Whether the server's FUA/FLUSH really sync is proven by power-cut-wcache.sh, which
+# puts a volatile write cache below the server.
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
