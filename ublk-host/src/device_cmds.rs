@@ -83,8 +83,12 @@ pub struct DetachArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 /// List ublk devices (id, state: live, quiescing, quiesced, recovering, dead or fail-io,
-/// daemon pid, queues, depth, size, server, host and partition).
-pub struct ListArgs {}
+/// daemon pid, queues, depth, size, server, host, partition and stable name).
+pub struct ListArgs {
+    /// print one JSON array of devices instead
+    #[argh(switch)]
+    json: bool,
+}
 
 fn cpus() -> u16 {
     std::thread::available_parallelism()
@@ -100,6 +104,29 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         .with_context(|| format!("attaching partition {}", args.partition))?;
     println!("ublk-host: device removed");
     Ok(())
+}
+
+/// `attach` with the arguments (after the subcommand) `argv`, as a configuration file
+/// entry made them: parsed by the same parser as the command line, and saved as they are.
+pub fn attach_with_argv(argv: Vec<String>) -> anyhow::Result<()> {
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs)
+        .map_err(|e| anyhow::anyhow!("{}", e.output.trim_end()))?;
+    let options = attach_options(&args, argv)?;
+    enter_private_mount_namespace().context("entering a private mount namespace")?;
+    ublk::attach(&options, announce)
+        .with_context(|| format!("attaching partition {}", args.partition))?;
+    println!("ublk-host: device removed");
+    Ok(())
+}
+
+/// The options the `attach` arguments `argv` stand for (`ublk-host nbd` uses their
+/// engine and partition).
+pub fn options_from_argv(argv: Vec<String>) -> anyhow::Result<AttachOptions> {
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs)
+        .map_err(|e| anyhow::anyhow!("{}", e.output.trim_end()))?;
+    attach_options(&args, argv)
 }
 
 fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<AttachOptions> {
@@ -166,8 +193,12 @@ fn announce(attached: &Attached) {
     } else {
         ""
     };
+    let link = attached
+        .link
+        .as_ref()
+        .map_or(String::new(), |link| format!(" as {link}"));
     println!(
-        "ublk-host: {} ready{how} ({} queues x {} lanes) partition {} size {}",
+        "ublk-host: {}{link} ready{how} ({} queues x {} lanes) partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,
@@ -184,7 +215,11 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn list(_args: &ListArgs) -> anyhow::Result<()> {
+pub fn list(args: &ListArgs) -> anyhow::Result<()> {
+    if args.json {
+        println!("{:#}", ublk::list_json());
+        return Ok(());
+    }
     for line in ublk::list()? {
         println!("{line}");
     }

@@ -10,8 +10,8 @@ use crate::ublk::daemon::{
     Attached, RECOVERY_FLAGS, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id};
-use crate::ublk::recover;
 use crate::ublk::state::{self, Claim, IdsLock};
+use crate::ublk::{names, recover};
 
 /// Discovers the partition, creates `/dev/ublkbN` for it (with ublk user recovery, so a
 /// new process can take it over if this one dies) and serves it until the device is
@@ -62,6 +62,7 @@ pub fn attach(
     serve(&ctrl, options, partition, buf_bytes, false, ready)?;
     // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created.
     drop(ctrl);
+    names::withdraw(dev_id);
     claim.remove();
     Ok(())
 }
@@ -114,6 +115,7 @@ pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
         log::info!("/dev/ublkb{dev_id} is {}: deleting it", info.state);
         UblkCtrl::new_simple(ctrl_id(dev_id)?)?.del_dev()?;
     }
+    names::withdraw(dev_id);
     state::forget(dev_id);
     Ok(())
 }

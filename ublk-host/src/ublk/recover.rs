@@ -25,6 +25,7 @@ use crate::ublk::daemon::{
     Attached, RECOVERY_FLAGS, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id, DeviceState};
+use crate::ublk::names;
 use crate::ublk::state::{self, Claim, IdsLock};
 
 /// How long a recovering process waits for the driver to quiesce a device whose daemon
@@ -124,6 +125,7 @@ pub(crate) fn take_over(
     if let Err(error) = ctrl.del_dev() {
         log::debug!("deleting /dev/ublkb{id}: {error} (already gone?)");
     }
+    names::withdraw(id);
     claim.remove();
     Ok(())
 }
