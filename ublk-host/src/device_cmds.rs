@@ -73,11 +73,15 @@ pub struct RecoverArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "detach")]
 /// Stop and remove a device: `ublk-host detach 0` or `ublk-host detach /dev/ublkb0`. One
-/// whose daemon died (quiesced, dead) is removed at once.
+/// whose daemon died (quiesced, dead) is removed at once. Also by stable name
+/// (`/dev/multilane/vol0`) or by the daemon's pid (`--pid $MAINPID` in a systemd unit).
 pub struct DetachArgs {
-    /// device: N, ublkbN or /dev/ublkbN
+    /// device: N, ublkbN, /dev/ublkbN or /dev/multilane/NAME
     #[argh(positional)]
-    device: String,
+    device: Option<String>,
+    /// the device served by this daemon process
+    #[argh(option)]
+    pid: Option<u32>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -209,7 +213,12 @@ fn announce(attached: &Attached) {
 }
 
 pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
-    let id = parse_device(&args.device)?;
+    let id = match (&args.device, args.pid) {
+        (Some(device), None) => parse_device(device)?,
+        (None, Some(pid)) => ublk::inspect::device_of_daemon(pid)
+            .with_context(|| format!("no ublk device is served by process {pid}"))?,
+        _ => anyhow::bail!("name a device or --pid, one of them"),
+    };
     ublk::detach(id, DETACH_WAIT).with_context(|| format!("detaching /dev/ublkb{id}"))?;
     println!("ublk-host: /dev/ublkb{id} detached");
     Ok(())

@@ -86,8 +86,11 @@ fn refuse_if_in_use(id: u32) -> Result<()> {
     Err(HostError::DeviceInUse { id, state })
 }
 
-/// Parses `N`, `ublkbN`, `/dev/ublkbN` (or `ublkcN`) into a device id.
+/// Parses `N`, `ublkbN`, `/dev/ublkbN` (or `ublkcN`), or a stable name
+/// (`/dev/multilane/vol0`, a link to `/dev/ublkbN`) into a device id.
 pub fn parse_device(text: &str) -> Result<u32> {
+    let linked = std::fs::read_link(text).ok();
+    let text = linked.as_ref().and_then(|p| p.to_str()).unwrap_or(text);
     let name = text.rsplit('/').next().unwrap_or(text);
     let digits = name
         .strip_prefix("ublkb")

@@ -189,6 +189,14 @@ pub fn inspect(id: u32) -> Result<DeviceInfo> {
     })
 }
 
+/// The device whose daemon is process `pid` (as the kernel or the state file says).
+pub fn device_of_daemon(pid: u32) -> Option<u32> {
+    device_ids().into_iter().find(|&id| {
+        let kernel = inspect(id).is_ok_and(|info| u32::try_from(info.daemon_pid) == Ok(pid));
+        kernel || state::load(id).ok().flatten().is_some_and(|saved| saved.pid == pid)
+    })
+}
+
 /// Every ublk device id, in order.
 pub fn device_ids() -> Vec<u32> {
     let ids = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
