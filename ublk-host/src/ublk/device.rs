@@ -10,6 +10,7 @@ use crate::ublk::daemon::{
     Attached, RECOVERY_FLAGS, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id};
+use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
 use crate::ublk::{names, recover};
 
@@ -110,7 +111,11 @@ pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
     if !info.state.unserved() {
         stop_device(dev_id)?;
         let deadline = std::time::Instant::now() + wait;
+        let mut progress = Progress::new(format!(
+            "waiting for /dev/ublkb{dev_id}'s daemon to remove it"
+        ));
         while inspect::exists(dev_id) && std::time::Instant::now() < deadline {
+            progress.tick();
             std::thread::sleep(DETACH_POLL);
         }
     }

@@ -193,7 +193,11 @@ pub fn inspect(id: u32) -> Result<DeviceInfo> {
 pub fn device_of_daemon(pid: u32) -> Option<u32> {
     device_ids().into_iter().find(|&id| {
         let kernel = inspect(id).is_ok_and(|info| u32::try_from(info.daemon_pid) == Ok(pid));
-        kernel || state::load(id).ok().flatten().is_some_and(|saved| saved.pid == pid)
+        kernel
+            || state::load(id)
+                .ok()
+                .flatten()
+                .is_some_and(|saved| saved.pid == pid)
     })
 }
 

@@ -26,6 +26,7 @@ use crate::ublk::daemon::{
 };
 use crate::ublk::inspect::{self, ctrl_id, DeviceState};
 use crate::ublk::names;
+use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
 
 /// How long a recovering process waits for the driver to quiesce a device whose daemon
@@ -178,7 +179,9 @@ fn with_lanes(options: &AttachOptions, lanes_per_queue: u16) -> AttachOptions {
 /// Waits until the driver has quiesced device `id`.
 fn wait_quiesced(id: u32) -> Result<()> {
     let deadline = Instant::now() + QUIESCE_WAIT;
+    let mut progress = Progress::new(format!("waiting for the driver to quiesce /dev/ublkb{id}"));
     loop {
+        progress.tick();
         let info = inspect::inspect(id)?;
         match info.state {
             // Claimed by us: the driver's QUIESCED shows as "recovering" now.
