@@ -267,4 +267,34 @@ mod tests {
         assert_eq!(args.lanes_per_queue, 2);
         assert_eq!(args.id, None);
     }
+
+    #[test]
+    fn a_config_entry_with_command_line_overrides_parses_as_attach_arguments() {
+        let text = r#"
+            host = "h1"
+            secret_file = "/etc/multilane/host.key"
+            [servers.a]
+            address = "10.0.0.1:7700"
+            [defaults]
+            lanes_per_queue = 2
+            split = "128K"
+            [partitions.vol0]
+            queues = 4
+            depth = 64
+        "#;
+        let config = ublk_host::hostconfig::HostConfig::parse(text, "test").unwrap();
+        let base = config.attach_argv("vol0").unwrap();
+        let overrides: Vec<String> = ["--lanes-per-queue", "8", "--id", "5"]
+            .map(String::from)
+            .to_vec();
+        let argv = ublk_host::hostconfig::apply_overrides(&base, &overrides);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs).unwrap();
+        assert_eq!(args.server, "10.0.0.1:7700");
+        assert_eq!(args.partition, "vol0");
+        assert_eq!((args.queues, args.depth), (Some(4), 64), "from the entry");
+        assert_eq!(args.split, "128K", "from [defaults]");
+        assert_eq!(args.lanes_per_queue, 8, "the flag overrides [defaults]");
+        assert_eq!(args.id, Some(5), "a flag the file does not set");
+    }
 }

@@ -147,10 +147,15 @@ impl HostConfig {
 
     /// Every partition entry must resolve to a server, a host name and a secret file.
     fn validate(&self, origin: &str) -> Result<()> {
-        if self.defaults.partition.is_some() {
-            return Err(invalid(format!(
-                "{origin}: `partition` names one partition: it cannot be a default"
-            )));
+        for (key, set) in [
+            ("partition", self.defaults.partition.is_some()),
+            ("id", self.defaults.id.is_some()),
+        ] {
+            if set {
+                return Err(invalid(format!(
+                    "{origin}: `{key}` names one device: it cannot be in [defaults]"
+                )));
+            }
         }
         for name in self.partitions.keys() {
             self.attach_argv(name)
@@ -380,5 +385,10 @@ mod tests {
                           [partitions.v]\nserver = \"c\"\n";
         let error = HostConfig::parse(bad_server, "t").unwrap_err().to_string();
         assert!(error.contains("unknown server"), "{error}");
+        for key in ["partition = \"v\"", "id = 3"] {
+            let text = format!("[defaults]\n{key}\n");
+            let error = HostConfig::parse(&text, "t").unwrap_err().to_string();
+            assert!(error.contains("cannot be in [defaults]"), "{error}");
+        }
     }
 }

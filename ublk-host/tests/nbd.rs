@@ -21,7 +21,9 @@ use wire::{Access, Op, Secret};
 const DISKS: usize = 3;
 const DISK_SIZE: u64 = 24 << 20;
 const ARRAY_CHUNK: u64 = 64 << 10;
-const PARTITION_SIZE: u64 = 16 << 20;
+const PARTITION_SIZE: u64 = 40 << 20;
+/// A trim longer than the largest read or write (the kernel's nbd trims whole disks).
+const LONG_TRIM: u32 = 36 << 20;
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 struct Setup {
@@ -301,6 +303,12 @@ fn bad_nbd_input_gets_the_nbd_errno_or_a_closed_connection_and_the_export_lives_
         assert_eq!(client.reply(7), 0, "the connection still works");
         let mut data = [0u8; 4096];
         client.0.read_exact(&mut data).unwrap();
+        client.send(proto::CMD_TRIM, 0, LONG_TRIM, 9);
+        assert_eq!(
+            client.reply(9),
+            0,
+            "a trim longer than 32 MiB is done, not refused"
+        );
         client.send(proto::CMD_WRITE, 0, proto::MAX_REQUEST_LEN + 512, 8);
         assert!(client.closed(), "an oversized write closes the connection");
 

@@ -99,7 +99,10 @@ enum Plan {
 }
 
 /// Decides what `request` is, against `export`. Never trusts a length: a payload the
-/// caller still has to read is at most [`proto::MAX_REQUEST_LEN`] (checked by the caller).
+/// caller still has to read is at most [`proto::MAX_REQUEST_LEN`] (checked by the caller),
+/// and so is a read (its reply buffer). TRIM and WRITE_ZEROES move no data and may be
+/// longer, as the NBD spec allows (the kernel's nbd driver trims a whole disk at once);
+/// the engine cuts them into parts the server takes.
 fn plan(request: &Request, export: &Export) -> Plan {
     let op = match request.command {
         proto::CMD_READ => Op::Read,
@@ -129,7 +132,8 @@ fn plan(request: &Request, export: &Export) -> Plan {
     }
     let end = request.offset.checked_add(u64::from(request.len));
     let block = u64::from(export.block);
-    if request.len > proto::MAX_REQUEST_LEN
+    let moves_data = matches!(op, Op::Read | Op::Write);
+    if (moves_data && request.len > proto::MAX_REQUEST_LEN)
         || request.len == 0
         || request.offset % block != 0
         || u64::from(request.len) % block != 0
@@ -297,6 +301,26 @@ mod tests {
             refused(proto::CMD_READ, 0, proto::MAX_REQUEST_LEN + 512),
             proto::NBD_EINVAL,
             "oversized read"
+        );
+        let whole = plan(
+            &request(proto::CMD_TRIM, 0, 1 << 20),
+            &export(proto::TX_HAS_FLAGS),
+        );
+        assert!(matches!(
+            whole,
+            Plan::Run(BlockIo {
+                op: Op::Discard,
+                ..
+            })
+        ));
+        let mut big = export(proto::TX_HAS_FLAGS);
+        big.size = 1 << 32;
+        let long_trim = plan(&request(proto::CMD_TRIM, 0, 64 << 20), &big);
+        assert!(matches!(long_trim, Plan::Run(BlockIo { len, .. }) if len == 64 << 20));
+        let long_zeroes = plan(&request(proto::CMD_WRITE_ZEROES, 0, 64 << 20), &big);
+        assert!(
+            matches!(long_zeroes, Plan::Run(_)),
+            "longer than a read may be"
         );
         let ro = export(proto::TX_HAS_FLAGS | proto::TX_READ_ONLY);
         assert_eq!(
