@@ -57,7 +57,8 @@ grep -q "$dev as $link ready" "$LAB_WORK/unit1.log" || fail "the ready line does
 assert_eq "$(readlink "$link")" "$dev" "$link"
 listed=$(ublk-host list --json | jq -r --argjson id "$id" '.[] | select(.id == $id) | "\(.state) \(.link) \(.target.partition)"')
 assert_eq "$listed" "live $link vol" "list --json (state link partition)"
-ublk-host list | grep -q "link=$link" || fail "list does not show $link"
+ublk-host list >"$LAB_WORK/list.log" 2>&1
+grep -q "link=$link" "$LAB_WORK/list.log" || fail "list does not show $link: $(cat "$LAB_WORK/list.log")"
 
 mnt=$LAB_WORK/mnt
 src=$LAB_WORK/src
@@ -112,7 +113,7 @@ wait_for "[ ! -e /dev/multilane/vol ] && [ ! -e /dev/multilane/vol2 ]" 30 "both 
 assert_eq "$(ublk-host list --json | jq length)" 0 "devices left after attach --all stopped"
 
 # Our own messages only: nothing from libublk's info-level logging.
-if grep -h 'ctrl: \|libublk' "$LAB_WORK"/unit*.log "$LAB_WORK/all.log" "$LAB_WORK/stop.log"; then
+if grep -h 'ctrl: \|libublk' "$LAB_WORK"/unit*.log "$LAB_WORK"/{all,stop,list}.log; then
 	fail "libublk log lines leaked into ublk-host's output"
 fi
 log "unit lines: start, kill -9, restart-takeover, stop; stable name followed the device; --all ok"
