@@ -69,7 +69,10 @@ pub enum Error {
         path: PathBuf,
     },
     /// No member disk was given.
-    #[error("no disks given (use --disk PATH, once per member disk)")]
+    #[error(
+        "no disks given: name them (--disk PATH, once per member disk), or the array \
+         (--array ID, found by scanning), or a configuration file (--config FILE)"
+    )]
     NoDisks,
     /// A disk is too small to hold the metadata area and one chunk.
     #[error("{path} holds {size} bytes; a member disk needs at least {min}")]
@@ -98,6 +101,74 @@ pub enum Error {
     /// The disks given do not make up exactly one complete array.
     #[error("the disks do not form one array: {0}")]
     DiskSetMismatch(String),
+    /// Scanning for an array's members did not find every disk index.
+    #[error(
+        "array {array_id}: member disk {missing} of {count} (indices 0..{count}) not found \
+         among {searched} scanned path(s); attach it, or name it with --disk / --scan"
+    )]
+    MembersMissing {
+        /// The array looked for.
+        array_id: uuid::Uuid,
+        /// The missing disk indices, comma separated.
+        missing: String,
+        /// Member disks the array has.
+        count: u32,
+        /// How many candidate paths were probed.
+        searched: usize,
+    },
+    /// Scanning found no member disk of the array at all.
+    #[error(
+        "no member disk of array {array_id} found among {searched} scanned path(s); check \
+         the id (`array-server info --disk PATH` shows a disk's array) and that the disks \
+         are attached, or add --scan PATH_OR_GLOB"
+    )]
+    ArrayNotFound {
+        /// The array looked for.
+        array_id: uuid::Uuid,
+        /// How many candidate paths were probed.
+        searched: usize,
+    },
+    /// A disk named explicitly is not a member of the array asked for.
+    #[error("{path} is not a member of array {array_id}: {found}")]
+    ForeignDisk {
+        /// The disk.
+        path: PathBuf,
+        /// The array asked for.
+        array_id: uuid::Uuid,
+        /// What is on it instead.
+        found: String,
+    },
+    /// Two different disks claim the same index of the array (a cloned or stale disk).
+    #[error(
+        "array {array_id}: both {first} and {second} claim to be member disk {index}; \
+         name the right one with --disk"
+    )]
+    AmbiguousMember {
+        /// The array.
+        array_id: uuid::Uuid,
+        /// The disk index both claim.
+        index: u32,
+        /// One disk.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// A `--scan` pattern is not a valid glob, or `--scan` came without `--array`.
+    #[error("scan {pattern:?}: {message}")]
+    Scan {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration file cannot be read, parsed, or holds a bad value.
+    #[error("configuration {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with line and column where the parser knows them).
+        message: String,
+    },
     /// The chunk size is not a power of two between the allowed bounds.
     #[error("chunk size {0} must be a power of two from 4 KiB to 64 MiB")]
     BadChunkSize(u64),

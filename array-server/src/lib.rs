@@ -6,7 +6,8 @@
 //! - [`array`]: member disks ([`array::disk`]), the RAID-0 stripe map ([`array::stripe`]),
 //!   on-disk metadata slots ([`array::metadata`]), free space ([`array::space`]), the
 //!   operator's mutations as pure functions ([`array::catalog`]), the data lanes' snapshot
-//!   ([`array::grant`]) and the management handle [`Array`] with its serialisable views.
+//!   ([`array::grant`]), assembling by array id ([`array::scan`]) and the management
+//!   handle [`Array`] with its serialisable views.
 //! - [`net`]: the TCP server: thread-per-core tokio-uring runtimes ([`net::start`]),
 //!   handshake, control sessions (discovery, live pushes), data sessions (block I/O), the
 //!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers,
@@ -14,6 +15,8 @@
 //!   ([`net::LiveSessions`]).
 //! - [`admin`]: the admin HTTP service (page, JSON API, `/metrics`) and `ctl`; it reads
 //!   the server through [`net::LiveSessions`] and changes the array through [`Array`].
+//! - [`config`]: the server's TOML configuration file and its merge with the command
+//!   line.
 //! - [`error`]: [`Error`], one enum for the crate, with the errno each variant fails a
 //!   block request with.
 //! - [`units`]: human-readable sizes (`4K`, `1.5G`).
@@ -22,6 +25,7 @@
 
 pub mod admin;
 pub mod array;
+pub mod config;
 pub mod error;
 pub mod net;
 pub mod units;

@@ -7,10 +7,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use argh::FromArgs;
 use array_server::admin;
-use array_server::net::{self, ServerConfig};
+use array_server::array::scan::{self, DiskSpec};
+use array_server::array::FormatPhase;
+use array_server::config::{self, ConfigFile, ServeOverrides};
+use array_server::net;
 use array_server::units::{format_size, parse_size};
 use array_server::{Array, FormatOptions};
+use uuid::Uuid;
 use wire::Access;
+
+mod progress;
 
 /// Multilane array server: stripes member disks into one array, carves it into
 /// partitions and serves them to authenticated hosts.
@@ -63,25 +69,40 @@ struct FormatCommand {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "serve")]
 struct ServeCommand {
-    /// member disk (repeat for each disk; any order)
+    /// configuration file (TOML, see packaging/array.toml.example); flags override it
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
-    /// address to listen on
-    #[argh(
-        option,
-        default = "SocketAddr::from(([0, 0, 0, 0], net::DEFAULT_PORT))"
-    )]
-    listen: SocketAddr,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// address to listen on (default 0.0.0.0:7700)
+    #[argh(option)]
+    listen: Option<SocketAddr>,
     /// runtime threads (default: number of CPUs)
     #[argh(option)]
     threads: Option<usize>,
-    /// most live connections
-    #[argh(option, default = "net::DEFAULT_MAX_CONNECTIONS")]
-    max_connections: usize,
+    /// most live connections (default 4096)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// requests one data connection runs at once (default 256)
+    #[argh(option)]
+    max_in_flight: Option<u32>,
+    /// handshake deadline in milliseconds (default 5000)
+    #[argh(option)]
+    handshake_timeout_ms: Option<u64>,
     /// serve the admin page, JSON API and /metrics on this address (default
     /// 127.0.0.1:7780, loopback only)
-    #[argh(option, default = "admin::default_addr()")]
-    admin: SocketAddr,
+    #[argh(option)]
+    admin: Option<SocketAddr>,
     /// do not serve the admin page, API and /metrics at all
     #[argh(switch)]
     no_admin: bool,
@@ -94,9 +115,22 @@ struct ServeCommand {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "info")]
 struct InfoCommand {
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -132,9 +166,22 @@ struct PartitionCreate {
     /// several hosts may be assigned it (default: private, one host)
     #[argh(switch)]
     shared: bool,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Grow a partition to a new size.
@@ -147,9 +194,22 @@ struct PartitionGrow {
     /// new size
     #[argh(positional, from_str_fn(size_arg))]
     size: u64,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Delete a partition no host is assigned.
@@ -159,18 +219,44 @@ struct PartitionDelete {
     /// partition name
     #[argh(positional)]
     name: String,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// List partitions.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct PartitionList {
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -204,9 +290,22 @@ struct HostCreate {
     /// write the secret to this file (mode 0600) instead of printing it
     #[argh(option)]
     secret_file: Option<PathBuf>,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Delete a host that has no assignment.
@@ -216,9 +315,22 @@ struct HostDelete {
     /// host name
     #[argh(positional)]
     name: String,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Give a host a new secret: into --secret-file (mode 0600, not printed), else printed
@@ -232,18 +344,44 @@ struct HostRotate {
     /// write the secret to this file (mode 0600) instead of printing it
     #[argh(option)]
     secret_file: Option<PathBuf>,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// List hosts and their partitions.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct HostList {
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -262,9 +400,22 @@ struct AssignCommand {
     /// the host may only read
     #[argh(switch)]
     read_only: bool,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Withdraw a host's assignment.
@@ -277,18 +428,93 @@ struct UnassignCommand {
     /// partition name
     #[argh(positional)]
     partition: String,
-    /// member disk (repeat for each disk)
+    /// member disk (repeat for each disk; any order); with --array, each must belong to it
     #[argh(option)]
     disk: Vec<PathBuf>,
+    /// the array's id: its member disks are found by scanning block devices and --scan
+    #[argh(option)]
+    array: Option<Uuid>,
+    /// also probe these paths or globs for members of --array (repeatable)
+    #[argh(option)]
+    scan: Vec<String>,
+    /// with --array, probe only --disk and --scan, not the machine's block devices
+    #[argh(switch)]
+    no_device_scan: bool,
+    /// take the array from this configuration file's [array] section when neither
+    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
+/// Which member disks a command names: `--disk`, `--array`, `--scan`, `--no-device-scan`,
+/// or else a configuration file's `[array]` section (`--config`, or the service's).
+trait DiskArgs {
+    /// The disks to open.
+    fn spec(&self) -> Result<DiskSpec>;
+}
+
+macro_rules! disk_args {
+    ($($command:ty),* $(,)?) => {$(
+        impl DiskArgs for $command {
+            fn spec(&self) -> Result<DiskSpec> {
+                let given = DiskSpec {
+                    disks: self.disk.clone(),
+                    array_id: self.array,
+                    scan: self.scan.clone(),
+                    scan_block_devices: !self.no_device_scan,
+                };
+                spec_or_config(given, self.config.as_deref())
+            }
+        }
+    )*};
+}
+
+/// `given` if it names disks or an array; else the `[array]` section of `config` (or of
+/// [`config::DEFAULT_PATH`] when that file exists), with the command line's scan options.
+fn spec_or_config(given: DiskSpec, config: Option<&Path>) -> Result<DiskSpec> {
+    if !given.disks.is_empty() || given.array_id.is_some() {
+        return Ok(given);
+    }
+    let default = Path::new(config::DEFAULT_PATH);
+    let path = match config {
+        Some(path) => path,
+        None if default.exists() => default,
+        None => return Ok(given),
+    };
+    let overrides = ServeOverrides {
+        scan: given.scan.clone(),
+        no_device_scan: !given.scan_block_devices,
+        ..ServeOverrides::default()
+    };
+    Ok(ConfigFile::load(path)?.settings(&overrides)?.disks)
+}
+
+disk_args!(
+    InfoCommand,
+    PartitionCreate,
+    PartitionGrow,
+    PartitionDelete,
+    PartitionList,
+    HostCreate,
+    HostDelete,
+    HostRotate,
+    HostList,
+    AssignCommand,
+    UnassignCommand,
+);
+
+/// Log lines of this program only, unless `RUST_LOG` asks for more: the libraries' own
+/// chatter (hyper, tokio...) is not the operator's business.
+const DEFAULT_LOG_FILTER: &str = "warn,array_server=info";
+
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
+        .init();
     let cli: Cli = argh::from_env();
     match cli.command {
         Command::Format(command) => format(command),
         Command::Serve(command) => serve(command),
-        Command::Info(command) => info(&*open(&command.disk)?, command.json),
+        Command::Info(command) => info(&*open(&command)?, command.json),
         Command::Partition(command) => partition(command.action),
         Command::Host(command) => host(command.action),
         Command::Assign(command) => {
@@ -297,7 +523,7 @@ fn main() -> Result<()> {
             } else {
                 Access::ReadWrite
             };
-            let view = open(&command.disk)?.assign(&command.host, &command.partition, access)?;
+            let view = open(&command)?.assign(&command.host, &command.partition, access)?;
             println!(
                 "assigned {} to {} ({:?})",
                 view.partition, view.host, view.access
@@ -306,15 +532,31 @@ fn main() -> Result<()> {
         }
         Command::Ctl(command) => Ok(admin::ctl::run(command)?),
         Command::Unassign(command) => {
-            open(&command.disk)?.unassign(&command.host, &command.partition)?;
+            open(&command)?.unassign(&command.host, &command.partition)?;
             println!("unassigned {} from {}", command.partition, command.host);
             Ok(())
         }
     }
 }
 
-fn open(disks: &[PathBuf]) -> Result<Arc<Array>> {
-    Array::open(disks).with_context(|| format!("opening the array on {}", show_paths(disks)))
+fn open(command: &impl DiskArgs) -> Result<Arc<Array>> {
+    open_spec(&command.spec()?)
+}
+
+/// Finds the member disks of `spec` (scanning for them when it names an array id) and
+/// opens the array on them.
+fn open_spec(spec: &DiskSpec) -> Result<Arc<Array>> {
+    let disks = scan::resolve(spec).context("finding the member disks")?;
+    let array = Array::open(&disks)
+        .with_context(|| format!("opening the array on {}", show_paths(&disks)))?;
+    if let Some(wanted) = spec.array_id {
+        anyhow::ensure!(
+            array.id() == wanted,
+            "the disks found hold array {}, not {wanted}",
+            array.id()
+        );
+    }
+    Ok(array)
 }
 
 fn show_paths(paths: &[PathBuf]) -> String {
@@ -328,8 +570,19 @@ fn format(command: FormatCommand) -> Result<()> {
         force: command.force,
         create_size: command.size,
     };
-    let array = Array::format(&command.disk, &options)
-        .with_context(|| format!("formatting {}", show_paths(&command.disk)))?;
+    let mut progress = progress::Progress::on_terminal();
+    let array = Array::format_with_progress(&command.disk, &options, &mut |step| {
+        let verb = match step.phase {
+            FormatPhase::Checking => "checking",
+            FormatPhase::Writing => "writing metadata on",
+        };
+        progress.show(&format!(
+            "format: {verb} disks ({}/{} done)",
+            step.done, step.total
+        ));
+    })
+    .with_context(|| format!("formatting {}", show_paths(&command.disk)))?;
+    progress.finish();
     println!("formatted array {}", array.id());
     let token = admin::cli::write_format_token(&array, command.admin_token_file.as_deref())?;
     println!("admin token written to {}", token.display());
@@ -337,21 +590,18 @@ fn format(command: FormatCommand) -> Result<()> {
 }
 
 fn serve(command: ServeCommand) -> Result<()> {
-    let array = open(&command.disk)?;
-    let mut config = ServerConfig {
-        listen: command.listen,
-        max_connections: command.max_connections,
-        ..ServerConfig::default()
+    let file = match &command.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
     };
-    if let Some(threads) = command.threads {
-        config.threads = threads;
-    }
+    let settings = file.settings(&overrides(&command))?;
+    let array = open_spec(&settings.disks)?;
     let signals = block_termination_signals()?;
-    let server = net::start(array, config).context("starting the server")?;
+    let server = net::start(array, settings.server).context("starting the server")?;
     println!("array-server listening on {}", server.local_addr());
-    let admin = match admin_address(&command) {
+    let admin = match settings.admin {
         Some(addr) => {
-            let token_file = command.admin_token_file.as_deref();
+            let token_file = settings.admin_token_file.as_deref();
             let (admin, path) = admin::cli::start_for_serve(
                 addr,
                 token_file,
@@ -377,9 +627,22 @@ fn serve(command: ServeCommand) -> Result<()> {
     Ok(())
 }
 
-/// Where `serve` runs the admin service: `--admin` or its default, unless `--no-admin`.
-fn admin_address(command: &ServeCommand) -> Option<SocketAddr> {
-    (!command.no_admin).then_some(command.admin)
+/// The command line's part of `serve`'s settings: what it gives wins over the file.
+fn overrides(command: &ServeCommand) -> ServeOverrides {
+    ServeOverrides {
+        listen: command.listen,
+        threads: command.threads,
+        max_connections: command.max_connections,
+        max_in_flight: command.max_in_flight,
+        handshake_timeout_ms: command.handshake_timeout_ms,
+        admin: command.admin,
+        no_admin: command.no_admin,
+        admin_token_file: command.admin_token_file.clone(),
+        disks: command.disk.clone(),
+        array_id: command.array,
+        scan: command.scan.clone(),
+        no_device_scan: command.no_device_scan,
+    }
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and in every thread it starts later), so
@@ -460,11 +723,8 @@ fn info(array: &Array, json: bool) -> Result<()> {
 fn partition(action: PartitionAction) -> Result<()> {
     match action {
         PartitionAction::Create(command) => {
-            let view = open(&command.disk)?.create_partition(
-                &command.name,
-                command.size,
-                command.shared,
-            )?;
+            let view =
+                open(&command)?.create_partition(&command.name, command.size, command.shared)?;
             let mode = if view.shared { "shared" } else { "private" };
             println!(
                 "created partition {} (id {}, {}, {mode})",
@@ -474,15 +734,15 @@ fn partition(action: PartitionAction) -> Result<()> {
             );
         }
         PartitionAction::Grow(command) => {
-            let view = open(&command.disk)?.grow_partition(&command.name, command.size)?;
+            let view = open(&command)?.grow_partition(&command.name, command.size)?;
             println!("partition {} is now {}", view.name, format_size(view.size));
         }
         PartitionAction::Delete(command) => {
-            open(&command.disk)?.delete_partition(&command.name)?;
+            open(&command)?.delete_partition(&command.name)?;
             println!("deleted partition {}", command.name);
         }
         PartitionAction::List(command) => {
-            let partitions = open(&command.disk)?.partitions();
+            let partitions = open(&command)?.partitions();
             if command.json {
                 return print_json(&partitions);
             }
@@ -516,7 +776,7 @@ fn access_name(access: Access) -> &'static str {
 fn host(action: HostAction) -> Result<()> {
     match action {
         HostAction::Create(command) => {
-            let created = open(&command.disk)?.create_host(&command.name)?;
+            let created = open(&command)?.create_host(&command.name)?;
             show_secret(
                 &created.host,
                 &created.secret,
@@ -524,7 +784,7 @@ fn host(action: HostAction) -> Result<()> {
             )
         }
         HostAction::Rotate(command) => {
-            let rotated = open(&command.disk)?.rotate_secret(&command.name)?;
+            let rotated = open(&command)?.rotate_secret(&command.name)?;
             show_secret(
                 &rotated.host,
                 &rotated.secret,
@@ -532,12 +792,12 @@ fn host(action: HostAction) -> Result<()> {
             )
         }
         HostAction::Delete(command) => {
-            open(&command.disk)?.delete_host(&command.name)?;
+            open(&command)?.delete_host(&command.name)?;
             println!("deleted host {}", command.name);
             Ok(())
         }
         HostAction::List(command) => {
-            let hosts = open(&command.disk)?.hosts();
+            let hosts = open(&command)?.hosts();
             if command.json {
                 return print_json(&hosts);
             }
@@ -583,13 +843,42 @@ mod tests {
         ServeCommand::from_args(&["serve"], &args).expect("valid serve arguments")
     }
 
+    fn admin_of(extra: &[&str]) -> Option<SocketAddr> {
+        let command = serve_args(extra);
+        let settings = ConfigFile::default().settings(&overrides(&command));
+        settings.expect("valid settings").admin
+    }
+
     #[test]
     fn serve_runs_the_admin_service_on_loopback_7780_by_default() {
         let default: SocketAddr = admin::DEFAULT_ADDR.parse().unwrap();
         assert_eq!(default, SocketAddr::from(([127, 0, 0, 1], 7780)));
-        assert_eq!(admin_address(&serve_args(&[])), Some(default));
-        let chosen = serve_args(&["--admin", "127.0.0.1:9999"]);
-        assert_eq!(admin_address(&chosen), "127.0.0.1:9999".parse().ok());
-        assert_eq!(admin_address(&serve_args(&["--no-admin"])), None);
+        assert_eq!(admin_of(&[]), Some(default));
+        assert_eq!(
+            admin_of(&["--admin", "127.0.0.1:9999"]),
+            "127.0.0.1:9999".parse().ok()
+        );
+        assert_eq!(admin_of(&["--no-admin"]), None);
+    }
+
+    #[test]
+    fn serve_flags_reach_the_settings() {
+        let command = serve_args(&[
+            "--array",
+            "6f1f8a52-8a0e-4c1b-9f7e-2d9a4c0b7e11",
+            "--scan",
+            "/srv/*.img",
+            "--no-device-scan",
+            "--max-in-flight",
+            "8",
+        ]);
+        let settings = ConfigFile::default()
+            .settings(&overrides(&command))
+            .unwrap();
+        assert_eq!(settings.server.max_in_flight, 8);
+        assert_eq!(settings.disks.disks, vec![PathBuf::from("d0.img")]);
+        assert_eq!(settings.disks.scan, vec!["/srv/*.img".to_string()]);
+        assert!(!settings.disks.scan_block_devices);
+        assert!(settings.disks.array_id.is_some());
     }
 }

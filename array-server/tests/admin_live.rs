@@ -257,3 +257,66 @@ fn a_forced_delete_closes_the_lanes_of_an_attached_partition() {
     stack.wait_sessions("no sessions", |s| s.is_empty());
     assert!(stack.array.partitions().is_empty());
 }
+
+#[test]
+fn the_history_charts_a_partitions_traffic_and_the_disks_health() {
+    let stack = Stack::new();
+    let secret = stack.host("h1");
+    let id = stack.partition("vm1", "4M");
+    let assign = Some(json!({"access": "read-write"}));
+    assert_eq!(
+        stack.call("PUT", "/api/assignments/h1/vm1", assign).status,
+        201
+    );
+    let mut lane = Client::data(stack.net.local_addr(), "h1", &secret, id);
+    let deadline = Instant::now() + common::IO_TIMEOUT;
+    // Keep writing until a sampled point shows the traffic (one point per second).
+    let history = loop {
+        for block in 0..16u64 {
+            assert_eq!(lane.write(block * 4096, &[3u8; 4096]), Status::Ok);
+        }
+        let history = stack.call("GET", "/api/history", None).json();
+        let busy = |kind: &str, name: &str| {
+            history[kind].as_array().unwrap().iter().any(|s| {
+                s["name"] == name
+                    && s["iops"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v.as_u64() > Some(0))
+                    && s["write_bps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v.as_u64() > Some(0))
+                    && s["p99_us"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v.as_u64() > Some(0))
+            })
+        };
+        if busy("partitions", "vm1") && busy("hosts", "h1") {
+            break history;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no traffic in the history: {history}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(history["interval_ms"], 1000);
+    assert_eq!(history["window_ms"], 15 * 60 * 1000);
+    let series = &history["partitions"][0];
+    let points = series["t"].as_array().unwrap().len();
+    for column in ["read_bps", "write_bps", "iops", "p50_us", "p99_us"] {
+        assert_eq!(series[column].as_array().unwrap().len(), points, "{column}");
+    }
+    let disks = history["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    for disk in disks {
+        assert_eq!(disk["io_errors"], 0);
+        assert_eq!(disk["healthy"], true);
+        assert!(disk["last_error"].is_null());
+    }
+}

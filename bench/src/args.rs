@@ -2,8 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
-use ublk_host::client::config::{parse_size, read_secret_file};
-use ublk_host::client::ClientConfig;
+use std::time::Duration;
+
+use ublk_host::client::config::{
+    parse_size, read_secret_file, DEFAULT_DEAD_AFTER, DEFAULT_WAIT_BOUND,
+};
+use ublk_host::client::{ClientConfig, EngineConfig};
 
 use crate::workload::{Mode, Plan};
 
@@ -58,6 +62,15 @@ pub struct Args {
     /// print a JSON report instead of text
     #[argh(switch)]
     pub json: bool,
+    /// seconds I/O waits for a lost server before failing with EIO (default 120)
+    #[argh(option, default = "DEFAULT_WAIT_BOUND.as_secs()")]
+    pub wait_bound: u64,
+    /// fail I/O after this many seconds without the server instead (default off)
+    #[argh(option)]
+    pub fail_fast: Option<u64>,
+    /// seconds of silence, with I/O outstanding, after which a lane is dead (default 5)
+    #[argh(option, default = "DEFAULT_DEAD_AFTER.as_secs()")]
+    pub dead_after: u64,
 }
 
 impl Args {
@@ -95,9 +108,24 @@ impl Args {
         })
     }
 
-    /// Where and who: the server, the host and its secret.
+    /// Where and who: the server, the host and its secret, and the dead-lane bound.
     pub fn client_config(&self) -> Result<ClientConfig> {
         let secret = read_secret_file(&self.secret_file)?;
-        Ok(ClientConfig::new(&self.server, &self.host, secret))
+        if self.dead_after == 0 {
+            bail!("--dead-after must be at least 1 second");
+        }
+        let mut config = ClientConfig::new(&self.server, &self.host, secret);
+        config.dead_after = Duration::from_secs(self.dead_after);
+        Ok(config)
+    }
+
+    /// The engine settings: lanes, split, and the failure policy.
+    pub fn engine_config(&self, client: ClientConfig, plan: &Plan) -> EngineConfig {
+        let mut config = EngineConfig::new(client);
+        config.lanes_per_queue = self.lanes;
+        config.split = plan.split;
+        config.wait_bound = Duration::from_secs(self.wait_bound);
+        config.fail_fast = self.fail_fast.map(Duration::from_secs);
+        config
     }
 }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ublk_host::client::{run_queue_thread, Discovery, EngineConfig, QueueEngine};
+use ublk_host::client::{run_queue_thread, Discovery, QueueEngine};
 
 use crate::args::Args;
 use crate::report::{QueueResult, Summary};
@@ -41,9 +41,7 @@ fn main() -> Result<()> {
         .find(&args.partition)?
         .clone();
     let plan = plan.fit_to(&partition)?;
-    let mut engine_config = EngineConfig::new(client);
-    engine_config.lanes_per_queue = args.lanes;
-    engine_config.split = plan.split;
+    let engine_config = args.engine_config(client, &plan);
 
     let started = Instant::now();
     let threads: Vec<_> = (0..args.queues)
@@ -105,10 +103,10 @@ async fn run_queue(engine: Rc<QueueEngine>, plan: Plan, queue: u16) -> Result<Qu
     for task in tasks {
         result.merge(task.await);
     }
-    result.lanes = engine
-        .lane_stats()
-        .iter()
-        .map(|stats| stats.requests)
-        .collect();
+    let stats = engine.lane_stats();
+    result.lanes = stats.iter().map(|stats| stats.requests).collect();
+    for lane in &stats {
+        report::add_events(&mut result.events, lane);
+    }
     Ok(result)
 }

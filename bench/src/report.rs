@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use ublk_host::client::LaneStats;
 use wire::PartitionInfo;
 
 use crate::histogram::Histogram;
@@ -41,6 +42,17 @@ pub struct QueueResult {
     pub mismatches: u64,
     /// Requests carried by each of the queue's lanes.
     pub lanes: Vec<u64>,
+    /// What the queue's lanes went through (reconnects, heartbeats, failures...), summed.
+    pub events: LaneStats,
+}
+
+/// Adds `other`'s lane counters into `total` (requests aside: those are per lane).
+pub fn add_events(total: &mut LaneStats, other: &LaneStats) {
+    total.reconnects += other.reconnects;
+    total.heartbeats += other.heartbeats;
+    total.dead_detections += other.dead_detections;
+    total.failed += other.failed;
+    total.refusals += other.refusals;
 }
 
 impl QueueResult {
@@ -61,6 +73,7 @@ pub struct Summary {
     elapsed: Duration,
     total: QueueResult,
     lanes: Vec<Vec<u64>>,
+    events: LaneStats,
     /// Operations that failed.
     pub errors: u64,
     /// Blocks that read back wrong.
@@ -77,6 +90,10 @@ impl Summary {
     ) -> Summary {
         let mut total = QueueResult::default();
         let lanes = queues.iter().map(|queue| queue.lanes.clone()).collect();
+        let mut events = LaneStats::default();
+        for queue in &queues {
+            add_events(&mut events, &queue.events);
+        }
         for queue in queues {
             total.merge(queue);
         }
@@ -88,6 +105,7 @@ impl Summary {
             mismatches: total.mismatches,
             total,
             lanes,
+            events,
         }
     }
 
@@ -148,6 +166,16 @@ impl Summary {
                 counts.join(", ")
             );
         }
+        let events = &self.events;
+        let _ = writeln!(
+            out,
+            "  lanes: reconnects={} heartbeats={} dead-detections={} refusals={} failed-by-lane={}",
+            events.reconnects,
+            events.heartbeats,
+            events.dead_detections,
+            events.refusals,
+            events.failed
+        );
         let _ = writeln!(
             out,
             "  errors={} verify-mismatches={}",
@@ -192,6 +220,13 @@ impl Summary {
             "read": direction(&total.reads),
             "write": direction(&total.writes),
             "lane_requests": self.lanes,
+            "lane_events": {
+                "reconnects": self.events.reconnects,
+                "heartbeats": self.events.heartbeats,
+                "dead_detections": self.events.dead_detections,
+                "refusals": self.events.refusals,
+                "failed": self.events.failed,
+            },
             "errors": self.errors,
             "verify_mismatches": self.mismatches,
         })

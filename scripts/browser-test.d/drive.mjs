@@ -1,7 +1,8 @@
 // Drives headless Chromium over WebDriver (chromedriver) through the admin page, as an
 // operator would: log in with the token, create a host and a partition, assign them,
 // see an error shown, watch a host's sessions and throughput appear in the live view,
-// revoke the access and see the lanes go. Saves screenshots. Plain node (>= 18): fetch
+// see the history charts (throughput, IOPS, latency per partition and per host) move
+// under that load and the disk health table, revoke the access and see the lanes go. Saves screenshots. Plain node (>= 18): fetch
 // and child_process, no npm packages.
 //
 // Environment: WEBDRIVER (chromedriver URL), ADMIN_URL, TOKEN_FILE, SERVER (host:port of
@@ -20,6 +21,8 @@ const TOKEN = readFileSync(env("TOKEN_FILE"), "utf8").trim();
 const ELEMENT = "element-6066-11e4-a52e-4f735466cecf";
 const children = [];
 const measured = {};
+// New points (one a second per series) the history charts must gain under load.
+const HISTORY_NEW_POINTS = 5;
 
 function log(message) {
   console.log(`browser-test: ${message}`);
@@ -191,6 +194,42 @@ async function hostConnects() {
   await screenshot("admin-page.png");
 }
 
+// Reads what a history chart drew (drawChart's data- attributes).
+const chart = (id) => script(
+  `const c = document.getElementById(arguments[0]);
+   return c && c.dataset.points ? { points: Number(c.dataset.points), max: Number(c.dataset.max),
+     last: Number(c.dataset.last) } : null;`, id);
+
+async function chartsMove() {
+  const ids = ["partitions-throughput", "partitions-iops", "partitions-latency",
+    "hosts-throughput", "hosts-iops", "hosts-latency"].map((c) => "chart-" + c);
+  const first = await waitFor("every history chart to draw h1's traffic", 20, async () => {
+    const drawn = await Promise.all(ids.map(chart));
+    return drawn.every((d) => d && d.points > 0 && d.max > 0) && drawn;
+  });
+  await waitFor("vm1 and h1 in the charts' legends", 10, async () =>
+    (await find("#legend-partitions [data-series=vm1]")).length &&
+    (await find("#legend-hosts [data-series=h1]")).length);
+  const moved = await waitFor("the charts to move (5 new points each, still under load)", 20, async () => {
+    const now = await Promise.all(ids.map(chart));
+    return now.every((d, i) => d.points >= first[i].points + HISTORY_NEW_POINTS) && now[0].last > 0 && now;
+  });
+  measured.history_points = moved.map((d) => d.points);
+  measured.history_throughput_max_bps = moved[0].max;
+  measured.history_p99_max_us = moved[2].max;
+  const disks = await waitFor("both member disks in the health table", 10, async () => {
+    const rows = await script(`return [...document.querySelectorAll('#disk-health tbody tr')]
+      .map((r) => [...r.cells].map((c) => c.textContent));`);
+    return rows.length === 2 && rows.every((cells) => cells[2] === "healthy") && rows;
+  });
+  log(`history charts move under load: points ${first.map((d) => d.points).join(",")} -> ` +
+    `${measured.history_points.join(",")}, partition throughput up to ${moved[0].max} B/s, ` +
+    `p50/p99 latency up to ${moved[2].max} µs; ${disks.length} disks healthy`);
+  await script("document.getElementById('history-section').scrollIntoView();");
+  await screenshot("admin-history.png");
+  await script("window.scrollTo(0, 0);");
+}
+
 async function operatorRevokes() {
   const started = Date.now();
   await click("#assignments tr[data-host=h1][data-partition=vm1] button.danger");
@@ -208,6 +247,7 @@ async function main() {
   try {
     await operatorSetsUp();
     await hostConnects();
+    await chartsMove();
     await operatorRevokes();
     log(`measured ${JSON.stringify(measured)}`);
     log("PASS");

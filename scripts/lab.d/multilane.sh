@@ -11,6 +11,11 @@
 #   ml_serve PORT ADMIN_PORT       start `array-server serve --admin` (background "server"),
 #                                  wait until its admin API answers, and assert that its
 #                                  member disks are the guest's virtio disks
+#   ml_serve_netns PORT ADMIN_PORT like ml_serve, but the server runs in its own network
+#                                  namespace ($ML_NETNS) behind a veth pair ($ML_VETH_HOST in
+#                                  ours, $ML_VETH_SERVER in its), so the path can be cut
+#   ml_cut / ml_heal               drop every packet on both ends of that veth pair (netem
+#                                  loss 100%: no RST, no error, silence) / stop dropping
 #   ml_ctl ARGS...                 array-server ctl against that server (`ml_ctl --json sessions`)
 #   ml_attach NAME HOST PART ARGS...
 #                                  background `ublk-host attach` (bg name NAME, log
@@ -59,6 +64,43 @@ ml_serve() {
 	wait_for "ml_ctl --json array" 30 "array-server's admin API on $ML_ADMIN"
 	ml_assert_virtio_members
 }
+
+ML_NETNS=mlsrv
+ML_VETH_HOST=mlh0
+ML_VETH_SERVER=mls0
+ML_NET_HOST=10.77.0.1
+ML_NET_SERVER=10.77.0.2
+
+ml_serve_netns() {
+	ip netns add "$ML_NETNS"
+	on_cleanup "ip netns del $ML_NETNS"
+	ip link add "$ML_VETH_HOST" type veth peer name "$ML_VETH_SERVER"
+	ip link set "$ML_VETH_SERVER" netns "$ML_NETNS"
+	ip addr add "$ML_NET_HOST/24" dev "$ML_VETH_HOST"
+	ip link set "$ML_VETH_HOST" up
+	ip -n "$ML_NETNS" addr add "$ML_NET_SERVER/24" dev "$ML_VETH_SERVER"
+	ip -n "$ML_NETNS" link set "$ML_VETH_SERVER" up
+	ip -n "$ML_NETNS" link set lo up
+	ML_ADDR=$ML_NET_SERVER:$1
+	ML_ADMIN=$ML_NET_SERVER:$2
+	bg_start server ip netns exec "$ML_NETNS" array-server serve "${ML_DISKS[@]}" --listen "$ML_ADDR" \
+		--threads 2 --admin "$ML_ADMIN" --admin-token-file "$ML_TOKEN"
+	wait_for "ml_ctl --json array" 30 "array-server's admin API on $ML_ADMIN (netns $ML_NETNS)"
+	ml_assert_virtio_members
+}
+
+ml_cut() {
+	tc qdisc add dev "$ML_VETH_HOST" root netem loss 100%
+	ip netns exec "$ML_NETNS" tc qdisc add dev "$ML_VETH_SERVER" root netem loss 100%
+}
+
+ml_heal() {
+	tc qdisc del dev "$ML_VETH_HOST" root
+	ip netns exec "$ML_NETNS" tc qdisc del dev "$ML_VETH_SERVER" root
+}
+
+# Sum of bytes the server wrote for HOST on PART over its live data lanes.
+ml_bytes_written() { ml_sessions_of "$1" "$2" | jq -s 'map(.bytes_written) | add // 0'; }
 
 # The server's member disks are exactly the guest's virtio disks, opened as block devices.
 ml_assert_virtio_members() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use argh::FromArgs;
-use ublk_host::client::config::DEFAULT_RECONNECT_DEADLINE;
+use ublk_host::client::config::{DEFAULT_DEAD_AFTER, DEFAULT_WAIT_BOUND};
 use ublk_host::client::EngineConfig;
 use ublk_host::ublk::device::parse_device;
 use ublk_host::ublk::namespace::enter_private_mount_namespace;
@@ -52,9 +52,18 @@ pub struct AttachArgs {
     /// ask for device id N (/dev/ublkbN)
     #[argh(option)]
     id: Option<u32>,
-    /// seconds a lane may stay down before its I/O fails with EIO (default 30)
-    #[argh(option, default = "DEFAULT_RECONNECT_DEADLINE.as_secs()")]
-    reconnect_deadline: u64,
+    /// seconds I/O waits for a lost server (reconnecting, reissuing) before failing with
+    /// EIO: queue-and-wait, for a filesystem on the device (default 120)
+    #[argh(option, default = "DEFAULT_WAIT_BOUND.as_secs()")]
+    wait_bound: u64,
+    /// fail I/O after this many seconds without the server instead (for md RAID1 or
+    /// multipath above the device; default off)
+    #[argh(option)]
+    fail_fast: Option<u64>,
+    /// seconds of silence, with I/O outstanding, after which a lane is dead and
+    /// reconnects (default 5)
+    #[argh(option, default = "DEFAULT_DEAD_AFTER.as_secs()")]
+    dead_after: u64,
     /// handshake deadline in seconds (default 5)
     #[argh(option, default = "5")]
     timeout: u64,
@@ -134,11 +143,16 @@ pub fn options_from_argv(argv: Vec<String>) -> anyhow::Result<AttachOptions> {
 }
 
 fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<AttachOptions> {
-    let client = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
+    let mut client = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
+    if args.dead_after == 0 {
+        anyhow::bail!("--dead-after must be at least 1 second");
+    }
+    client.dead_after = Duration::from_secs(args.dead_after);
     let mut engine = EngineConfig::new(client);
     engine.lanes_per_queue = args.lanes_per_queue;
     engine.split = size_option(&args.split)?;
-    engine.reconnect_deadline = Duration::from_secs(args.reconnect_deadline);
+    engine.wait_bound = Duration::from_secs(args.wait_bound);
+    engine.fail_fast = args.fail_fast.map(Duration::from_secs);
     Ok(AttachOptions {
         engine,
         partition: args.partition.clone(),

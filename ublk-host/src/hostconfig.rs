@@ -76,30 +76,34 @@ pub struct PartitionEntry {
     pub split: Option<String>,
     /// `--id`: the device id N of `/dev/ublkbN` to ask for.
     pub id: Option<u32>,
-    /// `--reconnect-deadline`: seconds a lane may stay down before its I/O fails.
-    pub reconnect_deadline: Option<u64>,
+    /// `--wait-bound`: seconds I/O waits for a lost server before failing with EIO.
+    pub wait_bound: Option<u64>,
+    /// `--fail-fast`: fail I/O after this many seconds without the server instead (md
+    /// RAID1 or multipath above the device).
+    pub fail_fast: Option<u64>,
+    /// `--dead-after`: seconds of silence, with I/O outstanding, after which a lane is dead.
+    pub dead_after: Option<u64>,
     /// `--timeout`: handshake deadline in seconds.
     pub timeout: Option<u64>,
 }
 
 impl PartitionEntry {
-    /// The attach flags this entry stands for (set ones only; not `server`, `partition`), in a fixed order.
+    /// The attach flags this entry stands for (set ones only; not `server`,
+    /// `partition`), in a fixed order.
     pub fn flags(&self) -> Vec<(&'static str, String)> {
-        let text = |value: &Option<_>| value.as_ref().map(ToString::to_string);
+        fn text<T: ToString>(value: &Option<T>) -> Option<String> {
+            value.as_ref().map(ToString::to_string)
+        }
         [
-            ("--queues", self.queues.map(|v| v.to_string())),
-            ("--depth", self.depth.map(|v| v.to_string())),
-            (
-                "--lanes-per-queue",
-                self.lanes_per_queue.map(|v| v.to_string()),
-            ),
+            ("--queues", text(&self.queues)),
+            ("--depth", text(&self.depth)),
+            ("--lanes-per-queue", text(&self.lanes_per_queue)),
             ("--split", text(&self.split)),
-            ("--id", self.id.map(|v| v.to_string())),
-            (
-                "--reconnect-deadline",
-                self.reconnect_deadline.map(|v| v.to_string()),
-            ),
-            ("--timeout", self.timeout.map(|v| v.to_string())),
+            ("--id", text(&self.id)),
+            ("--wait-bound", text(&self.wait_bound)),
+            ("--fail-fast", text(&self.fail_fast)),
+            ("--dead-after", text(&self.dead_after)),
+            ("--timeout", text(&self.timeout)),
         ]
         .into_iter()
         .filter_map(|(flag, value)| Some((flag, value?)))
@@ -116,7 +120,9 @@ impl PartitionEntry {
             lanes_per_queue: self.lanes_per_queue.or(defaults.lanes_per_queue),
             split: self.split.clone().or_else(|| defaults.split.clone()),
             id: self.id.or(defaults.id),
-            reconnect_deadline: self.reconnect_deadline.or(defaults.reconnect_deadline),
+            wait_bound: self.wait_bound.or(defaults.wait_bound),
+            fail_fast: self.fail_fast.or(defaults.fail_fast),
+            dead_after: self.dead_after.or(defaults.dead_after),
             timeout: self.timeout.or(defaults.timeout),
         }
     }
@@ -287,7 +293,7 @@ mod tests {
             server = "b"
             partition = "vol0"
             lanes_per_queue = 3
-            reconnect_deadline = 60
+            fail_fast = 10
         "#;
         let config = HostConfig::parse(text, "test").unwrap();
         assert_eq!(config.partition_names(), ["b-vol0", "vol0"]);
@@ -325,8 +331,8 @@ mod tests {
                 "3",
                 "--split",
                 "128K",
-                "--reconnect-deadline",
-                "60",
+                "--fail-fast",
+                "10",
             ])
         );
         assert!(config.attach_argv("nope").unwrap_err().contains("vol0"));

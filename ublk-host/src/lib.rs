@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //!
-//! - [`client`]: no kernel needed. [`client::connect`] (TCP + mutual handshake),
-//!   [`client::discovery`] (control connection: partition list and live pushes, a watch
-//!   that reconnects across server restarts), and the
-//!   request engine [`client::QueueEngine`]: a queue's lanes, splitting at stripe-chunk
-//!   boundaries, batched sends and tag-matched replies on the queue's io_uring,
-//!   reconnection with reissue.
+//! - [`client`]: no kernel needed. [`client::connect`] (TCP + mutual handshake, liveness
+//!   socket options), [`client::discovery`] (control connection: partition list and live
+//!   pushes, a watch that reconnects across server restarts), and the request engine [`client::QueueEngine`]: a queue's lanes, splitting
+//!   at stripe-chunk boundaries, batched sends and tag-matched replies on the queue's
+//!   io_uring, reconnection with reissue. Each lane's decisions (tags, in-flight table,
+//!   reissue order, heartbeats, dead-lane detection, the failure policy, final refusals)
+//!   live in a sans-IO core (`client/lane_core.rs`) its driver (`client/lane.rs`) feeds
+//!   with events; [`client::Durability`] is the device-wide boot-epoch / FLUSH rule;
+//!   [`client::ratelog`] keeps repeated errors out of the log.
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount

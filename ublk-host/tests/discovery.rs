@@ -192,6 +192,9 @@ fn discover_watch_command_survives_a_server_restart() {
         let addr = server.local_addr();
         let key = setup._dir.path().join("h1.key");
         std::fs::write(&key, hex::encode(setup.secret.0)).unwrap();
+        // Secret files others can read are refused, as ssh refuses open keys.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ublk-host"))
             .args(["discover", "--watch", "--host", "h1", "--server"])
             .arg(addr.to_string())

@@ -329,7 +329,7 @@ fn lane_down_past_deadline_fails_with_eio() {
         options.dead_after_drop = true;
         let server = FakeServer::start(options);
         let mut config = config(&server, 1, 0);
-        config.reconnect_deadline = Duration::from_millis(500);
+        config.wait_bound = Duration::from_millis(500);
         let part = server.shared.options.partition.clone();
         run_queue_thread(&config, &part, 0, |engine| async move {
             read(&engine, 0, 4096).await.unwrap();

@@ -144,3 +144,127 @@ fn read_only_assignment_refuses_writes() {
         .unwrap();
     });
 }
+
+fn io(op: Op, offset: u64, len: u32) -> BlockIo {
+    BlockIo {
+        op,
+        offset,
+        len,
+        fua: false,
+    }
+}
+
+#[test]
+fn revocation_under_io_fails_it_with_eacces_within_a_second() {
+    within(Duration::from_secs(60), || {
+        let setup = setup(4 << 20, Access::ReadWrite);
+        let partition = Discovery::open(&client(&setup))
+            .unwrap()
+            .list()
+            .unwrap()
+            .find("vol")
+            .unwrap()
+            .clone();
+        let mut config = EngineConfig::new(client(&setup));
+        config.lanes_per_queue = 2;
+        let array = setup.server.array().clone();
+        run_queue_thread(&config, &partition, 0, move |engine| async move {
+            let readers: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let engine = engine.clone();
+                    engine.clone().spawn(async move {
+                        loop {
+                            let read = io(Op::Read, i * 8192, 8192);
+                            let (outcome, _) = engine.execute_owned(read, vec![0; 8192]).await;
+                            if let Err(errno) = outcome {
+                                return (errno, std::time::Instant::now());
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // Let the readers get going, then withdraw the partition under them.
+            let warm_up = engine.execute_owned(io(Op::Read, 0, 4096), vec![0; 4096]);
+            warm_up.await.0.unwrap();
+            let revoked_at = std::time::Instant::now();
+            array.unassign("h1", "vol").unwrap();
+            for reader in readers {
+                let (errno, at) = reader.await;
+                assert_eq!(errno, Errno(libc_errno::EACCES));
+                let after = at.duration_since(revoked_at);
+                assert!(
+                    after < Duration::from_secs(1),
+                    "failed {after:?} after revoke"
+                );
+            }
+            let write = engine.execute_owned(io(Op::Write, 0, 4096), vec![1; 4096]);
+            assert_eq!(write.await.0, Err(Errno(libc_errno::EACCES)), "new I/O too");
+        })
+        .unwrap();
+    });
+}
+
+/// Stops the server and starts a new one (a new boot epoch) on the same array and port.
+fn restart(server: &std::cell::RefCell<Option<RunningServer>>) {
+    let old = server.borrow_mut().take().unwrap();
+    let (addr, array) = (old.local_addr(), old.array().clone());
+    old.stop();
+    let config = ServerConfig {
+        listen: addr,
+        threads: 2,
+        ..ServerConfig::default()
+    };
+    *server.borrow_mut() = Some(net::start(array, config).unwrap());
+}
+
+fn restart_then_flush(flush_before: bool) -> Result<(), Errno> {
+    let setup = setup(4 << 20, Access::ReadWrite);
+    let partition = Discovery::open(&client(&setup))
+        .unwrap()
+        .list()
+        .unwrap()
+        .find("vol")
+        .unwrap()
+        .clone();
+    let config = EngineConfig::new(client(&setup));
+    let Setup {
+        _dir: dir, server, ..
+    } = setup;
+    let server = std::cell::RefCell::new(Some(server));
+    let outcome = run_queue_thread(&config, &partition, 0, move |engine| async move {
+        let flush = || engine.execute_owned(io(Op::Flush, 0, 0), Vec::new());
+        let write = engine.execute_owned(io(Op::Write, 0, 4096), vec![5; 4096]);
+        write.await.0.unwrap();
+        if flush_before {
+            flush().await.0.unwrap();
+        }
+        restart(&server);
+        // The lane reconnects to the new server process on this read.
+        let (outcome, back) = engine
+            .execute_owned(io(Op::Read, 0, 4096), vec![0; 4096])
+            .await;
+        outcome.unwrap();
+        assert_eq!(back, vec![5; 4096]);
+        let first = flush().await.0;
+        assert_eq!(flush().await.0, Ok(()), "a loss is reported once");
+        drop(server);
+        first
+    })
+    .unwrap();
+    drop(dir);
+    outcome
+}
+
+#[test]
+fn server_restart_with_unflushed_writes_fails_the_next_flush() {
+    within(Duration::from_secs(60), || {
+        assert_eq!(restart_then_flush(false), Err(Errno::EIO));
+    });
+}
+
+#[test]
+fn server_restart_after_a_flush_is_invisible() {
+    within(Duration::from_secs(60), || {
+        assert_eq!(restart_then_flush(true), Ok(()));
+    });
+}

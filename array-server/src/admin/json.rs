@@ -126,6 +126,7 @@ pub fn array(info: &ArrayInfo) -> Value {
             "block_device": d.block_device,
             "direct_io": d.direct_io,
             "io_errors": d.io_errors,
+            "last_error": d.last_error,
         })).collect::<Vec<_>>(),
     })
 }

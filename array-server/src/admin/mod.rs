@@ -13,6 +13,8 @@
 //! - [`json`]: request bodies and the API's JSON shapes.
 //! - [`live`]: the read-only view the network server exports ([`LiveSessions`], defined
 //!   in `net`), a stand-in without one ([`NoSessions`]), the sessions JSON.
+//! - [`history`]: throughput, IOPS and latency per partition and host over the last
+//!   15 minutes, and member disk errors, sampled by a thread into bounded rings.
 //! - [`metrics`]: the Prometheus text format.
 //! - [`page`]: the page, HTML/CSS/JS compiled in with `include_str!`.
 //!
@@ -21,6 +23,7 @@
 pub mod cli;
 pub mod client;
 pub mod ctl;
+pub mod history;
 pub mod http;
 pub mod json;
 pub mod live;
@@ -64,6 +67,8 @@ pub struct AdminConfig {
 #[derive(Debug)]
 pub struct AdminServer {
     service: http::HttpService,
+    /// Stops (and joins) the history sampler when the server is dropped.
+    _sampler: history::Sampler,
 }
 
 impl AdminServer {
@@ -73,11 +78,21 @@ impl AdminServer {
         array: Arc<Array>,
         sessions: Arc<dyn LiveSessions>,
     ) -> Result<AdminServer> {
-        let context = routes::Context { array, sessions };
+        let disks: Vec<_> = array.disks().iter().map(|d| d.view()).collect();
+        let history = Arc::new(history::History::new(&sessions.traffic(), &disks));
+        let sampler = history::Sampler::start(history.clone(), sessions.clone(), array.clone())?;
+        let context = routes::Context {
+            array,
+            sessions,
+            history,
+        };
         let handler: http::Handler = Arc::new(move |request| routes::route(&context, request));
         let service = http::HttpService::start(config.addr, config.token, config.limits, handler)?;
         log::info!("admin page and API on http://{}/", service.local_addr());
-        Ok(AdminServer { service })
+        Ok(AdminServer {
+            service,
+            _sampler: sampler,
+        })
     }
 
     /// The address it listens on.

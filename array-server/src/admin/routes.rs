@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::history::History;
 use super::http::{ApiRequest, ApiResponse};
 use super::json::{self, BadRequest};
 use super::live::{LiveSessions, SessionKind};
@@ -18,6 +19,8 @@ pub struct Context {
     pub array: Arc<Array>,
     /// The server's live sessions.
     pub sessions: Arc<dyn LiveSessions>,
+    /// The last 15 minutes of traffic and disk errors.
+    pub history: Arc<History>,
 }
 
 impl std::fmt::Debug for Context {
@@ -101,6 +104,7 @@ fn api(ctx: &Context, request: &ApiRequest, method: &str, path: &[&str]) -> Outc
             ok(json!({ "host": host, "partition": partition, "revoked": true }))
         }
         ("GET", ["sessions"]) => ok(super::live::sessions_json(ctx.sessions.as_ref())),
+        ("GET", ["history"]) => ok(ctx.history.to_json(&ctx.array.info().disks)),
         (_, known) if is_known(known) => Err(RouteError::MethodNotAllowed(format!(
             "method {method} is not allowed on /api/{} (see docs/admin-api.md)",
             known.join("/")
@@ -112,7 +116,7 @@ fn api(ctx: &Context, request: &ApiRequest, method: &str, path: &[&str]) -> Outc
 fn is_known(path: &[&str]) -> bool {
     matches!(
         path,
-        ["array" | "partitions" | "hosts" | "assignments" | "sessions"]
+        ["array" | "partitions" | "hosts" | "assignments" | "sessions" | "history"]
             | ["partitions" | "hosts", _]
             | ["hosts", _, "rotate-secret"]
             | ["assignments", _, _]
@@ -318,6 +322,7 @@ mod tests {
         let context = Context {
             array: array.clone(),
             sessions: Arc::new(NoSessions),
+            history: Arc::new(History::default()),
         };
         let request = ApiRequest {
             method: "POST".into(),

@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -38,6 +40,18 @@ pub struct MemberDisk {
     logical_block: u32,
     /// Data I/Os that failed since the array was opened.
     io_errors: AtomicU64,
+    /// The last of them (only touched when an I/O fails, never on the data path's
+    /// success path).
+    last_error: Mutex<Option<DiskFault>>,
+}
+
+/// The last failed data I/O of a member disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskFault {
+    /// When it failed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What failed.
+    pub message: String,
 }
 
 /// What the admin layer shows about a disk.
@@ -55,6 +69,8 @@ pub struct DiskView {
     pub logical_block: u32,
     /// Data I/Os that failed since the array was opened.
     pub io_errors: u64,
+    /// The last of them, if any.
+    pub last_error: Option<DiskFault>,
 }
 
 impl MemberDisk {
@@ -100,6 +116,7 @@ impl MemberDisk {
             size,
             logical_block,
             io_errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -142,6 +159,7 @@ impl MemberDisk {
             direct_io: self.direct,
             logical_block: self.logical_block,
             io_errors: self.io_errors(),
+            last_error: self.last_error(),
         }
     }
 
@@ -150,9 +168,27 @@ impl MemberDisk {
         self.io_errors.load(Ordering::Relaxed)
     }
 
-    /// Counts one failed data I/O.
-    pub fn note_io_error(&self) {
+    /// Counts one failed data I/O, described by `message`, as the disk's last error.
+    pub fn note_io_error(&self, message: &str) {
         self.io_errors.fetch_add(1, Ordering::Relaxed);
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(DiskFault {
+            at_unix_ms,
+            message: message.to_owned(),
+        });
+    }
+
+    /// The last failed data I/O, if any.
+    pub fn last_error(&self) -> Option<DiskFault> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Writes `bytes` (an encoded metadata slot, or zeroes) into metadata slot `index`

@@ -6,7 +6,10 @@ pub mod catalog;
 pub(crate) mod commit_tests;
 pub mod disk;
 pub mod grant;
+#[cfg(test)]
+mod health_tests;
 pub mod metadata;
+pub mod scan;
 pub mod space;
 pub mod stripe;
 mod views;
@@ -50,6 +53,26 @@ pub struct FormatOptions {
     pub create_size: Option<u64>,
 }
 
+/// What [`Array::format_with_progress`] is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatPhase {
+    /// Opening the disks and checking they are free to format.
+    Checking,
+    /// Writing the new array's metadata (each slot synced).
+    Writing,
+}
+
+/// How far a format got: `done` of `total` disks in `phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatProgress {
+    /// The step.
+    pub phase: FormatPhase,
+    /// Disks through this step.
+    pub done: usize,
+    /// Disks in all.
+    pub total: usize,
+}
+
 #[derive(Debug)]
 struct Committed {
     /// Generation of `metadata`, the last one written everywhere.
@@ -81,6 +104,16 @@ pub struct Array {
 impl Array {
     /// Creates a new, empty array on `paths` (in stripe order).
     pub fn format(paths: &[PathBuf], options: &FormatOptions) -> Result<Arc<Array>> {
+        Array::format_with_progress(paths, options, &mut |_| {})
+    }
+
+    /// [`Array::format`], calling `progress` after each step (a disk checked, a disk
+    /// written) so a terminal can show how far a big array got.
+    pub fn format_with_progress(
+        paths: &[PathBuf],
+        options: &FormatOptions,
+        progress: &mut dyn FnMut(FormatProgress),
+    ) -> Result<Arc<Array>> {
         let chunk = options.chunk;
         if !chunk.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
             return Err(Error::BadChunkSize(chunk));
@@ -99,7 +132,13 @@ impl Array {
             .iter()
             .map(|path| MemberDisk::open(path))
             .collect::<Result<Vec<_>>>()?;
-        for member in &disks {
+        let total = disks.len();
+        for (index, member) in disks.iter().enumerate() {
+            progress(FormatProgress {
+                phase: FormatPhase::Checking,
+                done: index,
+                total,
+            });
             let min = METADATA_AREA + chunk;
             if member.size() < min {
                 return Err(Error::DiskTooSmall {
@@ -127,6 +166,11 @@ impl Array {
             metadata: ArrayMetadata::default(),
         };
         for (index, member) in disks.iter().enumerate() {
+            progress(FormatProgress {
+                phase: FormatPhase::Writing,
+                done: index,
+                total,
+            });
             metadata::wipe_slots(member.control_file(), member.path())?;
             let mine = Slot {
                 disk_index: index as u32,
@@ -134,6 +178,11 @@ impl Array {
             };
             metadata::write_slot(member.control_file(), member.path(), FORMAT_SLOT, &mine)?;
         }
+        progress(FormatProgress {
+            phase: FormatPhase::Writing,
+            done: total,
+            total,
+        });
         let slots = CommittedSlots::all(disks.len(), FORMAT_SLOT);
         Ok(Array::assemble(disks, &slot, slots, FIRST_GENERATION + 1))
     }
@@ -272,10 +321,21 @@ impl Array {
         &self.disks
     }
 
-    /// Counts a failed data I/O on the member disk at `path` (for `/metrics`).
+    /// Counts a failed data I/O on the member disk at `path` (for `/metrics` and the
+    /// admin page's disk health).
     pub fn note_disk_error(&self, path: &std::path::Path) {
         if let Some(member) = self.disks.iter().find(|d| d.path() == path) {
-            member.note_io_error();
+            member.note_io_error("a data I/O failed (details in the server log)");
+        }
+    }
+
+    /// Counts a failed data I/O with its description, when `error` is a member disk's
+    /// ([`Error::Disk`]); other errors are not the disk's and are ignored.
+    pub fn note_disk_failure(&self, error: &Error) {
+        if let Error::Disk { path, .. } = error {
+            if let Some(member) = self.disks.iter().find(|d| d.path() == path) {
+                member.note_io_error(&error.to_string());
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use wire::{Op, Reply, Request, Status};
 use super::buffer::{AlignedBuf, DATA_OFFSET};
 use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
 use super::frames::FrameReader;
-use super::sessions::{LaneCounters, Session};
+use super::sessions::{AdmittedGuard, LaneCounters, Session};
 use super::Shared;
 use crate::array::grant::LaneGrant;
 use crate::error::{Error, Result};
@@ -55,6 +55,18 @@ pub async fn serve(
     session: Arc<Session>,
     grant: Arc<LaneGrant>,
 ) -> Result<()> {
+    // A newer connection for this lane claimed it while this one was being welcomed: it
+    // must not serve anything (fencing, see sessions.rs).
+    if !shared
+        .sessions
+        .still_claimed(&session.host, session.purpose)
+    {
+        log::info!(
+            "session {}: replaced before it started; closing",
+            session.id
+        );
+        return Ok(());
+    }
     let (replies, outgoing) = mpsc::unbounded_channel();
     let writer = tokio_uring::spawn(write_replies(stream.clone(), outgoing));
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
@@ -73,8 +85,11 @@ pub async fn serve(
         lane.partition,
         lane.replies.clone(),
     ));
+    // Fencing: a newer connection for this lane shuts this socket down (see sessions.rs).
+    let fence = tokio_uring::spawn(close_on_fence(lane.session.clone(), stream.clone()));
     let outcome = read_requests(&lane, &mut reader, &permits).await;
     watcher.abort();
+    fence.abort();
     if outcome.is_err() {
         let _ = lane.replies.send(Outgoing::Close);
     }
@@ -101,6 +116,17 @@ async fn close_on_revoke(
     }
 }
 
+/// Shuts the socket down once a newer connection for the same lane fences this one: the
+/// reader and writer then end; requests already admitted finish (the fence waits).
+async fn close_on_fence(session: Arc<Session>, stream: Rc<TcpStream>) {
+    session.fenced().await;
+    log::info!(
+        "session {}: fenced by a newer connection; closing",
+        session.id
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
 async fn read_requests(
     lane: &Rc<Lane>,
     reader: &mut FrameReader,
@@ -118,6 +144,8 @@ async fn read_requests(
         };
         let request = frame::decode_request(reader.header(&prefix), prefix)?;
         reader.consume_head(&prefix);
+        // Counted from here until the request is finished (fencing waits for it).
+        let ticket = lane.session.admit();
         // Admitted first (range, access), so that a write's payload can be received
         // straight into the disks' mappings; a refused write's payload is drained into a
         // buffer and dropped, never written.
@@ -133,7 +161,8 @@ async fn read_requests(
         };
         match admitted {
             Ok(grant) => {
-                tokio_uring::spawn(execute(lane.clone(), grant, request, payload, permit));
+                let work = execute(lane.clone(), grant, request, payload, permit, ticket);
+                tokio_uring::spawn(work);
             }
             Err(Error::Revoked) => {
                 log::info!(
@@ -284,6 +313,7 @@ async fn execute(
     request: Request,
     payload: Option<Payload>,
     _permit: OwnedSemaphorePermit,
+    _ticket: AdmittedGuard,
 ) {
     let disks = &lane.disks;
     let counters = &lane.session.counters;

@@ -1,8 +1,10 @@
-//! The server side of the handshake on a fresh connection.
+//! The server side of the handshake on a fresh connection, with the fencing of the data
+//! connection a new one replaces (see `sessions.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_uring::net::TcpStream;
 use wire::frame::Limits;
@@ -16,6 +18,11 @@ use super::frames::{send_message, FrameReader};
 use super::Shared;
 use crate::array::grant::LaneGrant;
 use crate::error::{Error, Result};
+
+/// How long a replacing data hello waits for the connection it fences to finish what it
+/// admitted, before it is refused `Busy` (the host then retries with a newer epoch).
+/// Below the hosts' (and the server's) handshake deadline, so the refusal arrives in time.
+pub const FENCE_WAIT: Duration = Duration::from_secs(3);
 
 /// An authenticated, authorised connection, before its `Welcome` is sent.
 #[derive(Debug)]
@@ -114,6 +121,12 @@ pub async fn run(
             }
         },
     };
+    if grant.is_some() {
+        if let Some(refused) = fence(shared, &host, purpose).await {
+            send_message(stream, &ProofReply::Refused(refused)).await?;
+            return Ok(None);
+        }
+    }
     let welcome = Welcome {
         mac,
         max_io: shared.config.max_io,
@@ -128,4 +141,46 @@ pub async fn run(
         grant,
         welcome,
     }))
+}
+
+/// Fences the live connections a data connection for `purpose` replaces; `Some` is the
+/// refusal to send instead of the `Welcome` (a stale epoch, or a fence that did not drain
+/// within [`FENCE_WAIT`]).
+async fn fence(shared: &Shared, host: &str, purpose: Purpose) -> Option<Refused> {
+    let sessions = &shared.sessions;
+    let stale = |newest: u64| Refused {
+        code: RefusedCode::Stale,
+        message: format!("lane {purpose:?}: a connection with epoch {newest} replaced it"),
+    };
+    if let Err(newest) = sessions.claim_lane(host, purpose) {
+        log::info!("host {host:?}: stale data hello {purpose:?} (newest epoch {newest})");
+        return Some(stale(newest));
+    }
+    let replaced = sessions.replaced_by(host, purpose);
+    if replaced.is_empty() {
+        return None;
+    }
+    for old in &replaced {
+        log::info!(
+            "host {host:?}: {purpose:?} replaces session {}: fencing it",
+            old.id
+        );
+        old.fence();
+    }
+    let drained = async {
+        for old in &replaced {
+            old.drained().await;
+        }
+    };
+    if tokio::time::timeout(FENCE_WAIT, drained).await.is_err() {
+        log::warn!("host {host:?}: {purpose:?}: the replaced lane did not drain in time");
+        return Some(Refused {
+            code: RefusedCode::Busy,
+            message: "the connection this one replaces is still finishing its requests".into(),
+        });
+    }
+    if !sessions.still_claimed(host, purpose) {
+        return Some(stale(0));
+    }
+    None
 }

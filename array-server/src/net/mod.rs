@@ -21,6 +21,7 @@ mod disk_io;
 mod frames;
 mod handshake;
 mod live;
+mod liveness;
 mod sessions;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -318,6 +319,10 @@ async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, 
     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
     if let Err(error) = stream.set_nodelay(true) {
         log::debug!("{peer}: TCP_NODELAY: {error}");
+    }
+    // Silent peers (no RST) are dropped within a bound; see liveness.rs.
+    if let Err(error) = liveness::set(&stream) {
+        log::debug!("{peer}: keepalive / TCP_USER_TIMEOUT: {error}");
     }
     let stream = Rc::new(stream);
     let mut reader = FrameReader::new(stream.clone());

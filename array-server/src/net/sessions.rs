@@ -1,12 +1,24 @@
-//! The registry of live connections, with per-lane counters anyone may read.
+//! The registry of live connections, with per-lane counters anyone may read,
+//! and the fencing of data lanes.
+//!
+//! # Fencing
+//!
+//! A data lane is named by (host, partition, queue, lane); each connection for it carries
+//! a lane epoch that only grows. A hello for a lane first claims it with its epoch
+//! ([`Sessions::claim_lane`]): an epoch not newer than the newest one claimed is stale.
+//! It then fences the live sessions of the lane ([`Session::fence`]: their data task
+//! shuts the socket down) and waits until each has left the registry with no admitted
+//! request unfinished ([`Session::drained`]); only then is it welcomed, so nothing the old
+//! connection sent can land after the host reissues on the new one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 use wire::Purpose;
 
 /// Upper bounds of the request latency buckets, in microseconds; one more bucket (`+Inf`)
@@ -164,6 +176,27 @@ pub struct Session {
     pub since: SystemTime,
     /// What the connection carried.
     pub counters: LaneCounters,
+    /// Requests admitted (read off the socket) and not finished yet; see
+    /// [`Session::admit`].
+    pub admitted: AtomicU64,
+    /// Asks the data task to shut its socket down (a newer connection replaces it).
+    fence: Notify,
+    /// Signalled when the session leaves the registry or `admitted` drops to 0.
+    changed: Notify,
+    /// Whether the session left the registry.
+    left: AtomicBool,
+}
+
+/// Counts one admitted request until it is finished (dropped).
+#[derive(Debug)]
+pub(crate) struct AdmittedGuard(Arc<Session>);
+
+impl Drop for AdmittedGuard {
+    fn drop(&mut self) {
+        if self.0.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
+    }
 }
 
 /// A serialisable snapshot of a [`Session`].
@@ -192,6 +225,46 @@ impl Session {
         }
     }
 
+    /// Counts a request read off the socket as admitted until the guard drops (when the
+    /// request is finished: answered, refused, or abandoned).
+    pub(crate) fn admit(self: &Arc<Self>) -> AdmittedGuard {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        AdmittedGuard(self.clone())
+    }
+
+    /// Asks the session's data task to shut its socket down.
+    pub(crate) fn fence(&self) {
+        self.fence.notify_one();
+    }
+
+    /// Resolves once [`Session::fence`] was called.
+    pub(crate) async fn fenced(&self) {
+        self.fence.notified().await;
+    }
+
+    /// Whether the session left the registry and every request it admitted finished.
+    pub fn is_drained(&self) -> bool {
+        self.left.load(Ordering::Acquire) && self.admitted.load(Ordering::Acquire) == 0
+    }
+
+    /// Resolves once [`Session::is_drained`] holds.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_drained() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The data lane this session serves: (partition, queue, lane) and its epoch.
+    fn lane_key(&self) -> Option<(LaneKey, u64)> {
+        lane_key(&self.host, self.purpose)
+    }
+
     /// A snapshot for display.
     pub fn view(&self) -> SessionView {
         SessionView {
@@ -209,11 +282,28 @@ impl Session {
     }
 }
 
+/// A data lane: host, partition, queue, lane.
+type LaneKey = (String, u32, u16, u16);
+
+fn lane_key(host: &str, purpose: Purpose) -> Option<(LaneKey, u64)> {
+    match purpose {
+        Purpose::Data {
+            partition,
+            queue,
+            lane,
+            epoch,
+        } => Some(((host.to_owned(), partition, queue, lane), epoch)),
+        Purpose::Control => None,
+    }
+}
+
 /// Every live session of a server.
 #[derive(Debug, Default)]
 pub struct Sessions {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<u64, Arc<Session>>>,
+    /// The newest epoch that claimed each data lane.
+    claims: Mutex<BTreeMap<LaneKey, u64>>,
     /// Counters of closed data sessions, per host and partition id.
     retired: Mutex<BTreeMap<(String, u32), CounterView>>,
 }
@@ -273,6 +363,43 @@ impl Sessions {
             .collect()
     }
 
+    fn claims(&self) -> std::sync::MutexGuard<'_, BTreeMap<LaneKey, u64>> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims the data lane `purpose` names for its epoch; `Err(newest)` when the epoch
+    /// is not newer than the newest claim (a stale connection).
+    pub(crate) fn claim_lane(&self, host: &str, purpose: Purpose) -> Result<(), u64> {
+        let Some((key, epoch)) = lane_key(host, purpose) else {
+            return Ok(());
+        };
+        let mut claims = self.claims();
+        let newest = claims.entry(key).or_insert(0);
+        if epoch <= *newest {
+            return Err(*newest);
+        }
+        *newest = epoch;
+        Ok(())
+    }
+
+    /// Whether `purpose`'s epoch is still the newest claim of its lane.
+    pub(crate) fn still_claimed(&self, host: &str, purpose: Purpose) -> bool {
+        lane_key(host, purpose).is_none_or(|(key, epoch)| self.claims().get(&key) == Some(&epoch))
+    }
+
+    /// The live sessions of the data lane `purpose` names with an older epoch: the ones a
+    /// connection for `purpose` replaces.
+    pub(crate) fn replaced_by(&self, host: &str, purpose: Purpose) -> Vec<Arc<Session>> {
+        let Some((key, epoch)) = lane_key(host, purpose) else {
+            return Vec::new();
+        };
+        self.live()
+            .values()
+            .filter(|s| s.lane_key().is_some_and(|(k, e)| k == key && e < epoch))
+            .cloned()
+            .collect()
+    }
+
     /// Adds a session; it leaves the registry when the guard drops.
     pub(crate) fn register(
         self: &Arc<Self>,
@@ -287,6 +414,10 @@ impl Sessions {
             purpose,
             since: SystemTime::now(),
             counters: LaneCounters::default(),
+            admitted: AtomicU64::new(0),
+            fence: Notify::new(),
+            changed: Notify::new(),
+            left: AtomicBool::new(false),
         });
         self.live().insert(session.id, session.clone());
         SessionGuard {
@@ -323,5 +454,8 @@ impl Drop for SessionGuard {
                 .add(&session.counters.snapshot());
         }
         live.remove(&session.id);
+        drop(live);
+        session.left.store(true, Ordering::Release);
+        session.changed.notify_waiters();
     }
 }

@@ -1,15 +1,23 @@
 //! Settings of a client: where the server is, who we are, and how the engine behaves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wire::Secret;
 
+use crate::client::durability::Durability;
 use crate::error::{HostError, Result};
 
 /// Default deadline of one connection attempt (TCP connect plus handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time a lane may stay down before its in-flight requests fail with `EIO`.
-pub const DEFAULT_RECONNECT_DEADLINE: Duration = Duration::from_secs(30);
+/// Default time I/O waits for a lost server before failing with `EIO` (queue-and-wait,
+/// for a filesystem on the device; like NVMe/TCP's `ctrl_loss_tmo`, but shorter).
+pub const DEFAULT_WAIT_BOUND: Duration = Duration::from_secs(120);
+/// Default silence, with requests outstanding, after which a lane is dead. Also the
+/// sockets' `TCP_USER_TIMEOUT` and keepalive idle time.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Silence, with requests outstanding, after which a lane sends a heartbeat probe.
+pub const HEARTBEAT_AFTER: Duration = Duration::from_secs(1);
 
 /// How to reach and authenticate to one array server.
 #[derive(Debug, Clone)]
@@ -22,6 +30,14 @@ pub struct ClientConfig {
     pub secret: Secret,
     /// Deadline of one connection attempt (TCP connect plus handshake).
     pub handshake_timeout: Duration,
+    /// Deadline of the TCP connect alone, within `handshake_timeout`. Reconnecting lanes
+    /// use a short one, so a fresh SYN goes out soon after a path heals instead of
+    /// waiting for TCP's own SYN retransmission backoff.
+    pub connect_timeout: Duration,
+    /// A connection that has requests outstanding and hears nothing from the server for
+    /// this long is dead; also the sockets' `TCP_USER_TIMEOUT` and keepalive idle time
+    /// (an idle connection is found dead after about twice this).
+    pub dead_after: Duration,
 }
 
 impl ClientConfig {
@@ -32,11 +48,16 @@ impl ClientConfig {
             host: host.into(),
             secret,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            dead_after: DEFAULT_DEAD_AFTER,
         }
     }
 }
 
 /// How one queue's engine behaves.
+///
+/// Clones share one [`Durability`]: give every queue of a device a clone of the same
+/// configuration, so that a FLUSH on one queue covers the writes of the others.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// The server and credentials.
@@ -47,19 +68,33 @@ pub struct EngineConfig {
     /// parts that run in parallel over the queue's lanes; 0 never splits (requests longer
     /// than the server's `max_io` are always cut to fit).
     pub split: u32,
-    /// How long a lane may stay down before its requests fail with `EIO`.
-    pub reconnect_deadline: Duration,
+    /// How long I/O waits for a lost server (reconnecting, reissuing) before it fails
+    /// with `EIO`; new I/O then fails at once until the lane is back.
+    pub wait_bound: Duration,
+    /// Fail-fast (like NVMe/TCP's `fast_io_fail_tmo`), for md RAID1 or multipath above
+    /// the device: when set, I/O fails after this instead of `wait_bound`.
+    pub fail_fast: Option<Duration>,
+    /// The device-wide boot-epoch and flush state (shared by clones).
+    pub durability: Arc<Durability>,
 }
 
 impl EngineConfig {
-    /// One lane per queue, no splitting, the default reconnect deadline.
+    /// One lane per queue, no splitting, the default wait bound, no fail-fast.
     pub fn new(client: ClientConfig) -> Self {
         EngineConfig {
             client,
             lanes_per_queue: 1,
             split: 0,
-            reconnect_deadline: DEFAULT_RECONNECT_DEADLINE,
+            wait_bound: DEFAULT_WAIT_BOUND,
+            fail_fast: None,
+            durability: Arc::default(),
         }
+    }
+
+    /// How long I/O waits for a lost server: the fail-fast bound when set, else the
+    /// wait bound.
+    pub fn fail_after(&self) -> Duration {
+        self.fail_fast.unwrap_or(self.wait_bound)
     }
 }
 

@@ -1,5 +1,10 @@
-//! Opening a connection: TCP (`TCP_NODELAY`), then the mutual handshake, with blocking
-//! std sockets and one deadline for the whole attempt.
+//! Opening a connection: TCP (`TCP_NODELAY`, and the liveness options below), then the
+//! mutual handshake, with blocking std sockets and one deadline for the whole attempt.
+//!
+//! Liveness: `TCP_USER_TIMEOUT` is the configured dead bound (data the peer does not
+//! acknowledge for that long kills the connection), and TCP keepalive probes an idle
+//! connection after the same bound, [`KEEPALIVE_PROBES`] times [`KEEPALIVE_INTERVAL`]
+//! apart, so even a lane with nothing outstanding is found dead within a bounded time.
 //!
 //! The established socket is handed over as a plain [`TcpStream`]; a data lane then does
 //! all its I/O on its queue's io_uring.
@@ -18,6 +23,11 @@ use wire::{
 use crate::client::config::ClientConfig;
 use crate::error::{HostError, Result};
 
+/// Pause between two keepalive probes of an idle connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Unanswered keepalive probes after which an idle connection is dead.
+pub const KEEPALIVE_PROBES: u32 = 5;
+
 /// An authenticated connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -30,7 +40,10 @@ pub struct Connection {
 /// Connects to the server and authenticates for `purpose`, within the configured deadline.
 pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
     let deadline = Instant::now() + config.handshake_timeout;
-    let stream = connect_tcp(&config.server, deadline)?;
+    let connect_deadline = deadline.min(Instant::now() + config.connect_timeout);
+    let stream = connect_tcp(&config.server, connect_deadline)?;
+    set_liveness(&stream, config.dead_after)
+        .map_err(|e| HostError::io("setting TCP_USER_TIMEOUT and keepalive", e))?;
     let timed_out = || HostError::HandshakeTimeout {
         addr: config.server.clone(),
         secs: config.handshake_timeout.as_secs_f64(),
@@ -44,6 +57,17 @@ pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
         .and_then(|()| stream.set_write_timeout(None))
         .map_err(|e| HostError::io("clearing socket timeouts", e))?;
     Ok(Connection { stream, welcome })
+}
+
+/// Sets `TCP_USER_TIMEOUT` and keepalive from the dead bound (see the module doc).
+pub fn set_liveness(stream: &TcpStream, dead_after: Duration) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_user_timeout(Some(dead_after))?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(dead_after)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket.set_tcp_keepalive(&keepalive)
 }
 
 fn is_timeout(error: &io::Error) -> bool {
@@ -131,7 +155,6 @@ fn handshake(
     Ok(state.on_proof_reply(reply)?)
 }
 
-/// A fresh random handshake nonce.
 /// A lane epoch newer than every one this host handed out before, in this process or an
 /// earlier one (a daemon that took over after a crash included): the wall clock in
 /// nanoseconds, forced to grow within the process.
@@ -157,6 +180,7 @@ pub fn next_lane_epoch() -> u64 {
     }
 }
 
+/// A fresh random handshake nonce.
 pub fn nonce() -> Result<wire::Nonce> {
     let mut nonce = [0u8; wire::NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| {

@@ -3,12 +3,16 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use wire::{Op, PartitionInfo, FLAG_FUA};
 
 use crate::client::config::EngineConfig;
-use crate::client::lane::{Lane, LaneStats, PartRequest};
+use crate::client::durability::Durability;
+use crate::client::lane::{Lane, PartRequest};
+use crate::client::lane_core::LaneStats;
 use crate::client::slot::{Slot, SlotDone};
 use crate::client::split::{plan, SplitRules};
 use crate::client::uring;
@@ -47,6 +51,9 @@ pub struct QueueEngine {
     queue: u16,
     partition: PartitionInfo,
     lanes: Vec<Rc<Lane>>,
+    /// The lanes' tasks, one per lane; each ends once its lane is closed.
+    tasks: RefCell<Vec<smol::Task<()>>>,
+    durability: std::sync::Arc<Durability>,
     rules: SplitRules,
     next_lane: Cell<usize>,
     executor: Rc<smol::LocalExecutor<'static>>,
@@ -72,16 +79,20 @@ impl QueueEngine {
         }
         let shared = Rc::new(config.clone());
         let mut lanes = Vec::with_capacity(config.lanes_per_queue.into());
+        let mut tasks = Vec::with_capacity(lanes.capacity());
         let mut current = partition.clone();
         for index in 0..config.lanes_per_queue {
-            let opened = Lane::open(shared.clone(), partition, queue, index, executor.clone());
+            let opened = Lane::open(shared.clone(), partition, queue, index, &executor);
             match opened {
-                Ok((lane, info)) => {
+                Ok((lane, info, task)) => {
                     lanes.push(lane);
+                    tasks.push(task);
                     current = info;
                 }
                 Err(error) => {
                     lanes.iter().for_each(|lane: &Rc<Lane>| lane.close());
+                    // They end on their own once closed; never cancel one mid-operation.
+                    tasks.into_iter().for_each(smol::Task::detach);
                     return Err(error);
                 }
             }
@@ -99,6 +110,8 @@ impl QueueEngine {
             queue,
             partition: current,
             lanes,
+            tasks: RefCell::new(tasks),
+            durability: config.durability.clone(),
             rules,
             next_lane: Cell::new(usize::from(queue)),
             executor,
@@ -183,7 +196,11 @@ impl QueueEngine {
                 flags,
                 buf: std::ptr::null_mut(),
             };
-            return SlotDone(self.lanes[first].start(request, keep)).await;
+            let id = self.durability.flush_started();
+            // SAFETY: a flush carries no data.
+            let slot = unsafe { self.lanes[first].start(request, keep) };
+            let outcome = SlotDone(slot).await;
+            return self.durability.flush_done(id, outcome);
         }
         let slots: Vec<Rc<Slot>> = plan(self.rules, io.offset, io.len, first)
             .into_iter()
@@ -202,7 +219,10 @@ impl QueueEngine {
                     flags,
                     buf: part_buf,
                 };
-                self.lanes[part.lane].start(request, keep.clone())
+                // SAFETY: the part's `len` bytes at `part_buf` lie inside the caller's
+                // buffer, which stays valid until every part's slot is done (awaited
+                // below, or kept alive by `keep`).
+                unsafe { self.lanes[part.lane].start(request, keep.clone()) }
             })
             .collect();
         let mut outcome = Ok(());
@@ -211,6 +231,10 @@ impl QueueEngine {
             if let Err(errno) = SlotDone(slot).await {
                 outcome = outcome.and(Err(errno));
             }
+        }
+        if outcome.is_ok() && io.op != Op::Read && !io.fua {
+            // Acknowledged but volatile until a flush (see `Durability`).
+            self.durability.write_acked();
         }
         outcome
     }
@@ -235,14 +259,33 @@ impl QueueEngine {
 
     /// Whether [`QueueEngine::close`] has taken effect and no lane task runs.
     pub fn lanes_closed(&self) -> bool {
-        self.lanes.iter().all(|lane| lane.is_closed())
+        self.tasks.borrow().iter().all(|task| task.is_finished())
     }
 
     /// Resolves once [`QueueEngine::close`] has taken effect and no lane task runs.
     pub async fn closed(&self) {
-        for lane in &self.lanes {
-            lane.closed().await;
-        }
+        std::future::poll_fn(|cx| {
+            let mut tasks = self.tasks.borrow_mut();
+            let mut running = false;
+            for task in tasks.iter_mut().filter(|task| !task.is_finished()) {
+                running |= Pin::new(task).poll(cx).is_pending();
+            }
+            if running {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for QueueEngine {
+    fn drop(&mut self) {
+        // A lane task may have socket operations in the kernel: never cancel it; close
+        // its lane and let it end on its own.
+        self.close();
+        self.tasks.take().into_iter().for_each(smol::Task::detach);
     }
 }
 

@@ -1,57 +1,44 @@
-//! A lane: one persistent, authenticated TCP connection owned by one queue, with a sender
-//! task and a receiver task on the queue's io_uring, and a reconnect task when it drops.
+//! A lane: one persistent, authenticated TCP connection owned by one queue, driven on the
+//! queue's io_uring. The decisions are [`LaneCore`]'s (sans-IO); this module carries them
+//! out.
 //!
-//! Requests are slots: [`Lane::start`] gives a slot a tag, records it as in flight and
-//! queues it; the sender drains the queue in batches (one `sendmsg` of several frames,
-//! header and payload iovecs straight from the callers' buffers, short sends resumed);
-//! the receiver reads replies, matches tags in any order and receives a read's data
-//! straight into its slot's buffer. If the connection fails, every request still in flight
-//! is reissued on the re-established connection (block operations are idempotent) until
-//! the reconnect deadline, after which they fail with `EIO`.
+//! Each lane is one task ([`Lane::open`] returns it; the engine owns it): a life loop
+//! (install a connection, run its sender and receiver until the connection fails, wait
+//! for the reconnect helper, again) zipped with a clock that ticks the core every
+//! [`TICK`] (heartbeats, dead-lane detection, the failure policy). The sender drains the
+//! core's queue in batches (one `sendmsg` of several frames, header and payload iovecs
+//! straight from the callers' buffers, short sends resumed); the receiver reads replies,
+//! matches tags in any order and receives a read's data straight into its slot's buffer.
+//! A connection's file descriptor is closed only after both its sender and receiver
+//! ended, so no operation ever runs on a reused descriptor.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use wire::{Op, PartitionInfo, Purpose, Request};
+use wire::{Op, PartitionInfo, Purpose, Request, Status};
 
-use crate::client::config::EngineConfig;
-use crate::client::connect::{connect, Connection};
-use crate::client::reconnect::{spawn_helper, Mailbox};
+use crate::client::config::{EngineConfig, HEARTBEAT_AFTER};
+use crate::client::connect::{connect, next_lane_epoch, Connection};
+use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
+use crate::client::ratelog::RateLimited;
+use crate::client::receive::{check_reply, RecvBuf};
+use crate::client::reconnect::{spawn_helper, Delivery, Mailbox};
 use crate::client::slot::Slot;
-use crate::client::transfer::{receive_replies, send_batch};
-use crate::client::uring::EventFd;
+use crate::client::transfer::send_batch;
+use crate::client::uring::{sleep, EventFd};
 use crate::error::{Errno, HostError, Result};
 
 /// Most frames one `sendmsg` carries.
 const MAX_BATCH: usize = 64;
-
-/// Where a lane is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Connected; sender and receiver of the current generation run.
-    Up,
-    /// Dropped at `since`; reconnecting. Once `expired`, new requests fail at once.
-    Down { since: Instant, expired: bool },
-    /// Closed for good.
-    Closed,
-}
-
-/// Counters of one lane, for tests and statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LaneStats {
-    /// Requests issued on the lane (reissues not counted).
-    pub requests: u64,
-    /// Times the lane was re-established.
-    pub reconnects: u64,
-}
+/// How often the lane's clock ticks its core (the resolution of heartbeats, dead-lane
+/// detection and the failure policy).
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// One wire request before the lane gives it a tag.
 #[derive(Debug, Clone, Copy)]
@@ -73,37 +60,30 @@ pub(crate) struct PartRequest {
 pub(crate) struct Lane {
     config: Rc<EngineConfig>,
     purpose: Purpose,
-    executor: Rc<smol::LocalExecutor<'static>>,
-    socket: RefCell<Option<TcpStream>>,
-    generation: Cell<u64>,
-    state: Cell<State>,
     max_io: u32,
-    queue: RefCell<VecDeque<Rc<Slot>>>,
+    core: RefCell<LaneCore<Rc<Slot>>>,
+    socket: RefCell<Option<TcpStream>>,
     sender_waker: RefCell<Option<Waker>>,
-    inflight: RefCell<HashMap<u32, Rc<Slot>>>,
-    next_tag: Cell<u32>,
-    next_seq: Cell<u64>,
-    live_tasks: Cell<u32>,
-    idle_waiters: RefCell<Vec<Waker>>,
     mailbox: RefCell<Option<Arc<Mailbox>>>,
-    stats: Cell<LaneStats>,
+    /// Requests failed at once (lane down past its bound, refused, closed).
+    failures: RateLimited,
 }
 
 impl Lane {
     /// Connects lane `lane` of `queue` for `partition` (blocking, within the handshake
-    /// deadline) and starts its tasks on `executor`.
+    /// deadline) and starts its task on `executor`; the caller owns the task.
     pub fn open(
         config: Rc<EngineConfig>,
         partition: &PartitionInfo,
         queue: u16,
         lane: u16,
-        executor: Rc<smol::LocalExecutor<'static>>,
-    ) -> Result<(Rc<Lane>, PartitionInfo)> {
+        executor: &smol::LocalExecutor<'static>,
+    ) -> Result<(Rc<Lane>, PartitionInfo, smol::Task<()>)> {
         let purpose = Purpose::Data {
             partition: partition.id,
             queue,
             lane,
-            epoch: crate::client::connect::next_lane_epoch(),
+            epoch: next_lane_epoch(),
         };
         let connection = connect(&config.client, purpose)?;
         let info = connection.welcome.partition.clone().ok_or_else(|| {
@@ -115,26 +95,23 @@ impl Lane {
                 partition.id, info.id
             )));
         }
+        let timers = Timers {
+            heartbeat_after: HEARTBEAT_AFTER.min(config.client.dead_after),
+            dead_after: config.client.dead_after,
+            fail_after: config.fail_after(),
+        };
         let lane = Rc::new(Lane {
             config,
             purpose,
-            executor,
-            socket: RefCell::new(None),
-            generation: Cell::new(0),
-            state: Cell::new(State::Closed),
             max_io: connection.welcome.max_io,
-            queue: RefCell::new(VecDeque::new()),
+            core: RefCell::new(LaneCore::new(timers, Instant::now())),
+            socket: RefCell::new(None),
             sender_waker: RefCell::new(None),
-            inflight: RefCell::new(HashMap::new()),
-            next_tag: Cell::new(0),
-            next_seq: Cell::new(0),
-            live_tasks: Cell::new(0),
-            idle_waiters: RefCell::new(Vec::new()),
             mailbox: RefCell::new(None),
-            stats: Cell::new(LaneStats::default()),
+            failures: RateLimited::default(),
         });
-        lane.install(connection);
-        Ok((lane, info))
+        let task = executor.spawn(run(lane.clone(), connection));
+        Ok((lane, info, task))
     }
 
     /// Largest payload the server accepts on this lane.
@@ -144,95 +121,72 @@ impl Lane {
 
     /// The lane's counters.
     pub fn stats(&self) -> LaneStats {
-        self.stats.get()
+        self.core.borrow().stats()
     }
 
     /// Issues one request; the returned slot finishes when its reply (or failure) is in.
-    pub fn start(&self, request: PartRequest, keep: Option<Rc<dyn Any>>) -> Rc<Slot> {
-        let tag = self.allocate_tag();
-        let seq = self.next_seq.get();
-        self.next_seq.set(seq + 1);
+    ///
+    /// # Safety
+    ///
+    /// `request.buf` must satisfy [`Slot::new`]'s contract for the request.
+    pub unsafe fn start(&self, request: PartRequest, keep: Option<Rc<dyn Any>>) -> Rc<Slot> {
+        let admitted = self.core.borrow_mut().begin(Kind::Request);
         let wire_request = Request {
-            tag,
+            tag: *admitted.as_ref().unwrap_or(&0),
             op: request.op,
             offset: request.offset,
             len: request.len,
             flags: request.flags,
         };
-        let slot = Rc::new(Slot::new(wire_request, request.buf, seq, keep));
-        let mut stats = self.stats.get();
-        stats.requests += 1;
-        self.stats.set(stats);
-        match self.state.get() {
-            State::Up => {
-                self.inflight.borrow_mut().insert(tag, slot.clone());
-                self.queue.borrow_mut().push_back(slot.clone());
-                self.wake_sender();
+        // SAFETY: the caller vouches for `request.buf`.
+        let slot = Rc::new(unsafe { Slot::new(wire_request, request.buf, keep) });
+        match admitted {
+            Ok(tag) => {
+                let now = Instant::now();
+                if self
+                    .core
+                    .borrow_mut()
+                    .track(tag, slot.clone(), Kind::Request, now)
+                {
+                    self.wake_sender();
+                }
             }
-            State::Down { expired: false, .. } => {
-                self.inflight.borrow_mut().insert(tag, slot.clone());
+            Err(errno) => {
+                self.failures.log(log::Level::Warn, || {
+                    let why = match self.core.borrow().link() {
+                        Link::Refused { .. } => "the server refused the lane",
+                        Link::Closed => "the lane is closed",
+                        Link::Up | Link::Down { .. } => "the server is lost past the policy bound",
+                    };
+                    format!("{:?}: failing I/O with {errno}: {why}", self.purpose)
+                });
+                slot.finish(Err(errno));
             }
-            State::Down { expired: true, .. } | State::Closed => slot.finish(Err(Errno::EIO)),
         }
         slot
     }
 
-    fn allocate_tag(&self) -> u32 {
-        let inflight = self.inflight.borrow();
-        loop {
-            let tag = self.next_tag.get();
-            self.next_tag.set(tag.wrapping_add(1));
-            if !inflight.contains_key(&tag) {
-                return tag;
-            }
-        }
-    }
-
-    /// Closes the lane: its tasks stop, requests still pending fail with `EIO`.
+    /// Closes the lane: its task ends, requests still pending fail with `EIO`.
     pub fn close(&self) {
-        if self.state.get() == State::Closed {
+        if self.core.borrow().link() == Link::Closed {
             return;
         }
-        self.state.set(State::Closed);
+        let pending = self.core.borrow_mut().close();
         if let Some(mailbox) = self.mailbox.borrow().as_ref() {
-            mailbox.stop.store(true, Ordering::Relaxed);
-            mailbox.event.signal();
+            mailbox.stop();
         }
         self.shutdown_socket();
-        self.fail_pending(Errno::EIO);
+        finish_all(pending, Err(Errno::EIO));
         self.wake_sender();
-        self.wake_idle();
     }
 
-    /// Resolves once the lane is closed and none of its tasks runs any more.
-    pub async fn closed(&self) {
-        std::future::poll_fn(|cx| {
-            if self.is_closed() {
-                Poll::Ready(())
-            } else {
-                self.idle_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    /// Whether the lane is closed and none of its tasks runs any more.
-    pub fn is_closed(&self) -> bool {
-        self.state.get() == State::Closed && self.live_tasks.get() == 0
-    }
-
-    fn fd(&self) -> RawFd {
-        self.socket.borrow().as_ref().map_or(-1, |s| s.as_raw_fd())
-    }
-
-    fn stale(&self, generation: u64) -> bool {
-        self.generation.get() != generation || self.state.get() != State::Up
+    fn is_closed(&self) -> bool {
+        self.core.borrow().link() == Link::Closed
     }
 
     fn shutdown_socket(&self) {
         if let Some(socket) = self.socket.borrow().as_ref() {
-            // Makes the pending receive and send of the old connection complete.
+            // Makes the pending receive and send of the connection complete.
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -243,137 +197,169 @@ impl Lane {
         }
     }
 
-    fn wake_idle(&self) {
-        for waker in self.idle_waiters.borrow_mut().drain(..) {
-            waker.wake();
+    /// Puts a fresh connection in service; returns its generation.
+    fn install(&self, connection: Connection) -> u64 {
+        self.config
+            .durability
+            .observe_boot_epoch(connection.welcome.boot_epoch);
+        *self.socket.borrow_mut() = Some(connection.stream);
+        let (generation, probes) = self.core.borrow_mut().connected(Instant::now());
+        finish_all(probes, Ok(()));
+        self.wake_sender();
+        generation
+    }
+
+    /// Reports that the connection of `generation` failed.
+    fn lost(&self, generation: u64, error: &HostError) {
+        let news = self
+            .core
+            .borrow_mut()
+            .connection_lost(generation, Instant::now());
+        if news {
+            log::warn!("{:?}: lane lost: {error}", self.purpose);
+            self.shutdown_socket();
+            self.wake_sender();
         }
     }
 
-    fn fail_pending(&self, errno: Errno) {
-        self.queue.borrow_mut().clear();
-        let slots: Vec<Rc<Slot>> = self.inflight.borrow_mut().drain().map(|(_, s)| s).collect();
-        for slot in slots {
+    /// Puts back a request whose reply was cut off (or fails it, if the lane holds no
+    /// requests any more).
+    fn restore(&self, tag: u32, slot: Rc<Slot>) {
+        let restored = self.core.borrow_mut().restore(tag, slot);
+        if let Err((slot, errno)) = restored {
             slot.finish(Err(errno));
         }
     }
 
-    /// Takes the next batch of queued slots, marking their buffers busy.
-    fn take_batch(&self, batch: &mut Vec<Rc<Slot>>) {
-        let mut queue = self.queue.borrow_mut();
-        while batch.len() < MAX_BATCH {
-            let Some(slot) = queue.pop_front() else {
-                break;
-            };
-            if slot.is_finished() {
-                continue;
+    /// Carries out one tick of the core.
+    fn tick(&self) {
+        let now = Instant::now();
+        let action = self.core.borrow_mut().tick(now);
+        match action {
+            Action::Idle => {}
+            Action::Heartbeat(tag) => {
+                let probe = Request {
+                    tag,
+                    op: Op::Heartbeat,
+                    offset: 0,
+                    len: 0,
+                    flags: 0,
+                };
+                // SAFETY: a heartbeat carries no data; the buffer is never used.
+                let slot = Rc::new(unsafe { Slot::new(probe, std::ptr::null_mut(), None) });
+                if self.core.borrow_mut().track(tag, slot, Kind::Probe, now) {
+                    self.wake_sender();
+                }
             }
-            slot.set_busy(true);
-            batch.push(slot);
-        }
-    }
-
-    /// Takes the in-flight slot a reply names.
-    pub fn take_inflight(&self, tag: u32) -> Option<Rc<Slot>> {
-        self.inflight.borrow_mut().remove(&tag)
-    }
-
-    /// Puts back a slot whose reply was cut off, so it is reissued after the reconnect.
-    pub fn restore_inflight(&self, slot: Rc<Slot>) {
-        self.inflight.borrow_mut().insert(slot.request.tag, slot);
-    }
-
-    /// Puts a fresh connection in service: new generation, reissue, new tasks.
-    fn install(self: &Rc<Self>, connection: Connection) {
-        *self.socket.borrow_mut() = Some(connection.stream);
-        let generation = self.generation.get() + 1;
-        self.generation.set(generation);
-        self.state.set(State::Up);
-        let mut slots: Vec<Rc<Slot>> = self.inflight.borrow().values().cloned().collect();
-        slots.sort_by_key(|slot| slot.seq);
-        *self.queue.borrow_mut() = slots.into();
-        self.live_tasks.set(self.live_tasks.get() + 2);
-        self.executor
-            .spawn(sender(self.clone(), generation))
-            .detach();
-        self.executor
-            .spawn(receiver(self.clone(), generation))
-            .detach();
-    }
-
-    /// Reports that the connection of `generation` failed; starts reconnecting once.
-    fn fail(self: &Rc<Self>, generation: u64, error: &HostError) {
-        if self.stale(generation) {
-            return;
-        }
-        log::warn!("{:?}: lane lost: {error}", self.purpose);
-        self.state.set(State::Down {
-            since: Instant::now(),
-            expired: false,
-        });
-        self.shutdown_socket();
-        self.wake_sender();
-        self.executor.spawn(reconnect(self.clone())).detach();
-    }
-
-    fn task_exited(&self) {
-        self.live_tasks.set(self.live_tasks.get() - 1);
-        self.wake_idle();
-    }
-
-    async fn tasks_gone(&self) {
-        std::future::poll_fn(|cx| {
-            if self.live_tasks.get() == 1 {
-                Poll::Ready(())
-            } else {
-                self.idle_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    /// Fails everything pending once the outage outlasts the deadline.
-    fn expire_if_late(&self) {
-        if let State::Down {
-            since,
-            expired: false,
-        } = self.state.get()
-        {
-            if since.elapsed() >= self.config.reconnect_deadline {
-                log::error!(
-                    "{:?}: down for {:.1} s, failing its requests with EIO",
+            Action::Dead => {
+                log::warn!(
+                    "{:?}: nothing from the server for {:.1} s with requests outstanding; \
+                     dropping the lane to reconnect and reissue",
                     self.purpose,
-                    since.elapsed().as_secs_f64()
+                    self.config.client.dead_after.as_secs_f64()
                 );
-                self.state.set(State::Down {
-                    since,
-                    expired: true,
-                });
-                self.fail_pending(Errno::EIO);
+                self.shutdown_socket();
+                self.wake_sender();
+            }
+            Action::Fail(slots) => {
+                log::error!(
+                    "{:?}: server lost for {:.1} s (the device's failure policy): failing {} \
+                     request(s), and new ones until it is back, with EIO",
+                    self.purpose,
+                    self.config.fail_after().as_secs_f64(),
+                    slots.len()
+                );
+                finish_all(slots, Err(Errno::EIO));
             }
         }
     }
 
-    fn deadline_left(&self) -> Option<std::time::Duration> {
-        match self.state.get() {
-            State::Down {
-                since,
-                expired: false,
-            } => Some(
-                self.config
-                    .reconnect_deadline
-                    .saturating_sub(since.elapsed()),
-            ),
-            _ => None,
+    /// Waits for the reconnect helper; `None` once the lane is closed.
+    async fn reconnect(&self) -> Option<Connection> {
+        if self.is_closed() {
+            return None;
+        }
+        let mailbox = match EventFd::new() {
+            Ok(event) => Arc::new(Mailbox::new(event)),
+            Err(error) => return self.give_up(&error),
+        };
+        if let Err(error) = spawn_helper(self.config.client.clone(), self.purpose, mailbox.clone())
+        {
+            return self.give_up(&error);
+        }
+        *self.mailbox.borrow_mut() = Some(mailbox.clone());
+        let connection = loop {
+            // SAFETY: awaited to completion right here.
+            unsafe { mailbox.event.wait(None) }.await;
+            if self.is_closed() {
+                break None;
+            }
+            match mailbox.take() {
+                Some(Delivery::Connected(connection)) => break Some(connection),
+                Some(Delivery::Refused(errno)) => {
+                    let pending = self.core.borrow_mut().refused(errno);
+                    finish_all(pending, Err(errno));
+                }
+                None => {}
+            }
+        };
+        mailbox.stop();
+        *self.mailbox.borrow_mut() = None;
+        connection
+    }
+
+    fn give_up(&self, error: &HostError) -> Option<Connection> {
+        log::error!(
+            "{:?}: cannot reconnect, closing the lane: {error}",
+            self.purpose
+        );
+        self.close();
+        None
+    }
+}
+
+fn finish_all(slots: Vec<Rc<Slot>>, outcome: std::result::Result<(), Errno>) {
+    for slot in slots {
+        slot.finish(outcome);
+    }
+}
+
+/// The lane's task: its life and its clock, until it is closed.
+async fn run(lane: Rc<Lane>, first: Connection) {
+    smol::future::zip(life(&lane, first), clock(&lane)).await;
+}
+
+/// Serves connections one after the other until the lane is closed.
+async fn life(lane: &Lane, first: Connection) {
+    let mut connection = first;
+    loop {
+        let fd = connection.stream.as_raw_fd();
+        let generation = lane.install(connection);
+        smol::future::zip(sender(lane, generation, fd), receiver(lane, generation, fd)).await;
+        // Both users of the descriptor are done: now it may close.
+        *lane.socket.borrow_mut() = None;
+        match lane.reconnect().await {
+            Some(next) => connection = next,
+            None => return,
         }
     }
 }
 
-async fn sender(lane: Rc<Lane>, generation: u64) {
+/// Ticks the core every [`TICK`] until the lane is closed.
+async fn clock(lane: &Lane) {
+    while !lane.is_closed() {
+        // SAFETY: awaited to completion right here.
+        unsafe { sleep(TICK) }.await;
+        lane.tick();
+    }
+}
+
+async fn sender(lane: &Lane, generation: u64, fd: RawFd) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         std::future::poll_fn(|cx| {
-            if lane.stale(generation) || !lane.queue.borrow().is_empty() {
+            let core = lane.core.borrow();
+            if !core.is_current(generation) || core.has_queued() {
                 Poll::Ready(())
             } else {
                 *lane.sender_waker.borrow_mut() = Some(cx.waker().clone());
@@ -381,69 +367,52 @@ async fn sender(lane: Rc<Lane>, generation: u64) {
             }
         })
         .await;
-        if lane.stale(generation) {
-            break;
-        }
-        lane.take_batch(&mut batch);
-        let sent = send_batch(lane.fd(), &batch).await;
-        for slot in batch.drain(..) {
-            slot.set_busy(false);
-        }
-        if let Err(error) = sent {
-            lane.fail(generation, &error);
-            break;
-        }
-    }
-    lane.task_exited();
-}
-
-async fn receiver(lane: Rc<Lane>, generation: u64) {
-    let fd = lane.fd();
-    let limits = wire::Limits::data(lane.max_io);
-    let error = receive_replies(&lane, fd, limits).await;
-    lane.fail(generation, &error);
-    lane.task_exited();
-}
-
-/// Waits for the old connection's tasks to stop, then reconnects (off-thread) until it
-/// succeeds or the lane closes, failing pending requests once the deadline passes.
-async fn reconnect(lane: Rc<Lane>) {
-    lane.live_tasks.set(lane.live_tasks.get() + 1);
-    lane.tasks_gone().await;
-    *lane.socket.borrow_mut() = None;
-    let mailbox = match EventFd::new() {
-        Ok(event) => Arc::new(Mailbox::new(event)),
-        Err(e) => {
-            log::error!("{:?}: cannot reconnect: {e}", lane.purpose);
-            lane.close();
-            lane.task_exited();
+        if !lane.core.borrow().is_current(generation) {
             return;
         }
-    };
-    *lane.mailbox.borrow_mut() = Some(mailbox.clone());
-    spawn_helper(lane.config.client.clone(), lane.purpose, mailbox.clone());
-    loop {
-        mailbox.event.wait(lane.deadline_left()).await;
-        if lane.state.get() == State::Closed {
-            break;
+        lane.core.borrow_mut().next_batch(&mut batch, MAX_BATCH);
+        batch.iter().for_each(|slot| slot.set_busy(true));
+        let sent = send_batch(fd, &batch).await;
+        batch.drain(..).for_each(|slot| slot.set_busy(false));
+        if let Err(error) = sent {
+            lane.lost(generation, &error);
+            return;
         }
-        if let Some(connection) = mailbox.take() {
-            let mut stats = lane.stats.get();
-            stats.reconnects += 1;
-            lane.stats.set(stats);
-            lane.install(connection);
-            break;
-        }
-        lane.expire_if_late();
     }
-    *lane.mailbox.borrow_mut() = None;
-    lane.task_exited();
 }
 
-/// What a lane's transfer helpers need from it.
-impl Lane {
-    /// Whether the operation with this op expects read data in a successful reply.
-    pub fn expects_data(request: &Request) -> bool {
-        request.op == Op::Read
+async fn receiver(lane: &Lane, generation: u64, fd: RawFd) {
+    let error = receive_replies(lane, fd).await;
+    lane.lost(generation, &error);
+}
+
+/// Runs the receive side until the connection fails; returns why it stopped.
+async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
+    let limits = wire::Limits::data(lane.max_io);
+    let mut buf = RecvBuf::new(limits);
+    loop {
+        let reply = match buf.next_reply(fd).await {
+            Ok(reply) => reply,
+            Err(error) => return error,
+        };
+        let taken = lane.core.borrow_mut().reply(reply.tag, Instant::now());
+        let Some(slot) = taken else {
+            return HostError::Protocol(format!("reply for unknown tag {}", reply.tag));
+        };
+        if let Err(error) = check_reply(&slot, &reply) {
+            lane.restore(reply.tag, slot);
+            return error;
+        }
+        if reply.len > 0 {
+            if let Err(error) = buf.receive_payload(fd, &slot, reply.len as usize).await {
+                lane.restore(reply.tag, slot);
+                return error;
+            }
+            lane.core.borrow_mut().heard(Instant::now());
+        }
+        slot.finish(match reply.status {
+            Status::Ok => Ok(()),
+            Status::Errno(e) => Err(Errno(e)),
+        });
     }
 }

@@ -7,7 +7,12 @@ pub mod discovery;
 pub mod engine;
 pub mod uring;
 
+pub mod durability;
+pub mod ratelog;
+
 mod lane;
+mod lane_core;
+mod receive;
 mod reconnect;
 mod slot;
 mod split;
@@ -15,5 +20,6 @@ mod transfer;
 
 pub use config::{ClientConfig, EngineConfig};
 pub use discovery::{Discovery, PartitionList};
+pub use durability::Durability;
 pub use engine::{run_queue_thread, BlockIo, QueueEngine};
-pub use lane::LaneStats;
+pub use lane_core::LaneStats;

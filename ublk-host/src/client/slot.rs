@@ -23,8 +23,6 @@ pub(crate) struct Slot {
     pub head: Vec<u8>,
     /// Payload source of a write, destination of a read (`request.len` bytes), else null.
     pub buf: *mut u8,
-    /// Order of issue on the lane; reissue after a reconnect keeps it.
-    pub seq: u64,
     /// Keeps an owned buffer alive while the lane may still use it, even if the issuer
     /// stopped waiting.
     _keep: Option<Rc<dyn Any>>,
@@ -36,7 +34,15 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// A slot for `request`, whose payload (if any) lives at `buf`.
-    pub fn new(request: Request, buf: *mut u8, seq: u64, keep: Option<Rc<dyn Any>>) -> Slot {
+    ///
+    /// # Safety
+    ///
+    /// For a request with data (`Read`, `Write`), `buf` must point to `request.len` bytes
+    /// that stay valid (readable for a write, writable for a read, not otherwise
+    /// accessed) until the slot has an outcome and is not busy ([`SlotDone`] resolved):
+    /// the lane's socket operations send from and receive into them until then. For any
+    /// other request `buf` is not used.
+    pub unsafe fn new(request: Request, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Slot {
         let mut head = Vec::with_capacity(wire::PREFIX_LEN + HEADER_ROOM);
         wire::frame::encode_head(&request, request.payload_len(), &mut head)
             .expect("a Request is a few fixed-size fields and always encodes");
@@ -44,7 +50,6 @@ impl Slot {
             request,
             head,
             buf,
-            seq,
             _keep: keep,
             busy: Cell::new(false),
             result: Cell::new(None),
@@ -66,11 +71,6 @@ impl Slot {
             self.result.set(Some(outcome));
         }
         self.wake_if_done();
-    }
-
-    /// Whether the slot has an outcome already.
-    pub fn is_finished(&self) -> bool {
-        self.result.get().is_some()
     }
 
     fn wake_if_done(&self) {

@@ -42,7 +42,14 @@ pub fn init_thread_ring(entries: u32) -> Result<()> {
 
 /// Submits one operation on the thread's ring; resolves to its CQE result (`-errno` on
 /// failure).
-pub async fn submit(sqe: squeue::Entry) -> i32 {
+///
+/// # Safety
+///
+/// Every buffer, iovec, message header or timespec `sqe` points at must stay valid (and
+/// not be accessed in a conflicting way) until the returned future completes, and the
+/// future must be polled to completion, never dropped early: the kernel uses that memory
+/// until the CQE arrives.
+pub async unsafe fn submit(sqe: squeue::Entry) -> i32 {
     let op = UblkUringOpFuture::new(TARGET_IO);
     push(&[sqe.user_data(op.user_data)]);
     op.await
@@ -50,10 +57,16 @@ pub async fn submit(sqe: squeue::Entry) -> i32 {
 
 /// Submits `sqe` linked to a timeout: if it has not completed after `timeout`, the kernel
 /// cancels it and it resolves to `-ECANCELED`.
-pub async fn submit_with_timeout(sqe: squeue::Entry, timeout: Duration) -> i32 {
+///
+/// # Safety
+///
+/// As for [`submit`].
+pub async unsafe fn submit_with_timeout(sqe: squeue::Entry, timeout: Duration) -> i32 {
     let spec = types::Timespec::from(timeout);
     let op = UblkUringOpFuture::new(TARGET_IO);
     let timer = UblkUringOpFuture::new(TARGET_IO);
+    // SAFETY (of the whole function): the caller keeps `sqe`'s memory valid and polls
+    // this future to completion; `spec` lives in it until the timer's CQE.
     let linked = sqe.user_data(op.user_data).flags(squeue::Flags::IO_LINK);
     let timeout_sqe = opcode::LinkTimeout::new(&spec)
         .build()
@@ -63,6 +76,21 @@ pub async fn submit_with_timeout(sqe: squeue::Entry, timeout: Duration) -> i32 {
     // The timer's CQE always comes (-ETIME or -ECANCELED); `spec` must outlive it.
     let _ = timer.await;
     result
+}
+
+/// Resolves after `duration` (a ring timeout).
+///
+/// # Safety
+///
+/// The future must be polled to completion, never dropped early: the kernel reads the
+/// timespec it owns when the operation is submitted.
+pub async unsafe fn sleep(duration: Duration) {
+    let spec = Box::new(types::Timespec::from(duration));
+    let sqe = opcode::Timeout::new(&*spec).build();
+    // SAFETY: `spec` lives in this future until the timeout's CQE; the caller polls the
+    // future to completion.
+    let _ = unsafe { submit(sqe) }.await;
+    drop(spec);
 }
 
 /// Pushes entries contiguously (a linked pair must not be separated), submitting first to
@@ -142,14 +170,23 @@ impl EventFd {
 
     /// Waits on the ring until the counter is non-zero (and resets it), or `timeout`
     /// passes; returns whether it was signalled.
-    pub fn wait(&self, timeout: Option<Duration>) -> impl Future<Output = bool> + '_ {
+    ///
+    /// # Safety
+    ///
+    /// The future must be polled to completion, never dropped early: the kernel writes
+    /// the counter into memory the future owns.
+    pub unsafe fn wait(&self, timeout: Option<Duration>) -> impl Future<Output = bool> + '_ {
         let fd: RawFd = self.0.as_raw_fd();
         async move {
             let mut value = Box::new([0u8; 8]);
             let read = opcode::Read::new(types::Fd(fd), value.as_mut_ptr(), 8).build();
-            let result = match timeout {
-                Some(timeout) => submit_with_timeout(read, timeout).await,
-                None => submit(read).await,
+            // SAFETY: `value` lives in this future until the CQE; the caller polls the
+            // future to completion.
+            let result = unsafe {
+                match timeout {
+                    Some(timeout) => submit_with_timeout(read, timeout).await,
+                    None => submit(read).await,
+                }
             };
             result > 0
         }

@@ -51,7 +51,10 @@ async fn recv_exact(fd: RawFd, buf: &mut [u8]) -> Result<bool> {
         let sqe = opcode::Recv::new(types::Fd(fd), rest.as_mut_ptr(), rest.len() as u32)
             .flags(libc::MSG_WAITALL)
             .build();
-        let got = submit(sqe).await;
+        // SAFETY: `rest` is borrowed from `buf` until this await completes, right here;
+        // nothing else touches it meanwhile, and the future is never dropped early (every
+        // caller awaits `recv_exact` to completion on the connection's only task).
+        let got = unsafe { submit(sqe) }.await;
         match got {
             0 if done == 0 => return Ok(false),
             0 => return Err(HostError::Closed),
@@ -70,7 +73,9 @@ async fn send_all(fd: RawFd, buf: &[u8]) -> Result<()> {
         let sqe = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        match submit(sqe).await {
+        // SAFETY: `rest` is borrowed from `buf` until this await completes, right here, and
+        // the future is awaited to completion (the writer task is awaited by `serve`).
+        match unsafe { submit(sqe) }.await {
             0 => return Err(HostError::Closed),
             n if n < 0 => return Err(os_error("sending to the NBD client", n)),
             n => done += n as usize,

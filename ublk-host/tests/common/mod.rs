@@ -1,12 +1,14 @@
 //! A tiny in-process fake array server built on the wire crate, with knobs to misbehave:
-//! replies in reverse order, dropped connections, injected errnos, a wrong proof.
+//! replies in reverse order, dropped connections, injected errnos, a wrong proof, a
+//! connection gone silent (open, but never answering again), a revoked assignment
+//! (`NotAssigned` refusals), a restart with a new boot epoch.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -60,8 +62,16 @@ pub struct Options {
     /// Requests touching this byte offset fail with this errno.
     pub fail: Option<(u64, i32)>,
     pub partition: PartitionInfo,
-    /// The boot epoch announced in every `Welcome`.
+    /// The boot epoch announced in every `Welcome` (until `Shared::boot_epoch` changes).
     pub boot_epoch: u64,
+    /// When the server's request count reaches this, that connection goes silent: it
+    /// stays open but is never read from or answered again (a frozen server, a cut
+    /// without RST). Later connections are served normally.
+    pub silent_at: Option<usize>,
+    /// When the server's request count reaches this, the partition is revoked: that
+    /// connection closes unanswered and data hellos are refused `NotAssigned` until
+    /// `Shared::revoked` is cleared.
+    pub revoke_at: Option<usize>,
 }
 
 impl Options {
@@ -75,6 +85,8 @@ impl Options {
             fail: None,
             partition,
             boot_epoch: 1,
+            silent_at: None,
+            revoke_at: None,
         }
     }
 }
@@ -91,6 +103,14 @@ pub struct Shared {
     pub dead: AtomicBool,
     /// Keepalive pings answered.
     pub pings: AtomicUsize,
+    /// Heartbeats answered.
+    pub heartbeats: AtomicUsize,
+    /// The boot epoch announced now.
+    pub boot_epoch: AtomicU64,
+    /// The partition is not assigned (data hellos refused `NotAssigned`).
+    pub revoked: AtomicBool,
+    /// Connections gone silent, kept open.
+    silent: Mutex<Vec<TcpStream>>,
     controls: Mutex<Vec<TcpStream>>,
 }
 
@@ -108,8 +128,13 @@ impl FakeServer {
         let listener = TcpListener::bind(listen).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let size = options.partition.size as usize;
+        let boot_epoch = AtomicU64::new(options.boot_epoch);
         let shared = Arc::new(Shared {
             options,
+            heartbeats: AtomicUsize::new(0),
+            boot_epoch,
+            revoked: AtomicBool::new(false),
+            silent: Mutex::new(Vec::new()),
             store: Mutex::new(vec![0; size]),
             per_lane: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
@@ -196,6 +221,14 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
             }
         },
     };
+    if matches!(purpose, Purpose::Data { .. }) && shared.revoked.load(Ordering::SeqCst) {
+        let refused = Refused {
+            code: RefusedCode::NotAssigned,
+            message: "partition not assigned".into(),
+        };
+        let _ = write_message(stream, &ProofReply::Refused(refused));
+        return None;
+    }
     let welcome = Welcome {
         mac,
         max_io: MAX_IO,
@@ -205,7 +238,7 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
             Purpose::Control => None,
             Purpose::Data { .. } => Some(shared.options.partition.clone()),
         },
-        boot_epoch: shared.options.boot_epoch,
+        boot_epoch: shared.boot_epoch.load(Ordering::SeqCst),
     };
     write_message(stream, &ProofReply::Welcome(welcome)).ok()?;
     Some(purpose)
@@ -265,6 +298,18 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
             }
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        if shared.options.silent_at == Some(count) {
+            shared.silent.lock().unwrap().push(stream);
+            return;
+        }
+        if shared.options.revoke_at == Some(count) {
+            shared.revoked.store(true, Ordering::SeqCst);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if request.op == Op::Heartbeat {
+            shared.heartbeats.fetch_add(1, Ordering::SeqCst);
         }
         *shared
             .per_lane

@@ -194,6 +194,167 @@ function renderSessions(sessions) {
   document.getElementById("sessions-empty").hidden = sessions.length > 0;
 }
 
+// ---- history charts (inline SVG, no library) ------------------------------------------
+
+const HISTORY_REFRESH_MS = 2000;
+const HISTORY_MIN_SPAN_MS = 60000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PALETTE = ["#1f5fbf", "#d9480f", "#1a7f37", "#9c36b5", "#c2255c", "#0c8599", "#e67700", "#495057"];
+const CHART = { width: 520, height: 150, left: 64, right: 10, top: 10, bottom: 20 };
+const HISTORY_KINDS = [["partitions", "Per partition"], ["hosts", "Per host"]];
+// [id, caption, label format, the unit the axis is rounded in]
+const HISTORY_CHARTS = [
+  ["throughput", "Throughput (read + write)", (b) => formatBytes(b) + "/s", 1024 * 1024],
+  ["iops", "IOPS", (v) => formatCount(v), 1],
+  ["latency", "Latency: p50 solid, p99 dashed", (us) => formatMicros(us), 1],
+];
+
+function formatCount(value) {
+  if (value >= 1e6) return (value / 1e6).toFixed(1) + "M";
+  if (value >= 1e3) return (value / 1e3).toFixed(1) + "k";
+  return String(Math.round(value));
+}
+
+function formatMicros(us) {
+  if (us >= 1e6) return (us / 1e6).toFixed(2) + " s";
+  if (us >= 1e3) return (us / 1e3).toFixed(us >= 1e4 ? 0 : 1) + " ms";
+  return Math.round(us) + " µs";
+}
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// The smallest 1/2/5 x 10^n at or above `value`, so the axis reads well.
+function niceTop(value) {
+  if (!(value > 0)) return 1;
+  const power = Math.pow(10, Math.floor(Math.log10(value)));
+  return [1, 2, 5, 10].map((m) => m * power).find((v) => v >= value);
+}
+
+// Draws `lines` ({ color, dash, t: [ms], v: [value or null] }) over the window ending at
+// `now`; a null value breaks the line. Records what it drew in data- attributes.
+function drawChart(svg, lines, format, unit, now, windowMs) {
+  const { width, height, left, right, top, bottom } = CHART;
+  const plotW = width - left - right, plotH = height - top - bottom;
+  const max = Math.max(0, ...lines.flatMap((l) => l.v.filter((v) => v !== null)));
+  const yTop = niceTop(max / unit) * unit;
+  const x = (t) => left + plotW * (1 - (now - t) / windowMs);
+  const y = (v) => top + plotH * (1 - v / yTop);
+  const children = [];
+  for (const fraction of [0, 0.5, 1]) {
+    const yy = y(yTop * fraction);
+    children.push(svgEl("line", { x1: left, x2: width - right, y1: yy, y2: yy, stroke: "#e4e7ec" }));
+    children.push(svgEl("text", { x: left - 6, y: yy + 3, "text-anchor": "end" }, format(yTop * fraction)));
+  }
+  for (const fraction of [1, 2 / 3, 1 / 3, 0]) {
+    const ago = windowMs * fraction;
+    const label = !ago ? "now" : ago >= 60000 ? `−${Math.round(ago / 60000)} min` : `−${Math.round(ago / 1000)} s`;
+    children.push(svgEl("text", { x: x(now - ago), y: height - 6,
+      "text-anchor": fraction === 1 ? "start" : fraction ? "middle" : "end" }, label));
+  }
+  let points = 0;
+  for (const line of lines) {
+    let segment = [];
+    const flush = () => {
+      if (segment.length) {
+        children.push(svgEl("polyline", { points: segment.join(" "), fill: "none", stroke: line.color,
+          "stroke-width": 1.6, "stroke-dasharray": line.dash || "none", "stroke-linejoin": "round" }));
+      }
+      segment = [];
+    };
+    line.t.forEach((t, i) => {
+      const v = line.v[i];
+      if (v === null || t < now - windowMs) { flush(); return; }
+      segment.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
+      points++;
+    });
+    flush();
+  }
+  svg.replaceChildren(...children);
+  svg.dataset.max = String(max);
+  svg.dataset.points = String(points);
+  svg.dataset.last = String(lines.reduce((sum, l) => sum + (l.v[l.v.length - 1] || 0), 0));
+}
+
+function historyRow(kind, title) {
+  let row = document.getElementById("history-" + kind);
+  if (row) return row;
+  const figures = HISTORY_CHARTS.map(([chart, caption]) => el("figure", {},
+    el("figcaption", {}, caption),
+    svgEl("svg", { id: `chart-${kind}-${chart}`, class: "chart",
+      viewBox: `0 0 ${CHART.width} ${CHART.height}`, role: "img", "aria-label": `${title}: ${caption}` })));
+  row = el("div", { id: "history-" + kind, class: "history-row" },
+    el("h3", {}, title), el("div", { class: "charts" }, ...figures),
+    el("div", { class: "legend", id: `legend-${kind}` }));
+  document.getElementById("history-charts").append(row);
+  return row;
+}
+
+// The time axis: the whole window once it is full, else what the server has so far
+// (at least HISTORY_MIN_SPAN_MS), so a fresh server's first minutes are readable.
+function historySpan(history) {
+  const oldest = Math.min(history.now_ms, ...["partitions", "hosts"]
+    .flatMap((kind) => history[kind].map((s) => (s.t.length ? s.t[0] : history.now_ms))));
+  return Math.min(history.window_ms, Math.max(HISTORY_MIN_SPAN_MS, history.now_ms - oldest));
+}
+
+function renderHistory(history) {
+  const span = historySpan(history);
+  for (const [kind, title] of HISTORY_KINDS) {
+    historyRow(kind, title);
+    const series = history[kind];
+    const color = (i) => PALETTE[i % PALETTE.length];
+    const sum = (s, a, b) => s[a].map((v, i) => v + s[b][i]);
+    const latency = (s, field) => s[field].map((v, i) => (s.iops[i] > 0 ? v : null));
+    const lines = {
+      throughput: series.map((s, i) => ({ color: color(i), t: s.t, v: sum(s, "read_bps", "write_bps") })),
+      iops: series.map((s, i) => ({ color: color(i), t: s.t, v: s.iops })),
+      latency: series.flatMap((s, i) => [
+        { color: color(i), t: s.t, v: latency(s, "p50_us") },
+        { color: color(i), dash: "4 3", t: s.t, v: latency(s, "p99_us") }]),
+    };
+    for (const [chart, , format, unit] of HISTORY_CHARTS) {
+      drawChart(document.getElementById(`chart-${kind}-${chart}`), lines[chart], format, unit,
+        history.now_ms, span);
+    }
+    document.getElementById(`legend-${kind}`).replaceChildren(...(series.length
+      ? series.map((s, i) => {
+        const swatch = el("span", { class: "swatch" });
+        swatch.style.background = color(i); // CSSOM, allowed by the page's CSP
+        return el("span", { "data-series": s.name }, swatch, s.name);
+      })
+      : [el("span", { class: "muted" }, "No traffic in the last 15 minutes.")]));
+  }
+  fillRows("disk-health", history.disks.map((d) => el("tr", { "data-disk": d.index },
+    el("td", {}, d.index), el("td", {}, d.path),
+    el("td", {}, el("span", { class: d.healthy ? "pill on" : "pill bad" }, d.healthy ? "healthy" : "I/O errors")),
+    el("td", { class: "num" }, d.io_errors), el("td", { class: "num" }, d.errors_in_window),
+    el("td", {}, d.last_error
+      ? `${new Date(d.last_error.at_unix_ms).toLocaleString()}: ${d.last_error.message}` : "—"))),
+  "no disks", 6);
+}
+
+let refreshingHistory = false;
+let lastHistoryError = "";
+
+async function refreshHistory() {
+  if (refreshingHistory) return;
+  refreshingHistory = true;
+  try {
+    renderHistory(await api("GET", "/api/history"));
+    lastHistoryError = "";
+  } catch (e) {
+    if (e.message !== lastHistoryError) showMessage("error", e.message);
+    lastHistoryError = e.message;
+  } finally {
+    refreshingHistory = false;
+  }
+}
+
 // ---- refresh -------------------------------------------------------------------------
 
 let refreshing = null;
@@ -317,6 +478,8 @@ function setup() {
   });
   refresh();
   setInterval(refresh, REFRESH_MS);
+  refreshHistory();
+  setInterval(refreshHistory, HISTORY_REFRESH_MS);
 }
 
 setup();
