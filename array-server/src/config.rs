@@ -44,6 +44,9 @@ pub struct ConfigFile {
 pub struct ServerSection {
     /// Address hosts connect to (`0.0.0.0:7700` reaches every interface).
     pub listen: Option<SocketAddr>,
+    /// Further addresses, one per further network hosts reach the server over
+    /// (multipath).
+    pub also_listen: Option<Vec<SocketAddr>>,
     /// Runtime threads (default: the number of CPUs).
     pub threads: Option<usize>,
     /// Most live connections.
@@ -86,8 +89,10 @@ pub struct ArraySection {
 /// wins over the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeOverrides {
-    /// `--listen`.
+    /// `--listen` (the first one).
     pub listen: Option<SocketAddr>,
+    /// `--listen` after the first (replaces the file's `also_listen`).
+    pub also_listen: Vec<SocketAddr>,
     /// `--threads`.
     pub threads: Option<usize>,
     /// `--max-connections`.
@@ -177,6 +182,11 @@ impl ConfigFile {
         let handshake_ms = overrides.handshake_timeout_ms.or(file.handshake_timeout_ms);
         let server = ServerConfig {
             listen: overrides.listen.or(file.listen).unwrap_or(defaults.listen),
+            also_listen: if overrides.also_listen.is_empty() {
+                file.also_listen.clone().unwrap_or_default()
+            } else {
+                overrides.also_listen.clone()
+            },
             threads: overrides
                 .threads
                 .or(file.threads)

@@ -65,6 +65,9 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 pub struct ServerConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Further addresses to listen on, one per further network a host may reach the
+    /// server over (its multipath paths); each thread accepts on all of them.
+    pub also_listen: Vec<SocketAddr>,
     /// Runtime threads, each with its own listener and io_uring.
     pub threads: usize,
     /// Most live connections; more are refused with `Busy`.
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            also_listen: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_io: wire::DEFAULT_MAX_IO,
@@ -142,6 +146,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    also_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -151,6 +156,14 @@ impl RunningServer {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every address the server listens on: [`RunningServer::local_addr`], then those of
+    /// `also_listen`, in order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.local_addr)
+            .chain(self.also_addrs.iter().copied())
+            .collect()
     }
 
     /// The array it serves.
@@ -217,14 +230,21 @@ impl Drop for RunningServer {
 /// Starts serving `array` with `config`; returns once every listener is bound.
 pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     let threads = config.threads.max(1);
-    let first = bind_reuseport(config.listen)?;
-    let local_addr = first
-        .local_addr()
-        .map_err(|e| Error::io("reading the bound address", e))?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(bind_reuseport(local_addr)?);
+    let mut listeners: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for address in std::iter::once(config.listen).chain(config.also_listen.iter().copied()) {
+        let first = bind_reuseport(address)?;
+        let bound = first
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        listeners[0].push(first);
+        for thread in listeners.iter_mut().skip(1) {
+            thread.push(bind_reuseport(bound)?);
+        }
+        addrs.push(bound);
     }
+    let local_addr = addrs[0];
+    let also_addrs = addrs[1..].to_vec();
     let shared = Arc::new(Shared {
         array,
         sessions: Arc::default(),
@@ -244,9 +264,10 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
             .map_err(|e| Error::io("starting a server thread", e))?;
         handles.push(handle);
     }
-    log::info!("serving on {local_addr} with {threads} threads");
+    log::info!("serving on {addrs:?} with {threads} threads");
     Ok(RunningServer {
         local_addr,
+        also_addrs,
         shared,
         shutdown,
         threads: handles,
@@ -275,12 +296,13 @@ fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
     Ok(socket.into())
 }
 
+/// Accepts on every one of the thread's `listeners` (one per listen address) until the
+/// shutdown.
 async fn run_thread(
-    listener: StdListener,
+    listeners: Vec<StdListener>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let listener = TcpListener::from_std(listener);
     let disks = match DiskSet::new(&shared.array) {
         Ok(disks) => Rc::new(disks),
         Err(error) => {
@@ -288,6 +310,28 @@ async fn run_thread(
             return;
         }
     };
+    let mut listeners = listeners.into_iter().map(TcpListener::from_std);
+    let Some(first) = listeners.next() else {
+        return;
+    };
+    for listener in listeners {
+        tokio_uring::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            disks.clone(),
+            shutdown.clone(),
+        ));
+    }
+    accept_loop(first, shared, disks, shutdown).await;
+}
+
+/// Accepts connections on `listener` until the shutdown.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    disks: Rc<DiskSet>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

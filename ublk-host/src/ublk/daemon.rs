@@ -57,8 +57,40 @@ pub struct Attached {
 }
 
 /// The partition `options` names, and the I/O buffer size per tag for it.
+///
+/// With several paths, every path that answers must lead to the same array (its
+/// `Welcome.array_id`); one that does not answer now is let be (its lanes reach it over
+/// the others until it does), but at least one must answer.
 pub(crate) fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
-    let mut discovery = Discovery::open(&options.engine.client)?;
+    let client = &options.engine.client;
+    let mut found: Option<(Discovery, String)> = None;
+    let mut last_error = None;
+    for addr in client.paths() {
+        let discovery = match Discovery::open(&client.via(&addr)) {
+            Ok(discovery) => discovery,
+            Err(error) => {
+                log::warn!("path {addr} does not answer now: {error}");
+                last_error = Some(error);
+                continue;
+            }
+        };
+        if let Some((first, first_addr)) = &found {
+            if first.welcome().array_id != discovery.welcome().array_id {
+                return Err(HostError::Config {
+                    what: "--server",
+                    reason: format!(
+                        "{first_addr} and {addr} are different arrays; every --server of a \
+                         device must be a path to the same array server"
+                    ),
+                });
+            }
+        } else {
+            found = Some((discovery, addr));
+        }
+    }
+    let Some((mut discovery, _)) = found else {
+        return Err(last_error.unwrap_or(HostError::Closed));
+    };
     let partition = discovery.list()?.find(&options.partition)?.clone();
     let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
     Ok((partition, buf_bytes))
