@@ -599,7 +599,11 @@ fn serve(command: ServeCommand) -> Result<()> {
     let array = open_spec(&settings.disks)?;
     let signals = block_termination_signals()?;
     let server = net::start(array, settings.server).context("starting the server")?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!("array-server listening on {}", addrs.join(" "));
     let admin = match settings.admin {
         Some(addr) => {

@@ -57,7 +57,9 @@ pub struct QueueEngine {
     tasks: RefCell<Vec<smol::Task<()>>>,
     durability: std::sync::Arc<Durability>,
     rules: SplitRules,
-    next_lane: Cell<usize>,
+    /// Per path, the lane its next request starts on (each path rotates on its own, so
+    /// the path choice cannot starve one of a path's lanes).
+    next_lane: Vec<Cell<usize>>,
     /// Paths the queue reaches the server over; `lanes` holds `rules.lanes` per path.
     paths: usize,
     policy: PathPolicy,
@@ -123,7 +125,7 @@ impl QueueEngine {
             tasks: RefCell::new(tasks),
             durability: config.durability.clone(),
             rules,
-            next_lane: Cell::new(usize::from(queue)),
+            next_lane: (0..paths).map(|_| Cell::new(usize::from(queue))).collect(),
             paths,
             policy: config.path_policy,
             last_path: Cell::new(usize::from(queue) % paths),
@@ -232,9 +234,10 @@ impl QueueEngine {
 
     async fn run(&self, io: BlockIo, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
         self.validate(&io)?;
-        let base = self.pick_path() * self.rules.lanes;
-        let first = self.next_lane.get() % self.rules.lanes;
-        self.next_lane.set(first + 1);
+        let path = self.pick_path();
+        let base = path * self.rules.lanes;
+        let first = self.next_lane[path].get() % self.rules.lanes;
+        self.next_lane[path].set(first + 1);
         let flags = if io.fua { FLAG_FUA } else { 0 };
         if io.op == Op::Flush {
             let request = PartRequest {
@@ -347,7 +350,9 @@ fn wire_lanes(per_path: u16, paths: usize) -> Result<Vec<(usize, u16)>> {
     if total > usize::from(u16::MAX) + 1 {
         return Err(HostError::Config {
             what: "lanes per queue",
-            reason: format!("{per_path} lanes on each of {paths} paths exceed the wire's lane numbers"),
+            reason: format!(
+                "{per_path} lanes on each of {paths} paths exceed the wire's lane numbers"
+            ),
         });
     }
     Ok((0..total)

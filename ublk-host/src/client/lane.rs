@@ -180,11 +180,13 @@ impl Lane {
         match admitted {
             Ok(tag) => {
                 let now = Instant::now();
-                if self
-                    .core
-                    .borrow_mut()
-                    .track(tag, slot.clone(), Kind::Request, request.len.into(), now)
-                {
+                if self.core.borrow_mut().track(
+                    tag,
+                    slot.clone(),
+                    Kind::Request,
+                    request.len.into(),
+                    now,
+                ) {
                     self.wake_sender();
                 }
             }
@@ -293,7 +295,13 @@ impl Lane {
         };
         let mailbox = Arc::new(Mailbox::new(event));
         let home = vec![(self.home, self.config.client.paths()[self.home].clone())];
-        if spawn_helper(self.config.client.clone(), home, self.purpose, mailbox.clone()).is_ok()
+        if spawn_helper(
+            self.config.client.clone(),
+            home,
+            self.purpose,
+            mailbox.clone(),
+        )
+        .is_ok()
         {
             *self.homing.borrow_mut() = Some(mailbox);
         }
@@ -376,7 +384,12 @@ impl Lane {
             Err(error) => return self.give_up(&error),
         };
         let order = path_order(&self.config, self.home);
-        let spawned = spawn_helper(self.config.client.clone(), order, self.purpose, mailbox.clone());
+        let spawned = spawn_helper(
+            self.config.client.clone(),
+            order,
+            self.purpose,
+            mailbox.clone(),
+        );
         if let Err(error) = spawned {
             return self.give_up(&error);
         }

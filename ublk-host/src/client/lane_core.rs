@@ -598,7 +598,11 @@ mod tests {
         assert_eq!(core.outstanding_bytes(), 4608);
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
-        assert_eq!(core.outstanding_bytes(), 4608, "reissued, still outstanding");
+        assert_eq!(
+            core.outstanding_bytes(),
+            4608,
+            "reissued, still outstanding"
+        );
         core.close();
         assert_eq!(core.outstanding_bytes(), 0);
     }
@@ -615,6 +619,10 @@ mod tests {
         assert_eq!(batch(&mut core), vec![5]);
         let slot = core.reply(tag, t0).unwrap();
         core.close();
-        assert_eq!(core.restore(tag, slot, 5), Err((5, Errno::EIO)), "never lost");
+        assert_eq!(
+            core.restore(tag, slot, 5),
+            Err((5, Errno::EIO)),
+            "never lost"
+        );
     }
 }
