@@ -119,6 +119,7 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
 pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) -> TargetData {
     TargetData {
         server: options.engine.client.server.clone(),
+        more_paths: options.engine.client.more_paths.clone(),
         host: options.engine.client.host.clone(),
         partition: partition.name.clone(),
         partition_id: partition.id,
