@@ -316,13 +316,21 @@ impl Lane {
     /// Takes a connection home the homing helper made: the current connection (already
     /// fenced by the server) is dropped and the new one installed in its place.
     fn check_homing(&self) {
-        let delivered = self.homing.borrow().as_ref().and_then(|m| m.take());
-        if let Some(Delivery::Connected(connection, via)) = delivered {
-            log::info!("{:?}: path {via} is back; moving home", self.purpose);
-            self.stop_homing();
-            *self.pending.borrow_mut() = Some((connection, via));
+        if self.take_homing() {
             self.shutdown_socket();
         }
+    }
+
+    /// Moves a connection the homing helper delivered to `pending`; whether there was one.
+    fn take_homing(&self) -> bool {
+        let delivered = self.homing.borrow().as_ref().and_then(|m| m.take());
+        let Some(Delivery::Connected(connection, via)) = delivered else {
+            return false;
+        };
+        log::info!("{:?}: path {via} is back; moving home", self.purpose);
+        self.stop_homing();
+        *self.pending.borrow_mut() = Some((connection, via));
+        true
     }
 
     /// Carries out one tick of the core.
@@ -374,6 +382,8 @@ impl Lane {
         if self.is_closed() {
             return None;
         }
+        // The homing connection may have fenced the current one before a tick saw it.
+        self.take_homing();
         if let Some(home) = self.pending.take() {
             return Some(home);
         }
