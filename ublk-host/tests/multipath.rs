@@ -310,7 +310,17 @@ fn round_robin_alternates_between_two_healthy_paths() {
         let mut config = EngineConfig::new(client(&setup, path0));
         config.path_policy = PathPolicy::RoundRobin;
         let part = partition(&config.client);
-        let counts = run_queue_thread(&config, &part, 0, |engine| async move {
+        let sessions = setup.server.sessions().clone();
+        let part_id = part.id;
+        let counts = run_queue_thread(&config, &part, 0, move |engine| async move {
+            // The server sees one lane on each of its addresses, with its traffic.
+            let mut locals: Vec<String> = sessions
+                .data_lanes("h1", part_id)
+                .iter()
+                .map(|s| s.local.ip().to_string())
+                .collect();
+            locals.sort();
+            assert_eq!(locals, vec!["127.0.0.1", "127.0.0.2"]);
             for i in 0..10u64 {
                 let io = BlockIo {
                     op: Op::Write,
@@ -322,6 +332,12 @@ fn round_robin_alternates_between_two_healthy_paths() {
                 engine.execute_owned(io, data).await.0.unwrap();
             }
             read_back_some(&engine).await;
+            let ops: Vec<u64> = sessions
+                .data_lanes("h1", part_id)
+                .iter()
+                .map(|s| s.counters.snapshot().ops())
+                .collect();
+            assert_eq!(ops, vec![10, 10], "per-path server counters");
             path_requests(&engine, 1)
         })
         .unwrap();

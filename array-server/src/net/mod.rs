@@ -368,6 +368,8 @@ async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, 
     if let Err(error) = liveness::set(&stream) {
         log::debug!("{peer}: keepalive / TCP_USER_TIMEOUT: {error}");
     }
+    let local =
+        liveness::local_addr(&stream).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let stream = Rc::new(stream);
     let mut reader = FrameReader::new(stream.clone());
     let busy = live > shared.config.max_connections;
@@ -391,7 +393,7 @@ async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, 
     };
     let guard = shared
         .sessions
-        .register(&admitted.host, peer, admitted.purpose);
+        .register(&admitted.host, (peer, local), admitted.purpose);
     if let Err(error) = send_message(&stream, &wire::ProofReply::Welcome(admitted.welcome)).await {
         log::debug!("{peer}: {error}");
         return;
