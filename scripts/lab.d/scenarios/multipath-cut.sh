@@ -29,8 +29,8 @@ bg_start fio fio --eta=never --output-format=json --output="$json" \
 wait_for "[ \"\$(ml_path_bytes h1 vol 0)\" -ge 262144 ] && [ \"\$(ml_path_bytes h1 vol 1)\" -ge 262144 ]" 60 \
 	"fio writing over both paths"
 
-ml_cut_path 0
 cut_ms=$(now_ms)
+ml_cut_path 0
 log "path 0 cut (netem loss 100% both ways)"
 wait_for "grep -q 'running over path 1' $LAB_WORK/host.log" 30 "a lane of path 0 to take over on path 1"
 failover_ms=$(($(now_ms) - cut_ms))
