@@ -304,6 +304,38 @@ mod tests {
     }
 
     #[test]
+    fn further_listen_addresses_come_from_the_file_or_the_flags() {
+        let file =
+            parse("[server]\nlisten = \"10.1.0.2:7700\"\nalso_listen = [\"10.2.0.2:7700\"]\n")
+                .unwrap();
+        let settings = file.settings(&ServeOverrides::default()).unwrap();
+        assert_eq!(settings.server.listen, "10.1.0.2:7700".parse().unwrap());
+        assert_eq!(
+            settings.server.also_listen,
+            vec!["10.2.0.2:7700".parse().unwrap()]
+        );
+        let overrides = ServeOverrides {
+            listen: "127.0.0.1:1".parse().ok(),
+            also_listen: vec![
+                "127.0.0.2:1".parse().unwrap(),
+                "127.0.0.3:1".parse().unwrap(),
+            ],
+            ..ServeOverrides::default()
+        };
+        let settings = file.settings(&overrides).unwrap();
+        assert_eq!(
+            settings.server.also_listen.len(),
+            2,
+            "the flags replace the file's list"
+        );
+        let none = parse("")
+            .unwrap()
+            .settings(&ServeOverrides::default())
+            .unwrap();
+        assert!(none.server.also_listen.is_empty());
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let overrides = ServeOverrides {
             listen: "127.0.0.1:1234".parse().ok(),
