@@ -31,6 +31,7 @@ use wire::{Op, PartitionInfo, Purpose, Request, Status};
 use crate::client::config::{EngineConfig, HEARTBEAT_AFTER};
 use crate::client::connect::{next_lane_epoch, Connection};
 use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
+use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
 use crate::client::receive::{check_reply, RecvBuf};
 use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
@@ -434,13 +435,9 @@ impl Lane {
     }
 }
 
-/// Every path (index, address), `home` first, then the others in order.
+/// Where a lane whose home is `home` (re)connects: see [`reconnect_order`].
 fn path_order(config: &EngineConfig, home: usize) -> Vec<(usize, String)> {
-    let paths = config.client.paths();
-    let mut order: Vec<(usize, String)> = paths.into_iter().enumerate().collect();
-    let first = home.min(order.len().saturating_sub(1));
-    order.rotate_left(first);
-    order
+    reconnect_order(config.client.paths(), home)
 }
 
 fn finish_all(slots: Vec<Rc<Slot>>, outcome: std::result::Result<(), Errno>) {

@@ -77,6 +77,16 @@ pub(crate) fn choose(policy: PathPolicy, loads: &[PathLoad], last: usize) -> usi
     .unwrap_or(0)
 }
 
+/// Every path (index, address) a lane whose home is `home` tries, in order: its home
+/// first, then the others after it (wrapping), so lanes of different homes spread over
+/// the survivors when more than two paths exist.
+pub(crate) fn reconnect_order(paths: Vec<String>, home: usize) -> Vec<(usize, String)> {
+    let mut order: Vec<(usize, String)> = paths.into_iter().enumerate().collect();
+    let first = home.min(order.len().saturating_sub(1));
+    order.rotate_left(first);
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +148,25 @@ mod tests {
             last = path;
         }
         assert_eq!(sent[0], 1, "one request strands on the silent path");
+    }
+
+    #[test]
+    fn a_lane_tries_its_home_first_then_the_others() {
+        let paths = || vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let order = |home| {
+            reconnect_order(paths(), home)
+                .into_iter()
+                .map(|(index, _)| index)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(0), vec![0, 1, 2]);
+        assert_eq!(order(1), vec![1, 2, 0]);
+        assert_eq!(order(2), vec![2, 0, 1]);
+        assert_eq!(reconnect_order(paths(), 1)[0], (1, "b".to_string()));
+        assert_eq!(
+            reconnect_order(vec!["a".into()], 0),
+            vec![(0, "a".to_string())]
+        );
     }
 
     #[test]
