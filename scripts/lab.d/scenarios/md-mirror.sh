@@ -80,8 +80,8 @@ mdadm --stop "$MD" >/dev/null
 offset_a=$(mdadm --examine "$dev_a" | awk '/Data Offset/ {print $4}')
 offset_b=$(mdadm --examine "$dev_b" | awk '/Data Offset/ {print $4}')
 assert_eq "$offset_a" "$offset_b" "data offsets (sectors) of the two members"
-sum_a=$(dd if="$dev_a" bs=512 skip="$offset_a" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
-sum_b=$(dd if="$dev_b" bs=512 skip="$offset_b" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+sum_a=$(dd if="$dev_a" bs=1M skip=$((offset_a * 512)) iflag=direct,skip_bytes 2>/dev/null | sha256sum | cut -d' ' -f1)
+sum_b=$(dd if="$dev_b" bs=1M skip=$((offset_b * 512)) iflag=direct,skip_bytes 2>/dev/null | sha256sum | cut -d' ' -f1)
 assert_eq "$sum_a" "$sum_b" "the two halves' data areas"
 metric md_faulty_ms "$faulty_ms" ms
 metric resync_ms "$resync_ms" ms

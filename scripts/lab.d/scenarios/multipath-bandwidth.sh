@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: native multipath adds up bandwidth: the server behind two veth pairs, each shaped to the same rate (tbf on the server's side, which carries read data); 1 MiB sequential reads over both paths reach at least 1.7x what one path gives
+# lab-desc: native multipath adds up bandwidth: the server behind two veth pairs, each shaped to the same rate (netem rate on the server's side, which carries the read data); 1 MiB sequential reads over both paths reach at least 1.7x what one path gives
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
@@ -15,7 +15,7 @@ ml_assign h1 vol
 ml_serve_paths 7170 7199
 for n in 0 1; do
 	read -r _ veth_server _ <<<"$(ml_path_net "$n")"
-	ip netns exec "$ML_NETNS" tc qdisc add dev "$veth_server" root tbf rate "$RATE" burst 32kb latency 100ms
+	ip netns exec "$ML_NETNS" tc qdisc add dev "$veth_server" root netem rate "$RATE"
 done
 
 # read_bw NAME ARGS...: attach with ARGS, fill nothing (reads of a fresh partition are
