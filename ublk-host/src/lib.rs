@@ -17,7 +17,12 @@
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount
-//!   namespace.
+//!   namespace, stable names (`/dev/multilane/<partition>`).
+//! - [`hostconfig`]: the host configuration file (`/etc/multilane/host.toml`): servers,
+//!   identity, partitions to attach; each entry becomes an `attach` command line.
+//! - [`nbd`]: a partition as an NBD export on a local Unix socket (fixed newstyle, simple
+//!   replies), each NBD connection on its own queue engine; [`nbd::proto`] is the sans-IO
+//!   codec.
 //! - [`error`]: [`HostError`] and the errno a failed block I/O completes with.
 //!
 //! # Driving the engine (tests, bench)
@@ -50,6 +55,8 @@
 
 pub mod client;
 pub mod error;
+pub mod hostconfig;
+pub mod nbd;
 pub mod ublk;
 
 pub use error::{Errno, HostError, Result};

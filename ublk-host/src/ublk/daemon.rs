@@ -10,6 +10,7 @@ use wire::PartitionInfo;
 use crate::client::{Discovery, EngineConfig};
 use crate::error::{HostError, Result};
 use crate::ublk::inspect::{self, ctrl_id};
+use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::queue::serve_queue;
 use crate::ublk::state::{Saved, TargetData};
@@ -54,6 +55,8 @@ pub struct Attached {
     pub partition: PartitionInfo,
     /// Whether this process took an existing device over rather than creating it.
     pub recovered: bool,
+    /// Its stable name (`/dev/multilane/<partition>`), made once the device is live.
+    pub link: Option<String>,
 }
 
 /// The partition `options` names, and the I/O buffer size per tag for it.
@@ -159,18 +162,24 @@ pub(crate) fn serve(
     };
     let config = Arc::new(options.engine.clone());
     let shared_partition = Arc::new(partition.clone());
-    let attached = Attached {
+    let identity = target_data(options, &partition);
+    let mut attached = Attached {
         id: ctrl.dev_info().dev_id,
         path: ctrl.get_bdev_path(),
         queues: ctrl.dev_info().nr_hw_queues,
         lanes_per_queue: options.engine.lanes_per_queue,
         partition,
         recovered,
+        link: None,
     };
     ctrl.run_target(
         tgt_init,
         move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
-        move |_ctrl: &UblkCtrl| ready(&attached),
+        move |ctrl: &UblkCtrl| {
+            let link = names::publish(ctrl.dev_info().dev_id, &identity);
+            attached.link = link.map(|path| path.display().to_string());
+            ready(&attached)
+        },
     )?;
     Ok(())
 }
