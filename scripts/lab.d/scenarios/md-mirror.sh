@@ -26,13 +26,13 @@ dev_b=$ML_DEV
 mdadm --create "$MD" --run --level=1 --raid-devices=2 --metadata=1.2 --bitmap=internal \
 	--failfast "$dev_a" "$dev_b" >"$LAB_WORK/mdadm-create.log" 2>&1 ||
 	fail "mdadm --create: $(tail -n 3 "$LAB_WORK/mdadm-create.log")"
-on_cleanup "mdadm --stop $MD"
+on_cleanup "[ ! -e /sys/block/md0/md ] || mdadm --stop $MD"
 mdadm --wait "$MD" || true
 wait_for "grep -q '\[UU\]' /proc/mdstat" 120 "the initial mirror sync"
 mkfs.ext4 -q "$MD"
 mkdir -p "$MNT"
 mount "$MD" "$MNT"
-on_cleanup "umount $MNT"
+on_cleanup "! mountpoint -q $MNT || umount $MNT"
 
 json=$LAB_WORK/fio.json
 bg_start fio fio --eta=never --output-format=json --output="$json" \

@@ -4,7 +4,9 @@
 . /lab/multilane.sh
 
 # Each path's rate: low enough that the shaping, not the emulated CPU, is the limit.
-RATE=64mbit
+RATE=32mbit
+# netem's queue, packets: room for every read in flight, so the shaping delays and never drops.
+QUEUE_PACKETS=100000
 MIN_RATIO_PCT=170
 RUN_SECS=10
 
@@ -15,7 +17,7 @@ ml_assign h1 vol
 ml_serve_paths 7170 7199
 for n in 0 1; do
 	read -r _ veth_server _ <<<"$(ml_path_net "$n")"
-	ip netns exec "$ML_NETNS" tc qdisc add dev "$veth_server" root netem rate "$RATE"
+	ip netns exec "$ML_NETNS" tc qdisc add dev "$veth_server" root netem rate "$RATE" limit "$QUEUE_PACKETS"
 done
 
 # read_bw NAME ARGS...: attach with ARGS, fill nothing (reads of a fresh partition are
