@@ -44,6 +44,9 @@ pub struct ConfigFile {
 pub struct ServerSection {
     /// Address hosts connect to (`0.0.0.0:7700` reaches every interface).
     pub listen: Option<SocketAddr>,
+    /// Further addresses, one per further network hosts reach the server over
+    /// (multipath).
+    pub also_listen: Option<Vec<SocketAddr>>,
     /// Runtime threads (default: the number of CPUs).
     pub threads: Option<usize>,
     /// Most live connections.
@@ -86,8 +89,10 @@ pub struct ArraySection {
 /// wins over the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeOverrides {
-    /// `--listen`.
+    /// `--listen` (the first one).
     pub listen: Option<SocketAddr>,
+    /// `--listen` after the first (replaces the file's `also_listen`).
+    pub also_listen: Vec<SocketAddr>,
     /// `--threads`.
     pub threads: Option<usize>,
     /// `--max-connections`.
@@ -177,6 +182,11 @@ impl ConfigFile {
         let handshake_ms = overrides.handshake_timeout_ms.or(file.handshake_timeout_ms);
         let server = ServerConfig {
             listen: overrides.listen.or(file.listen).unwrap_or(defaults.listen),
+            also_listen: if overrides.also_listen.is_empty() {
+                file.also_listen.clone().unwrap_or_default()
+            } else {
+                overrides.also_listen.clone()
+            },
             threads: overrides
                 .threads
                 .or(file.threads)
@@ -291,6 +301,38 @@ mod tests {
                 scan_block_devices: false,
             }
         );
+    }
+
+    #[test]
+    fn further_listen_addresses_come_from_the_file_or_the_flags() {
+        let file =
+            parse("[server]\nlisten = \"10.1.0.2:7700\"\nalso_listen = [\"10.2.0.2:7700\"]\n")
+                .unwrap();
+        let settings = file.settings(&ServeOverrides::default()).unwrap();
+        assert_eq!(settings.server.listen, "10.1.0.2:7700".parse().unwrap());
+        assert_eq!(
+            settings.server.also_listen,
+            vec!["10.2.0.2:7700".parse().unwrap()]
+        );
+        let overrides = ServeOverrides {
+            listen: "127.0.0.1:1".parse().ok(),
+            also_listen: vec![
+                "127.0.0.2:1".parse().unwrap(),
+                "127.0.0.3:1".parse().unwrap(),
+            ],
+            ..ServeOverrides::default()
+        };
+        let settings = file.settings(&overrides).unwrap();
+        assert_eq!(
+            settings.server.also_listen.len(),
+            2,
+            "the flags replace the file's list"
+        );
+        let none = parse("")
+            .unwrap()
+            .settings(&ServeOverrides::default())
+            .unwrap();
+        assert!(none.server.also_listen.is_empty());
     }
 
     #[test]

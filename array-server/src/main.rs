@@ -84,9 +84,10 @@ struct ServeCommand {
     /// with --array, probe only --disk and --scan, not the machine's block devices
     #[argh(switch)]
     no_device_scan: bool,
-    /// address to listen on (default 0.0.0.0:7700)
+    /// address to listen on (default 0.0.0.0:7700); repeat it to listen on one address
+    /// per network for hosts' multipath
     #[argh(option)]
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
     /// runtime threads (default: number of CPUs)
     #[argh(option)]
     threads: Option<usize>,
@@ -598,7 +599,12 @@ fn serve(command: ServeCommand) -> Result<()> {
     let array = open_spec(&settings.disks)?;
     let signals = block_termination_signals()?;
     let server = net::start(array, settings.server).context("starting the server")?;
-    println!("array-server listening on {}", server.local_addr());
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("array-server listening on {}", addrs.join(" "));
     let admin = match settings.admin {
         Some(addr) => {
             let token_file = settings.admin_token_file.as_deref();
@@ -630,7 +636,8 @@ fn serve(command: ServeCommand) -> Result<()> {
 /// The command line's part of `serve`'s settings: what it gives wins over the file.
 fn overrides(command: &ServeCommand) -> ServeOverrides {
     ServeOverrides {
-        listen: command.listen,
+        listen: command.listen.first().copied(),
+        also_listen: command.listen.iter().skip(1).copied().collect(),
         threads: command.threads,
         max_connections: command.max_connections,
         max_in_flight: command.max_in_flight,

@@ -16,6 +16,20 @@
 #                                  ours, $ML_VETH_SERVER in its), so the path can be cut
 #   ml_cut / ml_heal               drop every packet on both ends of that veth pair (netem
 #                                  loss 100%: no RST, no error, silence) / stop dropping
+#   ml_serve_paths PORT ADMIN_PORT like ml_serve_netns with two veth pairs, two subnets
+#                                  (path 0: 10.77.0.0/24, path 1: 10.78.0.0/24), the server
+#                                  listening on both (${ML_ADDRS[@]}); ml_ctl runs in its netns
+#   ml_cut_path N / ml_heal_path N cut / heal path N only (as ml_cut / ml_heal)
+#   ml_path_bytes HOST PART N      bytes read + written by the live data lanes of HOST on PART
+#                                  that came in over path N (their peer is on its subnet)
+#   ml_path_lanes HOST PART N      how many of those lanes there are
+#   ml_serve_own NAME DISK PORT ADMIN_PORT
+#                                  one more server: DISK alone formatted as its own array with
+#                                  partition vol-NAME (32M) for host h-NAME (secret
+#                                  $LAB_WORK/h-NAME.key, token $LAB_WORK/NAME.token), served
+#                                  on 127.0.0.1:PORT as bg "server-NAME"
+#   ml_use_server NAME PORT ADMIN_PORT
+#                                  aim ml_ctl, ml_attach (and the ml_* queries) at that server
 #   ml_ctl ARGS...                 array-server ctl against that server (`ml_ctl --json sessions`)
 #   ml_attach NAME HOST PART ARGS...
 #                                  background `ublk-host attach` (bg name NAME, log
@@ -54,7 +68,14 @@ ml_assign() {
 	array-server assign "${ML_DISKS[@]}" "$@" "$host" "$part" >/dev/null
 }
 
-ml_ctl() { array-server ctl --admin "http://$ML_ADMIN" --token-file "$ML_TOKEN" "$@"; }
+ML_CTL_NETNS=
+ml_ctl() {
+	if [ -n "$ML_CTL_NETNS" ]; then
+		ip netns exec "$ML_CTL_NETNS" array-server ctl --admin "http://$ML_ADMIN" --token-file "$ML_TOKEN" "$@"
+	else
+		array-server ctl --admin "http://$ML_ADMIN" --token-file "$ML_TOKEN" "$@"
+	fi
+}
 
 ml_serve() {
 	ML_ADDR=127.0.0.1:$1
@@ -98,6 +119,79 @@ ml_heal() {
 	tc qdisc del dev "$ML_VETH_HOST" root
 	ip netns exec "$ML_NETNS" tc qdisc del dev "$ML_VETH_SERVER" root
 }
+
+ML_ADDRS=()
+# Host side, server side of path N's veth pair, and its subnet prefix.
+ml_path_net() { echo "mlh$1 mls$1 10.$((77 + $1)).0"; }
+
+ml_serve_paths() {
+	local port=$1 admin=$2 n veth_host veth_server net listen=()
+	ip netns add "$ML_NETNS"
+	on_cleanup "ip netns del $ML_NETNS"
+	ip -n "$ML_NETNS" link set lo up
+	for n in 0 1; do
+		read -r veth_host veth_server net <<<"$(ml_path_net "$n")"
+		ip link add "$veth_host" type veth peer name "$veth_server"
+		ip link set "$veth_server" netns "$ML_NETNS"
+		ip addr add "$net.1/24" dev "$veth_host"
+		ip link set "$veth_host" up
+		ip -n "$ML_NETNS" addr add "$net.2/24" dev "$veth_server"
+		ip -n "$ML_NETNS" link set "$veth_server" up
+		ML_ADDRS+=("$net.2:$port")
+		listen+=(--listen "$net.2:$port")
+	done
+	ML_ADDR=${ML_ADDRS[0]}
+	ML_ADMIN=127.0.0.1:$admin
+	ML_CTL_NETNS=$ML_NETNS
+	bg_start server ip netns exec "$ML_NETNS" array-server serve "${ML_DISKS[@]}" "${listen[@]}" \
+		--threads 2 --admin "$ML_ADMIN" --admin-token-file "$ML_TOKEN"
+	wait_for "ml_ctl --json array" 30 "array-server's admin API on $ML_ADMIN (netns $ML_NETNS)"
+	ml_assert_virtio_members
+}
+
+ml_cut_path() {
+	local veth_host veth_server net
+	read -r veth_host veth_server net <<<"$(ml_path_net "$1")"
+	tc qdisc add dev "$veth_host" root netem loss 100%
+	ip netns exec "$ML_NETNS" tc qdisc add dev "$veth_server" root netem loss 100%
+}
+
+ml_heal_path() {
+	local veth_host veth_server net
+	read -r veth_host veth_server net <<<"$(ml_path_net "$1")"
+	tc qdisc del dev "$veth_host" root
+	ip netns exec "$ML_NETNS" tc qdisc del dev "$veth_server" root
+}
+
+ml_path_sessions() { # HOST PART N
+	local veth_host veth_server net
+	read -r veth_host veth_server net <<<"$(ml_path_net "$3")"
+	ml_sessions_of "$1" "$2" | jq -c --arg net "$net." 'select(.peer | startswith($net))'
+}
+ml_path_bytes() { ml_path_sessions "$@" | jq -s 'map(.bytes_read + .bytes_written) | add // 0'; }
+ml_path_lanes() { ml_path_sessions "$@" | jq -s 'length'; }
+
+ml_serve_own() {
+	local name=$1 disk=$2 port=$3 admin=$4
+	local token=$LAB_WORK/$name.token
+	array-server format --disk "$disk" --chunk 64K --force --admin-token-file "$token" >/dev/null
+	array-server partition create --disk "$disk" "vol-$name" 32M >/dev/null
+	array-server host create --disk "$disk" --secret-file "$LAB_WORK/h-$name.key" "h-$name" >/dev/null
+	array-server assign --disk "$disk" "h-$name" "vol-$name" >/dev/null
+	ml_start_own "$name" "$disk" "$port" "$admin"
+}
+
+# ml_start_own NAME DISK PORT ADMIN_PORT: (re)start the server ml_serve_own made.
+ml_start_own() {
+	local name=$1 disk=$2 port=$3 admin=$4
+	local token=$LAB_WORK/$name.token
+	bg_start "server-$name" array-server serve --disk "$disk" --listen "127.0.0.1:$port" \
+		--threads 1 --admin "127.0.0.1:$admin" --admin-token-file "$token"
+	wait_for "array-server ctl --admin http://127.0.0.1:$admin --token-file $token --json array" 30 \
+		"array-server $name's admin API"
+}
+
+ml_use_server() { ML_ADDR=127.0.0.1:$2 ML_ADMIN=127.0.0.1:$3 ML_TOKEN=$LAB_WORK/$1.token; }
 
 # Sum of bytes the server wrote for HOST on PART over its live data lanes.
 ml_bytes_written() { ml_sessions_of "$1" "$2" | jq -s 'map(.bytes_written) | add // 0'; }

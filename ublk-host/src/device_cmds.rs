@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use argh::FromArgs;
 use ublk_host::client::config::{DEFAULT_DEAD_AFTER, DEFAULT_WAIT_BOUND};
-use ublk_host::client::EngineConfig;
+use ublk_host::client::{EngineConfig, PathPolicy};
 use ublk_host::ublk::device::parse_device;
 use ublk_host::ublk::namespace::enter_private_mount_namespace;
 use ublk_host::ublk::state;
@@ -25,9 +25,14 @@ const DETACH_WAIT: Duration = Duration::from_secs(10);
 /// or `ublk-host detach`. If a device of the same server, host and partition lost its
 /// daemon (kill -9, crash), take that one over instead: run the same command again.
 pub struct AttachArgs {
-    /// server address, host:port
+    /// server address, host:port; repeat it with the server's address on each further
+    /// network for multipath (the same array, checked)
     #[argh(option)]
-    server: String,
+    server: Vec<String>,
+    /// how requests are spread over several --server paths: queue-depth (fewest bytes
+    /// outstanding, default) or round-robin
+    #[argh(option, default = "PathPolicy::QueueDepth")]
+    path_policy: PathPolicy,
     /// this host's name on the server
     #[argh(option)]
     host: String,
@@ -143,13 +148,18 @@ pub fn options_from_argv(argv: Vec<String>) -> anyhow::Result<AttachOptions> {
 }
 
 fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<AttachOptions> {
-    let mut client = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
+    let Some((server, more_paths)) = args.server.split_first() else {
+        anyhow::bail!("--server is required");
+    };
+    let mut client = client_config(server, &args.host, &args.secret_file, args.timeout)?;
+    client.more_paths = more_paths.to_vec();
     if args.dead_after == 0 {
         anyhow::bail!("--dead-after must be at least 1 second");
     }
     client.dead_after = Duration::from_secs(args.dead_after);
     let mut engine = EngineConfig::new(client);
     engine.lanes_per_queue = args.lanes_per_queue;
+    engine.path_policy = args.path_policy;
     engine.split = size_option(&args.split)?;
     engine.wait_bound = Duration::from_secs(args.wait_bound);
     engine.fail_fast = args.fail_fast.map(Duration::from_secs);
@@ -304,7 +314,7 @@ mod tests {
         let argv = ublk_host::hostconfig::apply_overrides(&base, &overrides);
         let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
         let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs).unwrap();
-        assert_eq!(args.server, "10.0.0.1:7700");
+        assert_eq!(args.server, vec!["10.0.0.1:7700"]);
         assert_eq!(args.partition, "vol0");
         assert_eq!((args.queues, args.depth), (Some(4), 64), "from the entry");
         assert_eq!(args.split, "128K", "from [defaults]");

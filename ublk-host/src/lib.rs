@@ -11,7 +11,9 @@
 //!   reissue order, heartbeats, dead-lane detection, the failure policy, final refusals)
 //!   live in a sans-IO core (`client/lane_core.rs`) its driver (`client/lane.rs`) feeds
 //!   with events; [`client::Durability`] is the device-wide boot-epoch / FLUSH rule;
-//!   [`client::ratelog`] keeps repeated errors out of the log.
+//!   [`client::ratelog`] keeps repeated errors out of the log. [`client::paths`] is native
+//!   multipath: lanes on every path of the server, the per-request path choice
+//!   (queue-depth or round-robin), takeover over another path and homing.
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount

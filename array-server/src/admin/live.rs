@@ -55,6 +55,7 @@ pub fn sessions_json(sessions: &dyn LiveSessions) -> Value {
                 "queue": s.queue,
                 "lane": s.lane,
                 "peer": s.peer,
+                "local": s.local,
                 "age_seconds": s.age.as_secs_f64(),
                 "ops": s.traffic.ops(),
                 "reads": s.traffic.reads,

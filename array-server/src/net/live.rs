@@ -40,6 +40,8 @@ pub struct SessionSnapshot {
     pub lane: Option<u16>,
     /// The peer's address.
     pub peer: String,
+    /// The server's address the connection came in on (per-path traffic).
+    pub local: String,
     /// How long the session has been up.
     pub age: Duration,
     /// Its requests so far.
@@ -95,6 +97,7 @@ impl LiveSessions for Shared {
                     queue,
                     lane,
                     peer: session.peer.to_string(),
+                    local: session.local.to_string(),
                     age: now.duration_since(session.since).unwrap_or_default(),
                     traffic: session.counters.snapshot(),
                 }

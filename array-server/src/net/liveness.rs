@@ -23,6 +23,16 @@ pub const KEEPALIVE_PROBES: u32 = 5;
 /// Longest time sent data may stay unacknowledged.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The server's own address of an accepted connection (which of its listen addresses).
+pub fn local_addr(stream: &TcpStream) -> io::Result<std::net::SocketAddr> {
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
 /// Sets keepalive and `TCP_USER_TIMEOUT` on an accepted connection.
 pub fn set(stream: &TcpStream) -> io::Result<()> {
     // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.

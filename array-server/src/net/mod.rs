@@ -73,6 +73,9 @@ const LISTEN_BACKLOG: i32 = 1024;
 pub struct ServerConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Further addresses to listen on, one per further network a host may reach the
+    /// server over (its multipath paths); each thread accepts on all of them.
+    pub also_listen: Vec<SocketAddr>,
     /// Runtime threads, each with its own listener and io_uring.
     pub threads: usize,
     /// Most live authenticated connections; more are refused with `Busy`.
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            also_listen: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
@@ -168,6 +172,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    also_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -177,6 +182,14 @@ impl RunningServer {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every address the server listens on: [`RunningServer::local_addr`], then those of
+    /// `also_listen`, in order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.local_addr)
+            .chain(self.also_addrs.iter().copied())
+            .collect()
     }
 
     /// The array it serves.
@@ -245,14 +258,21 @@ impl Drop for RunningServer {
 /// Starts serving `array` with `config`; returns once every listener is bound.
 pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     let threads = config.threads.max(1);
-    let first = bind_reuseport(config.listen)?;
-    let local_addr = first
-        .local_addr()
-        .map_err(|e| Error::io("reading the bound address", e))?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(bind_reuseport(local_addr)?);
+    let mut listeners: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for address in std::iter::once(config.listen).chain(config.also_listen.iter().copied()) {
+        let first = bind_reuseport(address)?;
+        let bound = first
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        listeners[0].push(first);
+        for thread in listeners.iter_mut().skip(1) {
+            thread.push(bind_reuseport(bound)?);
+        }
+        addrs.push(bound);
     }
+    let local_addr = addrs[0];
+    let also_addrs = addrs[1..].to_vec();
     let fd_limit = admission::raise_fd_limit();
     let session_room =
         admission::session_room(fd_limit, config.max_connections, config.max_unauthenticated);
@@ -283,6 +303,7 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     // dropping `server` stops the threads that did start.
     let server = RunningServer {
         local_addr,
+        also_addrs,
         shared,
         shutdown,
         threads: handles,
@@ -299,7 +320,7 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
             }
         }
     }
-    log::info!("serving on {local_addr} with {threads} threads");
+    log::info!("serving on {addrs:?} with {threads} threads");
     Ok(server)
 }
 
@@ -325,13 +346,14 @@ fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
     Ok(socket.into())
 }
 
+/// Accepts on every one of the thread's `listeners` (one per listen address) until the
+/// shutdown.
 async fn run_thread(
-    listener: StdListener,
+    listeners: Vec<StdListener>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<()>>,
 ) {
-    let listener = TcpListener::from_std(listener);
     let disks = match DiskSet::new(&shared.array) {
         Ok(disks) => Rc::new(disks),
         Err(error) => {
@@ -343,6 +365,31 @@ async fn run_thread(
     let _ = ready.send(Ok(()));
     let threads = shared.config.threads.max(1);
     let waiting = Unauthenticated::new(shared.config.max_unauthenticated / threads);
+    let mut listeners = listeners.into_iter().map(TcpListener::from_std);
+    let Some(first) = listeners.next() else {
+        return;
+    };
+    for listener in listeners {
+        tokio_uring::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            disks.clone(),
+            waiting.clone(),
+            shutdown.clone(),
+        ));
+    }
+    accept_loop(first, shared, disks, waiting, shutdown).await;
+}
+
+/// Accepts connections on `listener` until the shutdown; `waiting` is the thread's
+/// unauthenticated connections, shared by its listeners.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    disks: Rc<DiskSet>,
+    waiting: Rc<RefCell<Unauthenticated>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
@@ -407,6 +454,8 @@ async fn connection(
     if let Err(error) = liveness::set(&stream) {
         log::debug!("{peer}: keepalive / TCP_USER_TIMEOUT: {error}");
     }
+    let local =
+        liveness::local_addr(&stream).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut reader = FrameReader::new(stream.clone());
     let busy = shared.live.load(Ordering::Relaxed) >= shared.session_room;
     let deadline = shared.config.handshake_timeout;
@@ -435,7 +484,7 @@ async fn connection(
     let _live = LiveGuard(shared.live.clone());
     let guard = shared
         .sessions
-        .register(&admitted.host, peer, admitted.purpose);
+        .register(&admitted.host, (peer, local), admitted.purpose);
     if let Err(error) = send_message(&stream, &wire::ProofReply::Welcome(admitted.welcome)).await {
         log::debug!("{peer}: {error}");
         return;

@@ -170,6 +170,9 @@ pub struct Session {
     pub host: String,
     /// The peer's address.
     pub peer: SocketAddr,
+    /// The server's own address the connection came in on (which network: a host's
+    /// multipath path).
+    pub local: SocketAddr,
     /// Control, or data with partition, queue and lane.
     pub purpose: Purpose,
     /// When the handshake completed.
@@ -208,6 +211,8 @@ pub struct SessionView {
     pub host: String,
     /// Peer address.
     pub peer: String,
+    /// The server's address the connection came in on.
+    pub local: String,
     /// Control or data (partition, queue, lane).
     pub purpose: Purpose,
     /// Seconds since the Unix epoch when it connected.
@@ -271,6 +276,7 @@ impl Session {
             id: self.id,
             host: self.host.clone(),
             peer: self.peer.to_string(),
+            local: self.local.to_string(),
             purpose: self.purpose,
             connected_since: self
                 .since
@@ -404,13 +410,14 @@ impl Sessions {
     pub(crate) fn register(
         self: &Arc<Self>,
         host: &str,
-        peer: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
         purpose: Purpose,
     ) -> SessionGuard {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             host: host.to_owned(),
             peer,
+            local,
             purpose,
             since: SystemTime::now(),
             counters: LaneCounters::default(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use wire::Secret;
 
 use crate::client::durability::Durability;
+use crate::client::paths::PathPolicy;
 use crate::error::{HostError, Result};
 
 /// Default deadline of one connection attempt (TCP connect plus handshake).
@@ -22,8 +23,11 @@ pub const HEARTBEAT_AFTER: Duration = Duration::from_secs(1);
 /// How to reach and authenticate to one array server.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port` of the server.
+    /// `host:port` of the server (path 0).
     pub server: String,
+    /// Further `host:port` addresses of the same server, one per further network (paths
+    /// 1, 2, ...; see `paths.rs`). Empty for a single path.
+    pub more_paths: Vec<String>,
     /// This host's name, as created on the server.
     pub host: String,
     /// This host's shared secret.
@@ -41,10 +45,26 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Every path's address, path 0 (`server`) first.
+    pub fn paths(&self) -> Vec<String> {
+        std::iter::once(self.server.clone())
+            .chain(self.more_paths.iter().cloned())
+            .collect()
+    }
+
+    /// This configuration aimed at `addr` (one path of the server).
+    pub fn via(&self, addr: &str) -> ClientConfig {
+        ClientConfig {
+            server: addr.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// A configuration with the default handshake deadline.
     pub fn new(server: impl Into<String>, host: impl Into<String>, secret: Secret) -> Self {
         ClientConfig {
             server: server.into(),
+            more_paths: Vec::new(),
             host: host.into(),
             secret,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -62,8 +82,10 @@ impl ClientConfig {
 pub struct EngineConfig {
     /// The server and credentials.
     pub client: ClientConfig,
-    /// Lanes (TCP connections) each queue owns; at least 1.
+    /// Lanes (TCP connections) each queue owns on each path; at least 1.
     pub lanes_per_queue: u16,
+    /// How requests are spread over the paths (with more than one).
+    pub path_policy: PathPolicy,
     /// Requests longer than this many bytes are split at stripe-chunk boundaries into
     /// parts that run in parallel over the queue's lanes; 0 never splits (requests longer
     /// than the server's `max_io` are always cut to fit).
@@ -84,6 +106,7 @@ impl EngineConfig {
         EngineConfig {
             client,
             lanes_per_queue: 1,
+            path_policy: PathPolicy::default(),
             split: 0,
             wait_bound: DEFAULT_WAIT_BOUND,
             fail_fast: None,

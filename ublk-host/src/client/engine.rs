@@ -1,4 +1,5 @@
-//! The per-queue request engine: a queue's lanes, splitting, and [`QueueEngine::execute`].
+//! The per-queue request engine: a queue's lanes (on every path), path choice, splitting,
+//! and [`QueueEngine::execute`].
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -13,6 +14,7 @@ use crate::client::config::EngineConfig;
 use crate::client::durability::Durability;
 use crate::client::lane::{Lane, PartRequest};
 use crate::client::lane_core::LaneStats;
+use crate::client::paths::{choose, PathLoad, PathPolicy};
 use crate::client::slot::{Slot, SlotDone};
 use crate::client::split::{plan, SplitRules};
 use crate::client::uring;
@@ -55,13 +57,20 @@ pub struct QueueEngine {
     tasks: RefCell<Vec<smol::Task<()>>>,
     durability: std::sync::Arc<Durability>,
     rules: SplitRules,
-    next_lane: Cell<usize>,
+    /// Per path, the lane its next request starts on (each path rotates on its own, so
+    /// the path choice cannot starve one of a path's lanes).
+    next_lane: Vec<Cell<usize>>,
+    /// Paths the queue reaches the server over; `lanes` holds `rules.lanes` per path.
+    paths: usize,
+    policy: PathPolicy,
+    last_path: Cell<usize>,
     executor: Rc<smol::LocalExecutor<'static>>,
 }
 
 impl QueueEngine {
-    /// Opens the queue's `config.lanes_per_queue` lanes to `partition` (blocking, each
-    /// within the handshake deadline) and starts their tasks on `executor`.
+    /// Opens the queue's `config.lanes_per_queue` lanes on each path to `partition`
+    /// (blocking, each within the handshake deadline) and starts their tasks on
+    /// `executor`. Lane `l` of path `p` is wire lane `p * lanes_per_queue + l`.
     ///
     /// The calling thread must have its task ring ([`uring::init_thread_ring`], or a ublk
     /// queue's), and must run `executor` with an event loop that wakes ring completions.
@@ -78,11 +87,14 @@ impl QueueEngine {
             });
         }
         let shared = Rc::new(config.clone());
-        let mut lanes = Vec::with_capacity(config.lanes_per_queue.into());
+        let paths = config.client.paths().len();
+        let lane_numbers = wire_lanes(config.lanes_per_queue, paths)?;
+        let mut lanes = Vec::with_capacity(lane_numbers.len());
         let mut tasks = Vec::with_capacity(lanes.capacity());
         let mut current = partition.clone();
-        for index in 0..config.lanes_per_queue {
-            let opened = Lane::open(shared.clone(), partition, queue, index, &executor);
+        for (home, number) in lane_numbers {
+            let at = (queue, number, home);
+            let opened = Lane::open(shared.clone(), partition, at, &executor);
             match opened {
                 Ok((lane, info, task)) => {
                     lanes.push(lane);
@@ -104,7 +116,7 @@ impl QueueEngine {
             threshold: config.split,
             max_part: (max_io / block * block).max(block),
             block,
-            lanes: lanes.len(),
+            lanes: config.lanes_per_queue.into(),
         };
         Ok(QueueEngine {
             queue,
@@ -113,7 +125,10 @@ impl QueueEngine {
             tasks: RefCell::new(tasks),
             durability: config.durability.clone(),
             rules,
-            next_lane: Cell::new(usize::from(queue)),
+            next_lane: (0..paths).map(|_| Cell::new(usize::from(queue))).collect(),
+            paths,
+            policy: config.path_policy,
+            last_path: Cell::new(usize::from(queue) % paths),
             executor,
         })
     }
@@ -139,9 +154,43 @@ impl QueueEngine {
         self.rules.max_part
     }
 
-    /// Per-lane counters, in lane order.
+    /// Per-lane counters, in lane order (path 0's lanes first).
     pub fn lane_stats(&self) -> Vec<LaneStats> {
         self.lanes.iter().map(|lane| lane.stats()).collect()
+    }
+
+    /// Per-lane state for multipath, in lane order.
+    pub fn lane_paths(&self) -> Vec<LanePath> {
+        self.lanes
+            .iter()
+            .map(|lane| LanePath {
+                home: lane.home(),
+                via: lane.via(),
+                up: lane.is_up(),
+                outstanding_bytes: lane.outstanding_bytes(),
+            })
+            .collect()
+    }
+
+    /// Number of paths.
+    pub fn path_count(&self) -> usize {
+        self.paths
+    }
+
+    /// The path for the next request, by the policy.
+    fn pick_path(&self) -> usize {
+        if self.paths == 1 {
+            return 0;
+        }
+        let mut loads = vec![PathLoad::default(); self.paths];
+        for lane in &self.lanes {
+            let load = &mut loads[lane.home()];
+            load.usable |= lane.is_up();
+            load.bytes += lane.outstanding_bytes();
+        }
+        let path = choose(self.policy, &loads, self.last_path.get());
+        self.last_path.set(path);
+        path
     }
 
     /// Spawns a task on the queue's executor (the thread's only executor).
@@ -185,8 +234,10 @@ impl QueueEngine {
 
     async fn run(&self, io: BlockIo, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
         self.validate(&io)?;
-        let first = self.next_lane.get() % self.lanes.len();
-        self.next_lane.set(first + 1);
+        let path = self.pick_path();
+        let base = path * self.rules.lanes;
+        let first = self.next_lane[path].get() % self.rules.lanes;
+        self.next_lane[path].set(first + 1);
         let flags = if io.fua { FLAG_FUA } else { 0 };
         if io.op == Op::Flush {
             let request = PartRequest {
@@ -198,7 +249,7 @@ impl QueueEngine {
             };
             let id = self.durability.flush_started();
             // SAFETY: a flush carries no data.
-            let slot = unsafe { self.lanes[first].start(request, keep) };
+            let slot = unsafe { self.lanes[base + first].start(request, keep) };
             let outcome = SlotDone(slot).await;
             return self.durability.flush_done(id, outcome);
         }
@@ -222,7 +273,7 @@ impl QueueEngine {
                 // SAFETY: the part's `len` bytes at `part_buf` lie inside the caller's
                 // buffer, which stays valid until every part's slot is done (awaited
                 // below, or kept alive by `keep`).
-                unsafe { self.lanes[part.lane].start(request, keep.clone()) }
+                unsafe { self.lanes[base + part.lane].start(request, keep.clone()) }
             })
             .collect();
         let mut outcome = Ok(());
@@ -278,6 +329,35 @@ impl QueueEngine {
         })
         .await
     }
+}
+
+/// One lane's place among the paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanePath {
+    /// The lane's own path.
+    pub home: usize,
+    /// The path its connection runs on (another one while its home is out).
+    pub via: usize,
+    /// Whether it is connected.
+    pub up: bool,
+    /// Payload bytes outstanding on it.
+    pub outstanding_bytes: u64,
+}
+
+/// (home path, wire lane number) of every lane of a queue, path by path.
+fn wire_lanes(per_path: u16, paths: usize) -> Result<Vec<(usize, u16)>> {
+    let total = usize::from(per_path) * paths;
+    if total > usize::from(u16::MAX) + 1 {
+        return Err(HostError::Config {
+            what: "lanes per queue",
+            reason: format!(
+                "{per_path} lanes on each of {paths} paths exceed the wire's lane numbers"
+            ),
+        });
+    }
+    Ok((0..total)
+        .map(|index| (index / usize::from(per_path), index as u16))
+        .collect())
 }
 
 impl Drop for QueueEngine {

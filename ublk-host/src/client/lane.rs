@@ -11,9 +11,14 @@
 //! matches tags in any order and receives a read's data straight into its slot's buffer.
 //! A connection's file descriptor is closed only after both its sender and receiver
 //! ended, so no operation ever runs on a reused descriptor.
+//!
+//! With several paths, a lane belongs to one (its home) but (re)connects over any: its
+//! home first, then the others, and while it runs over another path's network it keeps
+//! trying its home in the background and moves back once that answers (see `paths.rs`
+//! for why moving is safe for writes).
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -24,11 +29,12 @@ use std::time::{Duration, Instant};
 use wire::{Op, PartitionInfo, Purpose, Request, Status};
 
 use crate::client::config::{EngineConfig, HEARTBEAT_AFTER};
-use crate::client::connect::{connect, next_lane_epoch, Connection};
+use crate::client::connect::{next_lane_epoch, Connection};
 use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
+use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
 use crate::client::receive::{check_reply, RecvBuf};
-use crate::client::reconnect::{spawn_helper, Delivery, Mailbox};
+use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
 use crate::client::slot::Slot;
 use crate::client::transfer::send_batch;
 use crate::client::uring::{sleep, EventFd};
@@ -65,18 +71,26 @@ pub(crate) struct Lane {
     socket: RefCell<Option<TcpStream>>,
     sender_waker: RefCell<Option<Waker>>,
     mailbox: RefCell<Option<Arc<Mailbox>>>,
+    /// The lane's own path.
+    home: usize,
+    /// The path the current (or last) connection runs on.
+    via: Cell<usize>,
+    /// The background attempts to get back home while running over another path.
+    homing: RefCell<Option<Arc<Mailbox>>>,
+    /// A connection home that arrived and replaces the current one once it is down.
+    pending: RefCell<Option<(Connection, usize)>>,
     /// Requests failed at once (lane down past its bound, refused, closed).
     failures: RateLimited,
 }
 
 impl Lane {
-    /// Connects lane `lane` of `queue` for `partition` (blocking, within the handshake
-    /// deadline) and starts its task on `executor`; the caller owns the task.
+    /// Connects lane `lane` (the wire lane number) of `queue` for `partition`, whose home
+    /// is path `home` (blocking, within the handshake deadline per path tried: home
+    /// first) and starts its task on `executor`; the caller owns the task.
     pub fn open(
         config: Rc<EngineConfig>,
         partition: &PartitionInfo,
-        queue: u16,
-        lane: u16,
+        (queue, lane, home): (u16, u16, usize),
         executor: &smol::LocalExecutor<'static>,
     ) -> Result<(Rc<Lane>, PartitionInfo, smol::Task<()>)> {
         let purpose = Purpose::Data {
@@ -85,7 +99,7 @@ impl Lane {
             lane,
             epoch: next_lane_epoch(),
         };
-        let connection = connect(&config.client, purpose)?;
+        let (connection, via) = connect_first(&config.client, &path_order(&config, home), purpose)?;
         let info = connection.welcome.partition.clone().ok_or_else(|| {
             HostError::Protocol("a data connection's Welcome carries no partition".into())
         })?;
@@ -108,6 +122,10 @@ impl Lane {
             socket: RefCell::new(None),
             sender_waker: RefCell::new(None),
             mailbox: RefCell::new(None),
+            home,
+            via: Cell::new(via),
+            homing: RefCell::new(None),
+            pending: RefCell::new(None),
             failures: RateLimited::default(),
         });
         let task = executor.spawn(run(lane.clone(), connection));
@@ -122,6 +140,26 @@ impl Lane {
     /// The lane's counters.
     pub fn stats(&self) -> LaneStats {
         self.core.borrow().stats()
+    }
+
+    /// The lane's own path.
+    pub fn home(&self) -> usize {
+        self.home
+    }
+
+    /// The path the lane's connection runs on (its home, or another while it is cut).
+    pub fn via(&self) -> usize {
+        self.via.get()
+    }
+
+    /// Whether the lane is connected.
+    pub fn is_up(&self) -> bool {
+        self.core.borrow().link() == Link::Up
+    }
+
+    /// Payload bytes of the requests outstanding on the lane.
+    pub fn outstanding_bytes(&self) -> u64 {
+        self.core.borrow().outstanding_bytes()
     }
 
     /// Issues one request; the returned slot finishes when its reply (or failure) is in.
@@ -143,11 +181,13 @@ impl Lane {
         match admitted {
             Ok(tag) => {
                 let now = Instant::now();
-                if self
-                    .core
-                    .borrow_mut()
-                    .track(tag, slot.clone(), Kind::Request, now)
-                {
+                if self.core.borrow_mut().track(
+                    tag,
+                    slot.clone(),
+                    Kind::Request,
+                    request.len.into(),
+                    now,
+                ) {
                     self.wake_sender();
                 }
             }
@@ -175,6 +215,8 @@ impl Lane {
         if let Some(mailbox) = self.mailbox.borrow().as_ref() {
             mailbox.stop();
         }
+        self.stop_homing();
+        self.pending.take();
         self.shutdown_socket();
         finish_all(pending, Err(Errno::EIO));
         self.wake_sender();
@@ -197,8 +239,20 @@ impl Lane {
         }
     }
 
-    /// Puts a fresh connection in service; returns its generation.
-    fn install(&self, connection: Connection) -> u64 {
+    /// Puts a fresh connection, running on path `via`, in service; returns its
+    /// generation.
+    fn install(&self, connection: Connection, via: usize) -> u64 {
+        self.via.set(via);
+        if via == self.home {
+            self.stop_homing();
+        } else {
+            log::warn!(
+                "{:?}: running over path {via} while path {} is out",
+                self.purpose,
+                self.home
+            );
+            self.start_homing();
+        }
         self.config
             .durability
             .observe_boot_epoch(connection.welcome.boot_epoch);
@@ -225,14 +279,64 @@ impl Lane {
     /// Puts back a request whose reply was cut off (or fails it, if the lane holds no
     /// requests any more).
     fn restore(&self, tag: u32, slot: Rc<Slot>) {
-        let restored = self.core.borrow_mut().restore(tag, slot);
+        let bytes = slot.request.len.into();
+        let restored = self.core.borrow_mut().restore(tag, slot, bytes);
         if let Err((slot, errno)) = restored {
             slot.finish(Err(errno));
         }
     }
 
+    /// Starts trying the lane's home path in the background (if not already).
+    fn start_homing(&self) {
+        if self.homing.borrow().is_some() {
+            return;
+        }
+        let Ok(event) = EventFd::new() else {
+            return; // stays on the borrowed path; a later reconnect tries home first
+        };
+        let mailbox = Arc::new(Mailbox::new(event));
+        let home = vec![(self.home, self.config.client.paths()[self.home].clone())];
+        if spawn_helper(
+            self.config.client.clone(),
+            home,
+            self.purpose,
+            mailbox.clone(),
+        )
+        .is_ok()
+        {
+            *self.homing.borrow_mut() = Some(mailbox);
+        }
+    }
+
+    fn stop_homing(&self) {
+        if let Some(mailbox) = self.homing.take() {
+            mailbox.stop();
+        }
+    }
+
+    /// Takes a connection home the homing helper made: the current connection (already
+    /// fenced by the server) is dropped and the new one installed in its place.
+    fn check_homing(&self) {
+        if self.take_homing() {
+            self.shutdown_socket();
+        }
+    }
+
+    /// Moves a connection the homing helper delivered to `pending`; whether there was one.
+    fn take_homing(&self) -> bool {
+        let delivered = self.homing.borrow().as_ref().and_then(|m| m.take());
+        let Some(Delivery::Connected(connection, via)) = delivered else {
+            return false;
+        };
+        log::info!("{:?}: path {via} is back; moving home", self.purpose);
+        self.stop_homing();
+        *self.pending.borrow_mut() = Some((connection, via));
+        true
+    }
+
     /// Carries out one tick of the core.
     fn tick(&self) {
+        self.check_homing();
         let now = Instant::now();
         let action = self.core.borrow_mut().tick(now);
         match action {
@@ -247,7 +351,7 @@ impl Lane {
                 };
                 // SAFETY: a heartbeat carries no data; the buffer is never used.
                 let slot = Rc::new(unsafe { Slot::new(probe, std::ptr::null_mut(), None) });
-                if self.core.borrow_mut().track(tag, slot, Kind::Probe, now) {
+                if self.core.borrow_mut().track(tag, slot, Kind::Probe, 0, now) {
                     self.wake_sender();
                 }
             }
@@ -275,16 +379,29 @@ impl Lane {
     }
 
     /// Waits for the reconnect helper; `None` once the lane is closed.
-    async fn reconnect(&self) -> Option<Connection> {
+    async fn reconnect(&self) -> Option<(Connection, usize)> {
         if self.is_closed() {
             return None;
         }
+        // The homing connection may have fenced the current one before a tick saw it.
+        self.take_homing();
+        if let Some(home) = self.pending.take() {
+            return Some(home);
+        }
+        // The reconnect below tries home first; one helper at a time.
+        self.stop_homing();
         let mailbox = match EventFd::new() {
             Ok(event) => Arc::new(Mailbox::new(event)),
             Err(error) => return self.give_up(&error),
         };
-        if let Err(error) = spawn_helper(self.config.client.clone(), self.purpose, mailbox.clone())
-        {
+        let order = path_order(&self.config, self.home);
+        let spawned = spawn_helper(
+            self.config.client.clone(),
+            order,
+            self.purpose,
+            mailbox.clone(),
+        );
+        if let Err(error) = spawned {
             return self.give_up(&error);
         }
         *self.mailbox.borrow_mut() = Some(mailbox.clone());
@@ -295,7 +412,7 @@ impl Lane {
                 break None;
             }
             match mailbox.take() {
-                Some(Delivery::Connected(connection)) => break Some(connection),
+                Some(Delivery::Connected(connection, via)) => break Some((connection, via)),
                 Some(Delivery::Refused(errno)) => {
                     let pending = self.core.borrow_mut().refused(errno);
                     finish_all(pending, Err(errno));
@@ -308,7 +425,7 @@ impl Lane {
         connection
     }
 
-    fn give_up(&self, error: &HostError) -> Option<Connection> {
+    fn give_up(&self, error: &HostError) -> Option<(Connection, usize)> {
         log::error!(
             "{:?}: cannot reconnect, closing the lane: {error}",
             self.purpose
@@ -316,6 +433,11 @@ impl Lane {
         self.close();
         None
     }
+}
+
+/// Where a lane whose home is `home` (re)connects: see [`reconnect_order`].
+fn path_order(config: &EngineConfig, home: usize) -> Vec<(usize, String)> {
+    reconnect_order(config.client.paths(), home)
 }
 
 fn finish_all(slots: Vec<Rc<Slot>>, outcome: std::result::Result<(), Errno>) {
@@ -331,10 +453,10 @@ async fn run(lane: Rc<Lane>, first: Connection) {
 
 /// Serves connections one after the other until the lane is closed.
 async fn life(lane: &Lane, first: Connection) {
-    let mut connection = first;
+    let mut connection = (first, lane.via());
     loop {
-        let fd = connection.stream.as_raw_fd();
-        let generation = lane.install(connection);
+        let fd = connection.0.stream.as_raw_fd();
+        let generation = lane.install(connection.0, connection.1);
         smol::future::zip(sender(lane, generation, fd), receiver(lane, generation, fd)).await;
         // Both users of the descriptor are done: now it may close.
         *lane.socket.borrow_mut() = None;

@@ -106,6 +106,7 @@ struct Entry<S> {
     slot: S,
     seq: u64,
     kind: Kind,
+    bytes: u64,
 }
 
 /// The lane's state; see the module doc.
@@ -122,6 +123,9 @@ pub(crate) struct LaneCore<S> {
     /// When the link last heard bytes, or became busy, whichever is later.
     quiet_since: Instant,
     probe: Option<u32>,
+    /// Payload bytes of the requests in flight (the multipath queue-depth policy's
+    /// measure).
+    bytes: u64,
     stats: LaneStats,
 }
 
@@ -138,6 +142,7 @@ impl<S: Clone> LaneCore<S> {
             next_seq: 0,
             quiet_since: now,
             probe: None,
+            bytes: 0,
             stats: LaneStats::default(),
         }
     }
@@ -167,6 +172,11 @@ impl<S: Clone> LaneCore<S> {
     #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Payload bytes of the requests in flight.
+    pub fn outstanding_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Whether anything waits to be sent.
@@ -199,15 +209,24 @@ impl<S: Clone> LaneCore<S> {
         }
     }
 
-    /// Records the request `begin` admitted as `tag`; returns whether it was queued for
-    /// sending (the sender must be woken).
-    pub fn track(&mut self, tag: u32, slot: S, kind: Kind, now: Instant) -> bool {
+    /// Records the request `begin` admitted as `tag`, with `bytes` of payload; returns
+    /// whether it was queued for sending (the sender must be woken).
+    pub fn track(&mut self, tag: u32, slot: S, kind: Kind, bytes: u64, now: Instant) -> bool {
         if self.inflight.is_empty() {
             self.quiet_since = now;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.inflight.insert(tag, Entry { slot, seq, kind });
+        self.bytes += bytes;
+        self.inflight.insert(
+            tag,
+            Entry {
+                slot,
+                seq,
+                kind,
+                bytes,
+            },
+        );
         if kind == Kind::Probe {
             self.probe = Some(tag);
             self.stats.heartbeats += 1;
@@ -240,6 +259,7 @@ impl<S: Clone> LaneCore<S> {
     pub fn reply(&mut self, tag: u32, now: Instant) -> Option<S> {
         self.heard(now);
         let entry = self.inflight.remove(&tag)?;
+        self.bytes -= entry.bytes;
         if self.probe == Some(tag) {
             self.probe = None;
         }
@@ -249,7 +269,7 @@ impl<S: Clone> LaneCore<S> {
     /// Puts back a request whose reply was cut off, so it is reissued after the
     /// reconnect; hands it back with the errno to fail it with if the lane holds no
     /// requests any more (closed, refused, or down past the policy bound).
-    pub fn restore(&mut self, tag: u32, slot: S) -> Result<(), (S, Errno)> {
+    pub fn restore(&mut self, tag: u32, slot: S, bytes: u64) -> Result<(), (S, Errno)> {
         match self.link {
             Link::Up | Link::Down { expired: false, .. } => {}
             Link::Down { expired: true, .. } | Link::Closed => {
@@ -263,12 +283,14 @@ impl<S: Clone> LaneCore<S> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.bytes += bytes;
         self.inflight.insert(
             tag,
             Entry {
                 slot,
                 seq,
                 kind: Kind::Request,
+                bytes,
             },
         );
         Ok(())
@@ -340,6 +362,7 @@ impl<S: Clone> LaneCore<S> {
     fn drain(&mut self) -> Vec<S> {
         self.queue.clear();
         self.probe = None;
+        self.bytes = 0;
         let slots: Vec<S> = self.inflight.drain().map(|(_, e)| e.slot).collect();
         self.stats.failed += slots.len() as u64;
         slots
@@ -402,7 +425,7 @@ mod tests {
 
     fn start(core: &mut LaneCore<u32>, id: u32, now: Instant) -> u32 {
         let tag = core.begin(Kind::Request).unwrap();
-        core.track(tag, id, Kind::Request, now);
+        core.track(tag, id, Kind::Request, u64::from(id), now);
         tag
     }
 
@@ -440,7 +463,7 @@ mod tests {
         let Action::Heartbeat(probe) = core.tick(t0 + SEC) else {
             panic!("expected a heartbeat after 1 s of silence");
         };
-        core.track(probe, 99, Kind::Probe, t0 + SEC);
+        core.track(probe, 99, Kind::Probe, 0, t0 + SEC);
         assert_eq!(core.tick(t0 + 2 * SEC), Action::Idle, "one probe at a time");
         assert_eq!(core.tick(t0 + 5 * SEC), Action::Dead);
         assert!(matches!(core.link(), Link::Down { expired: false, .. }));
@@ -465,7 +488,7 @@ mod tests {
         let Action::Heartbeat(probe) = core.tick(t0 + SEC) else {
             panic!("expected a heartbeat");
         };
-        core.track(probe, 99, Kind::Probe, t0 + SEC);
+        core.track(probe, 99, Kind::Probe, 0, t0 + SEC);
         assert_eq!(core.reply(probe, t0 + 2 * SEC), Some(99));
         assert!(matches!(core.tick(t0 + 3 * SEC), Action::Heartbeat(_)));
         assert_eq!(
@@ -496,7 +519,7 @@ mod tests {
         let Action::Heartbeat(probe) = core.tick(t0 + SEC) else {
             panic!("expected a heartbeat");
         };
-        core.track(probe, 99, Kind::Probe, t0 + SEC);
+        core.track(probe, 99, Kind::Probe, 0, t0 + SEC);
         let generation = core.generation();
         assert!(core.connection_lost(generation, t0 + 2 * SEC));
         assert!(!core.connection_lost(generation, t0 + 2 * SEC), "news once");
@@ -564,17 +587,42 @@ mod tests {
     }
 
     #[test]
+    fn outstanding_bytes_follow_requests_replies_and_failures() {
+        let (mut core, t0) = up();
+        let a = start(&mut core, 4096, t0);
+        start(&mut core, 512, t0);
+        assert_eq!(core.outstanding_bytes(), 4608);
+        let slot = core.reply(a, t0).unwrap();
+        assert_eq!(core.outstanding_bytes(), 512);
+        core.restore(a, slot, 4096).unwrap();
+        assert_eq!(core.outstanding_bytes(), 4608);
+        core.connection_lost(core.generation(), t0);
+        core.connected(t0);
+        assert_eq!(
+            core.outstanding_bytes(),
+            4608,
+            "reissued, still outstanding"
+        );
+        core.close();
+        assert_eq!(core.outstanding_bytes(), 0);
+    }
+
+    #[test]
     fn a_reply_cut_off_is_restored_and_reissued() {
         let (mut core, t0) = up();
         let tag = start(&mut core, 5, t0);
         batch(&mut core);
         let slot = core.reply(tag, t0).unwrap();
-        core.restore(tag, slot).unwrap();
+        core.restore(tag, slot, 5).unwrap();
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
         assert_eq!(batch(&mut core), vec![5]);
         let slot = core.reply(tag, t0).unwrap();
         core.close();
-        assert_eq!(core.restore(tag, slot), Err((5, Errno::EIO)), "never lost");
+        assert_eq!(
+            core.restore(tag, slot, 5),
+            Err((5, Errno::EIO)),
+            "never lost"
+        );
     }
 }

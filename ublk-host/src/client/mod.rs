@@ -5,6 +5,7 @@ pub mod config;
 pub mod connect;
 pub mod discovery;
 pub mod engine;
+pub mod paths;
 pub mod uring;
 
 pub mod durability;
@@ -21,5 +22,6 @@ mod transfer;
 pub use config::{ClientConfig, EngineConfig};
 pub use discovery::{Discovery, PartitionList};
 pub use durability::Durability;
-pub use engine::{run_queue_thread, BlockIo, QueueEngine};
+pub use engine::{run_queue_thread, BlockIo, LanePath, QueueEngine};
 pub use lane_core::LaneStats;
+pub use paths::PathPolicy;

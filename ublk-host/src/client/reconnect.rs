@@ -37,8 +37,8 @@ const RECONNECT_TCP_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the helper hands the lane.
 #[derive(Debug)]
 pub(crate) enum Delivery {
-    /// An authenticated connection.
-    Connected(Connection),
+    /// An authenticated connection, and the index of the path it runs on.
+    Connected(Connection, usize),
     /// A final refusal: fail the lane's I/O with this errno (the helper keeps trying).
     Refused(Errno),
 }
@@ -87,9 +87,11 @@ impl Mailbox {
 }
 
 /// Starts a helper thread that retries `connect` for `purpose` (with a fresh epoch each
-/// time) until it succeeds or `mailbox.stop` is set.
+/// time) until it succeeds or `mailbox.stop` is set. Each attempt tries the `paths`
+/// (path index, address) in the order given.
 pub(crate) fn spawn_helper(
     config: ClientConfig,
+    paths: Vec<(usize, String)>,
     purpose: Purpose,
     mailbox: Arc<Mailbox>,
 ) -> Result<(), HostError> {
@@ -97,7 +99,7 @@ pub(crate) fn spawn_helper(
     config.connect_timeout = config.connect_timeout.min(RECONNECT_TCP_TIMEOUT);
     std::thread::Builder::new()
         .name("lane-reconnect".into())
-        .spawn(move || retry(&config, purpose, &mailbox))
+        .spawn(move || retry(&config, &paths, purpose, &mailbox))
         .map(drop)
         .map_err(|e| HostError::io("starting a reconnect thread", e))
 }
@@ -134,17 +136,35 @@ fn final_refusal(error: &HostError) -> Option<Errno> {
     }
 }
 
-fn retry(config: &ClientConfig, purpose: Purpose, mailbox: &Mailbox) {
+/// One connection attempt over each of `paths` in turn: the first that succeeds (with
+/// its path index), else the last error.
+pub(crate) fn connect_first(
+    config: &ClientConfig,
+    paths: &[(usize, String)],
+    purpose: Purpose,
+) -> Result<(Connection, usize), HostError> {
+    let mut last = HostError::Closed;
+    for (index, addr) in paths {
+        match connect(&config.via(addr), fresh(purpose)) {
+            Ok(connection) => return Ok((connection, *index)),
+            Err(error) if final_refusal(&error).is_some() => return Err(error),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
+fn retry(config: &ClientConfig, paths: &[(usize, String)], purpose: Purpose, mailbox: &Mailbox) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     let mut refused = false;
     let failures = RateLimited::default();
     while !mailbox.stop.load(Ordering::Relaxed) {
         attempts += 1;
-        match connect(config, fresh(purpose)) {
-            Ok(connection) => {
-                log::info!("{purpose:?}: reconnected after {attempts} attempt(s)");
-                mailbox.deliver(Delivery::Connected(connection));
+        match connect_first(config, paths, purpose) {
+            Ok((connection, path)) => {
+                log::info!("{purpose:?}: reconnected on path {path} after {attempts} attempt(s)");
+                mailbox.deliver(Delivery::Connected(connection, path));
                 return;
             }
             Err(error) => match final_refusal(&error) {

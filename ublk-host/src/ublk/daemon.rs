@@ -60,11 +60,54 @@ pub struct Attached {
 }
 
 /// The partition `options` names, and the I/O buffer size per tag for it.
-pub(crate) fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
-    let mut discovery = Discovery::open(&options.engine.client)?;
+///
+/// With several paths, every path that answers must lead to the same array (its
+/// `Welcome.array_id`) and accept the host; one that cannot be reached now is let be (its
+/// lanes run over the others until it can), but at least one must answer.
+pub fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
+    let client = &options.engine.client;
+    let mut found: Option<(Discovery, String)> = None;
+    let mut last_error = None;
+    for addr in client.paths() {
+        let discovery = match Discovery::open(&client.via(&addr)) {
+            Ok(discovery) => discovery,
+            Err(error @ HostError::Wire(_)) => return Err(error),
+            Err(error) => {
+                log::warn!("path {addr} does not answer now: {error}");
+                last_error = Some(error);
+                continue;
+            }
+        };
+        if let Some((first, first_addr)) = &found {
+            same_array(
+                (first_addr, first.welcome().array_id),
+                (&addr, discovery.welcome().array_id),
+            )?;
+        } else {
+            found = Some((discovery, addr));
+        }
+    }
+    let Some((mut discovery, _)) = found else {
+        return Err(last_error.unwrap_or(HostError::Closed));
+    };
     let partition = discovery.list()?.find(&options.partition)?.clone();
     let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
     Ok((partition, buf_bytes))
+}
+
+/// Refuses two paths (address, array id) that lead to different arrays.
+fn same_array(first: (&str, [u8; 16]), other: (&str, [u8; 16])) -> Result<()> {
+    if first.1 == other.1 {
+        return Ok(());
+    }
+    Err(HostError::Config {
+        what: "--server",
+        reason: format!(
+            "{} and {} are different arrays; every --server of a device must be a path to \
+             the same array server",
+            first.0, other.0
+        ),
+    })
 }
 
 /// A short description of a device for error messages: state, daemon, what it serves.
@@ -79,6 +122,7 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
 pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) -> TargetData {
     TargetData {
         server: options.engine.client.server.clone(),
+        more_paths: options.engine.client.more_paths.clone(),
         host: options.engine.client.host.clone(),
         partition: partition.name.clone(),
         partition_id: partition.id,
@@ -183,4 +227,18 @@ fn termination_signals() -> libc::sigset_t {
 pub(crate) fn stop_device(dev_id: u32) -> Result<()> {
     UblkCtrl::new_simple(ctrl_id(dev_id)?)?.kill_dev()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_array;
+
+    #[test]
+    fn paths_to_different_arrays_are_refused() {
+        assert!(same_array(("a:1", [7; 16]), ("b:1", [7; 16])).is_ok());
+        let error = same_array(("a:1", [7; 16]), ("b:1", [8; 16]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("different arrays"), "{error}");
+    }
 }

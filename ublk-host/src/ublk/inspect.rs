@@ -123,7 +123,13 @@ impl fmt::Display for DeviceInfo {
             write!(
                 f,
                 "\tserver={}\thost={}\tpartition={}",
-                target.server, target.host, target.partition
+                std::iter::once(&target.server)
+                    .chain(&target.more_paths)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                target.host,
+                target.partition
             )?;
         }
         if let Some(link) = &self.link {

@@ -116,6 +116,7 @@ mod tests {
     fn target(server: &str, partition: &str) -> TargetData {
         TargetData {
             server: server.into(),
+            more_paths: Vec::new(),
             host: "h1".into(),
             partition: partition.into(),
             partition_id: 1,

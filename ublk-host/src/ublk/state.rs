@@ -35,8 +35,11 @@ const IDS_LOCK: &str = ".ids.lock";
 /// The ublk target data of a Multilane device (in libublk's JSON export).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetData {
-    /// `host:port` of the array server.
+    /// `host:port` of the array server (path 0).
     pub server: String,
+    /// Its further paths (`attach --server` repeated), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_paths: Vec<String>,
     /// This host's name on the server.
     pub host: String,
     /// The partition's name.
@@ -241,6 +244,7 @@ mod tests {
     fn target_data_round_trips_through_json() {
         let target = TargetData {
             server: "10.0.0.1:7700".into(),
+            more_paths: Vec::new(),
             host: "h1".into(),
             partition: "vol".into(),
             partition_id: 3,
