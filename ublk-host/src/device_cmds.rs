@@ -67,6 +67,9 @@ pub struct AttachArgs {
     /// handshake deadline in seconds (default 5)
     #[argh(option, default = "5")]
     timeout: u64,
+    /// copy mode even where the ublk driver offers zero copy (for comparisons)
+    #[argh(switch)]
+    copy: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -129,6 +132,7 @@ fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<Attach
         depth: args.depth,
         id: args.id,
         saved_args: with_absolute_secret_file(argv),
+        copy: args.copy,
     })
 }
 
@@ -180,8 +184,13 @@ fn announce(attached: &Attached) {
     } else {
         ""
     };
+    let mode = if attached.zero_copy {
+        ublk::inspect::ZERO_COPY
+    } else {
+        ublk::inspect::COPY
+    };
     println!(
-        "ublk-host: {} ready{how} ({} queues x {} lanes) partition {} size {}",
+        "ublk-host: {} ready{how} ({} queues x {} lanes, {mode}) partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,

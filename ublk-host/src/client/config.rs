@@ -76,6 +76,10 @@ pub struct EngineConfig {
     pub fail_fast: Option<Duration>,
     /// The device-wide boot-epoch and flush state (shared by clones).
     pub durability: Arc<Durability>,
+    /// Reads land in fixed buffers (ublk zero copy): each lane's receiver then takes
+    /// exactly a reply's header from the socket and receives the payload with a
+    /// fixed-buffer read, because a fixed buffer is reachable only by ring operations.
+    pub zero_copy: bool,
 }
 
 impl EngineConfig {
@@ -88,6 +92,7 @@ impl EngineConfig {
             wait_bound: DEFAULT_WAIT_BOUND,
             fail_fast: None,
             durability: Arc::default(),
+            zero_copy: false,
         }
     }
 

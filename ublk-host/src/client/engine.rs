@@ -13,7 +13,7 @@ use crate::client::config::EngineConfig;
 use crate::client::durability::Durability;
 use crate::client::lane::{Lane, PartRequest};
 use crate::client::lane_core::LaneStats;
-use crate::client::slot::{Slot, SlotDone};
+use crate::client::slot::{BufRef, Slot, SlotDone};
 use crate::client::split::{plan, SplitRules};
 use crate::client::uring;
 use crate::error::{Errno, HostError, Result};
@@ -157,11 +157,12 @@ impl QueueEngine {
     /// # Safety
     ///
     /// For a read or write `buf` must point to `io.len` bytes that stay valid (readable
-    /// for a write, writable for a read, not otherwise accessed) until the returned future
-    /// completes, and the future must be polled to completion, not dropped early: the
-    /// kernel sends from and receives into that memory until then. Use
+    /// for a write, writable for a read, not otherwise accessed; a [`BufRef::Fixed`]
+    /// buffer: registered in this thread's ring) until the returned future completes, and
+    /// the future must be polled to completion, not dropped early: the kernel sends from
+    /// and receives into that memory until then. Use
     /// [`QueueEngine::execute_owned`] where these rules are inconvenient.
-    pub async unsafe fn execute(&self, io: BlockIo, buf: *mut u8) -> Result<(), Errno> {
+    pub async unsafe fn execute(&self, io: BlockIo, buf: BufRef) -> Result<(), Errno> {
         self.run(io, buf, None).await
     }
 
@@ -175,7 +176,7 @@ impl QueueEngine {
         let owner = Rc::new(RefCell::new(buf));
         let ptr = owner.borrow_mut().as_mut_ptr();
         let keep: Rc<dyn Any> = owner.clone();
-        let outcome = self.run(io, ptr, Some(keep)).await;
+        let outcome = self.run(io, BufRef::Ptr(ptr), Some(keep)).await;
         let buf = match Rc::try_unwrap(owner) {
             Ok(cell) => cell.into_inner(),
             Err(shared) => shared.borrow().clone(),
@@ -183,7 +184,7 @@ impl QueueEngine {
         (outcome, buf)
     }
 
-    async fn run(&self, io: BlockIo, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
+    async fn run(&self, io: BlockIo, buf: BufRef, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
         self.validate(&io)?;
         let first = self.next_lane.get() % self.lanes.len();
         self.next_lane.set(first + 1);
@@ -194,7 +195,7 @@ impl QueueEngine {
                 offset: 0,
                 len: 0,
                 flags,
-                buf: std::ptr::null_mut(),
+                buf: BufRef::None,
             };
             let id = self.durability.flush_started();
             // SAFETY: a flush carries no data.
@@ -210,7 +211,7 @@ impl QueueEngine {
                     // bytes at `buf`.
                     unsafe { buf.add(part.buf_offset) }
                 } else {
-                    std::ptr::null_mut()
+                    BufRef::None
                 };
                 let request = PartRequest {
                     op: io.op,

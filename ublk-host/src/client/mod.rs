@@ -23,3 +23,4 @@ pub use discovery::{Discovery, PartitionList};
 pub use durability::Durability;
 pub use engine::{run_queue_thread, BlockIo, QueueEngine};
 pub use lane_core::LaneStats;
+pub use slot::BufRef;

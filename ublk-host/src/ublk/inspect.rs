@@ -76,6 +76,11 @@ impl fmt::Display for DeviceState {
     }
 }
 
+/// How `list` names zero-copy mode (requests' pages registered in the queue's ring).
+pub const ZERO_COPY: &str = "zero-copy";
+/// How `list` names copy mode (data copied through each tag's daemon buffer).
+pub const COPY: &str = "copy";
+
 /// One ublk device as `list` shows it.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
@@ -110,8 +115,11 @@ impl fmt::Display for DeviceInfo {
         if let Some(target) = &self.target {
             write!(
                 f,
-                "\tserver={}\thost={}\tpartition={}",
-                target.server, target.host, target.partition
+                "\tserver={}\thost={}\tpartition={}\tmode={}",
+                target.server,
+                target.host,
+                target.partition,
+                if target.zero_copy { ZERO_COPY } else { COPY }
             )?;
         }
         Ok(())
