@@ -290,7 +290,16 @@ fn register_fixed(buffers: &mut [Vec<u8>]) {
 
 #[test]
 fn fixed_buffers_round_trip_split_and_concurrent() {
-    within(Duration::from_secs(120), || {
+    fixed_buffers_round_trip(2, 128 * KIB);
+}
+
+#[test]
+fn fixed_buffers_round_trip_one_lane_unsplit() {
+    fixed_buffers_round_trip(1, 0);
+}
+
+fn fixed_buffers_round_trip(lanes: u16, split: u32) {
+    within(Duration::from_secs(120), move || {
         let setup = setup(12 << 20, Access::ReadWrite);
         let partition = Discovery::open(&client(&setup))
             .unwrap()
@@ -300,8 +309,8 @@ fn fixed_buffers_round_trip_split_and_concurrent() {
             .unwrap()
             .clone();
         let mut config = EngineConfig::new(client(&setup));
-        config.lanes_per_queue = 2;
-        config.split = 128 * KIB;
+        config.lanes_per_queue = lanes;
+        config.split = split;
         config.zero_copy = true;
         const ROOM: usize = 3 * MIB as usize;
         run_queue_thread(&config, &partition, 0, |engine| async move {

@@ -54,6 +54,7 @@ pub struct QueueEngine {
     /// The lanes' tasks, one per lane; each ends once its lane is closed.
     tasks: RefCell<Vec<smol::Task<()>>>,
     durability: std::sync::Arc<Durability>,
+    live_size: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rules: SplitRules,
     next_lane: Cell<usize>,
     executor: Rc<smol::LocalExecutor<'static>>,
@@ -112,6 +113,7 @@ impl QueueEngine {
             lanes,
             tasks: RefCell::new(tasks),
             durability: config.durability.clone(),
+            live_size: config.live_size.clone(),
             rules,
             next_lane: Cell::new(usize::from(queue)),
             executor,
@@ -240,6 +242,12 @@ impl QueueEngine {
         outcome
     }
 
+    /// The partition's size: as the lanes opened, or larger after a live resize.
+    fn size(&self) -> u64 {
+        let live = self.live_size.load(std::sync::atomic::Ordering::Relaxed);
+        self.partition.size.max(live)
+    }
+
     fn validate(&self, io: &BlockIo) -> Result<(), Errno> {
         if io.op == Op::Flush {
             return Ok(());
@@ -248,7 +256,7 @@ impl QueueEngine {
         let end = io.offset.checked_add(u64::from(io.len));
         let aligned = io.offset % block == 0 && u64::from(io.len) % block == 0;
         match end {
-            Some(end) if aligned && io.len > 0 && end <= self.partition.size => Ok(()),
+            Some(end) if aligned && io.len > 0 && end <= self.size() => Ok(()),
             _ => Err(Errno::EINVAL),
         }
     }

@@ -12,6 +12,7 @@ use crate::error::{HostError, Result};
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::queue::serve_queue;
+use crate::ublk::resize;
 use crate::ublk::state::{Saved, TargetData};
 
 /// The ublk target name of Multilane devices.
@@ -158,10 +159,16 @@ pub(crate) fn serve(
         recovered,
         zero_copy,
     };
+    let watched = (config.clone(), shared_partition.clone());
     ctrl.run_target(
         tgt_init,
         move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
-        move |_ctrl: &UblkCtrl| ready(&attached),
+        move |_ctrl: &UblkCtrl| {
+            if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
+                log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
+            }
+            ready(&attached)
+        },
     )?;
     Ok(())
 }

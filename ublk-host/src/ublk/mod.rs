@@ -19,6 +19,7 @@ pub mod namespace;
 pub mod params;
 pub mod queue;
 pub mod recover;
+pub mod resize;
 pub mod state;
 
 pub use daemon::{AttachOptions, Attached};
