@@ -334,6 +334,7 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
                     .await
                     .unwrap();
                 let read = io(Op::Read, offset, size);
+                // SAFETY: as for the write.
                 unsafe { engine.execute(read, fixed(1, dest)) }
                     .await
                     .unwrap();
@@ -352,6 +353,7 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
                     engine.clone().spawn(async move {
                         let read = io(Op::Read, (i as u64) * 4096, 4096);
                         let buf = BufRef::Fixed { index: 1, addr: at };
+                        // SAFETY: registered, 4 KiB of its own, awaited to completion.
                         unsafe { engine.execute(read, buf) }.await
                     })
                 })
