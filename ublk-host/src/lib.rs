@@ -15,7 +15,11 @@
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount
-//!   namespace.
+//!   namespace. Zero copy where the driver offers automatic buffer registration (asked
+//!   with `GET_FEATURES` at attach; `--copy` forces copy mode): each request's pages are
+//!   registered in the queue's ring at the tag's index and the lanes send and receive
+//!   them with fixed-buffer operations ([`client::BufRef::Fixed`]); live resize
+//!   (`ublk/resize.rs`: a discovery watch grows the device with `UPDATE_SIZE`).
 //! - [`error`]: [`HostError`] and the errno a failed block I/O completes with.
 //!
 //! # Driving the engine (tests, bench)
