@@ -366,6 +366,45 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
             let all = unsafe { std::slice::from_raw_parts(dest, READS * 4096) };
             let written_at = (ARRAY_CHUNK - 2048) as usize;
             assert!(all[written_at..written_at + 4096] == expect[..]);
+            // Eight 256 KiB writes in flight at once from one fixed buffer (the sender
+            // interleaves heads and fixed-buffer payloads), then read back.
+            const WRITES: usize = 8;
+            const WRITE_LEN: usize = 256 * KIB as usize;
+            let data = pattern(0, WRITES * WRITE_LEN, 9);
+            // SAFETY: `source` holds ROOM >= WRITES * WRITE_LEN bytes, idle now.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), source, data.len()) };
+            let writes: Vec<_> = (0..WRITES)
+                .map(|i| {
+                    let engine = engine.clone();
+                    // SAFETY: inside `source` (see above).
+                    let at = unsafe { source.add(i * WRITE_LEN) } as u64;
+                    engine.clone().spawn(async move {
+                        let write = io(
+                            Op::Write,
+                            (4 * MIB as usize + i * WRITE_LEN) as u64,
+                            WRITE_LEN as u32,
+                        );
+                        let buf = BufRef::Fixed { index: 0, addr: at };
+                        // SAFETY: registered, a part of its own, awaited to completion.
+                        unsafe { engine.execute(write, buf) }.await
+                    })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap();
+            }
+            let read = io(Op::Read, 4 * MIB as u64, (WRITES * WRITE_LEN) as u32);
+            // SAFETY: as above.
+            unsafe { engine.execute(read, fixed(1, dest)) }
+                .await
+                .unwrap();
+            // SAFETY: the read completed.
+            let back = unsafe { std::slice::from_raw_parts(dest, data.len()) };
+            let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
+            assert!(
+                first_bad.is_none(),
+                "concurrent fixed writes read back: first bad byte {first_bad:?}"
+            );
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
                 .unwrap();
             drop(buffers);
