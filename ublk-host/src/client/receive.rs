@@ -63,9 +63,27 @@ impl RecvBuf {
         }
         // SAFETY: `end <= len`, so `[end, len)` lies inside the buffer, which is not
         // touched until the receive completes (awaited here).
-        let received = unsafe {
-            let ptr = self.data.as_mut_ptr().add(self.end);
-            recv_into(fd, BufRef::Ptr(ptr), free, 0).await
+        let ptr = unsafe { self.data.as_mut_ptr().add(self.end) };
+        // Mid-frame the rest is nearly always in the socket already: a direct
+        // non-blocking receive saves a ring round trip (exact mode takes a header in two
+        // steps, the prefix then the head).
+        let direct = if self.bytes().is_empty() {
+            None
+        } else {
+            // SAFETY: `[ptr, ptr + free)` is the free tail of the buffer (see above).
+            match unsafe { libc::recv(fd, ptr.cast(), free, libc::MSG_DONTWAIT) } {
+                n if n > 0 => Some(Ok(n as usize)),
+                0 => Some(Err(HostError::Closed)),
+                _ => match std::io::Error::last_os_error() {
+                    e if e.raw_os_error() == Some(libc::EAGAIN) => None,
+                    e => Some(Err(HostError::io("receiving replies", e))),
+                },
+            }
+        };
+        let received = match direct {
+            Some(received) => received,
+            // SAFETY: as above; the future is awaited here.
+            None => unsafe { recv_into(fd, BufRef::Ptr(ptr), free, 0).await },
         };
         match received {
             Ok(received) => {
