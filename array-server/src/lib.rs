@@ -6,13 +6,17 @@
 //! - [`array`]: member disks ([`array::disk`]), the RAID-0 stripe map ([`array::stripe`]),
 //!   on-disk metadata slots ([`array::metadata`]), free space ([`array::space`]), the
 //!   operator's mutations as pure functions ([`array::catalog`]), the data lanes' snapshot
-//!   ([`array::grant`]), assembling by array id ([`array::scan`]) and the management
-//!   handle [`Array`] with its serialisable views.
+//!   ([`array::grant`]), their revocation gates ([`array::gate`]: a commit that takes a
+//!   right away closes the lanes and drains their disk work before it returns), the
+//!   storage layer ([`array::io`]: typed commands, one engine per kind of member disk),
+//!   assembling by array id ([`array::scan`]) and the management handle [`Array`] with
+//!   its serialisable views.
 //! - [`net`]: the TCP server: thread-per-core tokio-uring runtimes ([`net::start`]),
-//!   handshake, control sessions (discovery, live pushes), data sessions (block I/O), the
-//!   sessions registry with per-lane counters ([`net::Sessions`]), aligned I/O buffers,
-//!   and the read-only view of the running server other layers read
-//!   ([`net::LiveSessions`]).
+//!   connection budgets and accept back-off, handshake with lane fencing, control sessions
+//!   (discovery, live pushes), data sessions (block I/O under a per-lane budget of requests
+//!   and bytes), the sessions registry with per-lane counters ([`net::Sessions`]), and the
+//!   read-only view of the running server other layers read ([`net::LiveSessions`]); it
+//!   only moves bytes.
 //! - [`admin`]: the admin HTTP service (page, JSON API, `/metrics`) and `ctl`; it reads
 //!   the server through [`net::LiveSessions`] and changes the array through [`Array`].
 //! - [`config`]: the server's TOML configuration file and its merge with the command

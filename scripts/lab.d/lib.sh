@@ -30,6 +30,12 @@
 #   metric NAME VALUE [UNIT]   report a figure: `LAB-METRIC <scenario> NAME VALUE UNIT`
 #   fio_iops FIO-ARGS...       run fio (adds --minimal --group_reporting), print "READ WRITE" IOPS
 #   now_ms                     guest uptime in milliseconds
+#   carry TEXT...              (power-cut scenarios, boot 1) send TEXT to boot 2 over the result
+#                              serial port: `LAB-CARRY <scenario> TEXT`; nothing touches a disk
+#   carried                    (boot 2) print the lines boot 1 carried, one a line
+#   power_cut                  (boot 1) cut the power now, with no sync: announces the carried
+#                              line count (`LAB-POWERCUT`), then sysrq b; does not return
+#   $LAB_PHASE                 1, or 2 in the second boot of a power-cut scenario
 #
 # Never `fail` inside $(...) or a pipeline expecting it to stop the scenario: it only exits that
 # subshell (the reason is still recorded and set -e usually stops the scenario right after).
@@ -165,6 +171,34 @@ metric() {
 	local line="LAB-METRIC $LAB_SCENARIO $1 $2 ${3:-}"
 	echo "$line"
 	echo "$line" >"$LAB_RESULTS_TTY" 2>/dev/null || true
+}
+
+LAB_PHASE=${LAB_PHASE:-1}
+LAB_CARRIED=0
+
+carry() {
+	local line="LAB-CARRY $LAB_SCENARIO $*"
+	echo "$line"
+	# the tty's last close waits until the bytes are sent: they are out of the guest on return
+	echo "$line" >"$LAB_RESULTS_TTY" || fail "cannot write to $LAB_RESULTS_TTY"
+	LAB_CARRIED=$((LAB_CARRIED + 1))
+}
+
+carried() {
+	[ -r "/lab/carry/$LAB_SCENARIO" ] || fail "nothing carried from boot 1 (/lab/carry/$LAB_SCENARIO)"
+	cat "/lab/carry/$LAB_SCENARIO"
+}
+
+power_cut() {
+	local line="LAB-POWERCUT $LAB_SCENARIO $LAB_CARRIED"
+	echo 1 >/proc/sys/kernel/sysrq
+	echo "$line"
+	echo "$line" >"$LAB_RESULTS_TTY"
+	log "power cut: sysrq b (no sync)"
+	echo b >/proc/sysrq-trigger
+	# not reached: the machine is gone
+	sleep 60
+	fail "still running 60 s after sysrq b"
 }
 
 fio_iops() {

@@ -85,18 +85,26 @@ pub struct RecoverArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "detach")]
 /// Stop and remove a device: `ublk-host detach 0` or `ublk-host detach /dev/ublkb0`. One
-/// whose daemon died (quiesced, dead) is removed at once.
+/// whose daemon died (quiesced, dead) is removed at once. Also by stable name
+/// (`/dev/multilane/vol0`) or by the daemon's pid (`--pid $MAINPID` in a systemd unit).
 pub struct DetachArgs {
-    /// device: N, ublkbN or /dev/ublkbN
+    /// device: N, ublkbN, /dev/ublkbN or /dev/multilane/NAME
     #[argh(positional)]
-    device: String,
+    device: Option<String>,
+    /// the device served by this daemon process
+    #[argh(option)]
+    pid: Option<u32>,
 }
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 /// List ublk devices (id, state: live, quiescing, quiesced, recovering, dead or fail-io,
-/// daemon pid, queues, depth, size, server, host and partition).
-pub struct ListArgs {}
+/// daemon pid, queues, depth, size, server, host, partition and stable name).
+pub struct ListArgs {
+    /// print one JSON array of devices instead
+    #[argh(switch)]
+    json: bool,
+}
 
 fn cpus() -> u16 {
     std::thread::available_parallelism()
@@ -112,6 +120,29 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         .with_context(|| format!("attaching partition {}", args.partition))?;
     println!("ublk-host: device removed");
     Ok(())
+}
+
+/// `attach` with the arguments (after the subcommand) `argv`, as a configuration file
+/// entry made them: parsed by the same parser as the command line, and saved as they are.
+pub fn attach_with_argv(argv: Vec<String>) -> anyhow::Result<()> {
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs)
+        .map_err(|e| anyhow::anyhow!("{}", e.output.trim_end()))?;
+    let options = attach_options(&args, argv)?;
+    enter_private_mount_namespace().context("entering a private mount namespace")?;
+    ublk::attach(&options, announce)
+        .with_context(|| format!("attaching partition {}", args.partition))?;
+    println!("ublk-host: device removed");
+    Ok(())
+}
+
+/// The options the `attach` arguments `argv` stand for (`ublk-host nbd` uses their
+/// engine and partition).
+pub fn options_from_argv(argv: Vec<String>) -> anyhow::Result<AttachOptions> {
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs)
+        .map_err(|e| anyhow::anyhow!("{}", e.output.trim_end()))?;
+    attach_options(&args, argv)
 }
 
 fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<AttachOptions> {
@@ -189,8 +220,12 @@ fn announce(attached: &Attached) {
     } else {
         ublk::inspect::COPY
     };
+    let link = attached
+        .link
+        .as_ref()
+        .map_or(String::new(), |link| format!(" as {link}"));
     println!(
-        "ublk-host: {} ready{how} ({} queues x {} lanes, {mode}) partition {} size {}",
+        "ublk-host: {}{link} ready{how} ({} queues x {} lanes, {mode}) partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,
@@ -201,13 +236,22 @@ fn announce(attached: &Attached) {
 }
 
 pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
-    let id = parse_device(&args.device)?;
+    let id = match (&args.device, args.pid) {
+        (Some(device), None) => parse_device(device)?,
+        (None, Some(pid)) => ublk::inspect::device_of_daemon(pid)
+            .with_context(|| format!("no ublk device is served by process {pid}"))?,
+        _ => anyhow::bail!("name a device or --pid, one of them"),
+    };
     ublk::detach(id, DETACH_WAIT).with_context(|| format!("detaching /dev/ublkb{id}"))?;
     println!("ublk-host: /dev/ublkb{id} detached");
     Ok(())
 }
 
-pub fn list(_args: &ListArgs) -> anyhow::Result<()> {
+pub fn list(args: &ListArgs) -> anyhow::Result<()> {
+    if args.json {
+        println!("{:#}", ublk::list_json());
+        return Ok(());
+    }
     for line in ublk::list()? {
         println!("{line}");
     }
@@ -245,5 +289,35 @@ mod tests {
         assert_eq!(args.partition, "vol");
         assert_eq!(args.lanes_per_queue, 2);
         assert_eq!(args.id, None);
+    }
+
+    #[test]
+    fn a_config_entry_with_command_line_overrides_parses_as_attach_arguments() {
+        let text = r#"
+            host = "h1"
+            secret_file = "/etc/multilane/host.key"
+            [servers.a]
+            address = "10.0.0.1:7700"
+            [defaults]
+            lanes_per_queue = 2
+            split = "128K"
+            [partitions.vol0]
+            queues = 4
+            depth = 64
+        "#;
+        let config = ublk_host::hostconfig::HostConfig::parse(text, "test").unwrap();
+        let base = config.attach_argv("vol0").unwrap();
+        let overrides: Vec<String> = ["--lanes-per-queue", "8", "--id", "5"]
+            .map(String::from)
+            .to_vec();
+        let argv = ublk_host::hostconfig::apply_overrides(&base, &overrides);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let args = AttachArgs::from_args(&["ublk-host", "attach"], &refs).unwrap();
+        assert_eq!(args.server, "10.0.0.1:7700");
+        assert_eq!(args.partition, "vol0");
+        assert_eq!((args.queues, args.depth), (Some(4), 64), "from the entry");
+        assert_eq!(args.split, "128K", "from [defaults]");
+        assert_eq!(args.lanes_per_queue, 8, "the flag overrides [defaults]");
+        assert_eq!(args.id, Some(5), "a flag the file does not set");
     }
 }

@@ -123,6 +123,10 @@ pub enum HostError {
     /// The queue's io_uring failed.
     #[error("io_uring: {0}")]
     Ring(String),
+    /// An NBD client broke the protocol (bad magic, oversized data, not fixed newstyle);
+    /// its connection is closed.
+    #[error("NBD protocol: {0}")]
+    Nbd(String),
     /// libublk reported an error while creating, running or removing a device.
     #[error("ublk: {0}")]
     Ublk(#[from] libublk::UblkError),
@@ -149,6 +153,7 @@ impl HostError {
             | HostError::Protocol(_)
             | HostError::Secret { .. }
             | HostError::Ring(_)
+            | HostError::Nbd(_)
             | HostError::Ublk(_) => libc_errno::EIO,
         })
     }

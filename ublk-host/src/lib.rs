@@ -15,11 +15,17 @@
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount
-//!   namespace. Zero copy where the driver offers automatic buffer registration (asked
-//!   with `GET_FEATURES` at attach; `--copy` forces copy mode): each request's pages are
-//!   registered in the queue's ring at the tag's index and the lanes send and receive
-//!   them with fixed-buffer operations ([`client::BufRef::Fixed`]); live resize
-//!   (`ublk/resize.rs`: a discovery watch grows the device with `UPDATE_SIZE`).
+//!   namespace, stable names (`/dev/multilane/<partition>`). Zero copy where the driver
+//!   offers automatic buffer registration (asked with `GET_FEATURES` at attach; `--copy`
+//!   forces copy mode): each request's pages are registered in the queue's ring at the
+//!   tag's index and the lanes send and receive them with fixed-buffer operations
+//!   ([`client::BufRef::Fixed`]); live resize (`ublk/resize.rs`: a discovery watch grows
+//!   the device with `UPDATE_SIZE`).
+//! - [`hostconfig`]: the host configuration file (`/etc/multilane/host.toml`): servers,
+//!   identity, partitions to attach; each entry becomes an `attach` command line.
+//! - [`nbd`]: a partition as an NBD export on a local Unix socket (fixed newstyle, simple
+//!   replies), each NBD connection on its own queue engine; [`nbd::proto`] is the sans-IO
+//!   codec.
 //! - [`error`]: [`HostError`] and the errno a failed block I/O completes with.
 //!
 //! # Driving the engine (tests, bench)
@@ -52,6 +58,8 @@
 
 pub mod client;
 pub mod error;
+pub mod hostconfig;
+pub mod nbd;
 pub mod ublk;
 
 pub use error::{Errno, HostError, Result};

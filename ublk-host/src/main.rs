@@ -9,9 +9,12 @@ use ublk_host::client::config::{parse_size, read_secret_file};
 use ublk_host::client::discovery::{describe, Watch, DEFAULT_KEEPALIVE};
 use ublk_host::client::{ClientConfig, Discovery, PartitionList};
 
+mod config_cmds;
 mod device_cmds;
+mod nbd_cmd;
 
-/// Multilane host driver: network block devices over persistent TCP lanes.
+/// Multilane host driver: network block devices over persistent TCP lanes. From a
+/// configuration file: `ublk-host attach --config FILE (NAME | --all) [attach flags]`.
 #[derive(FromArgs, Debug)]
 struct Cli {
     #[argh(subcommand)]
@@ -26,6 +29,7 @@ enum Command {
     Recover(device_cmds::RecoverArgs),
     Detach(device_cmds::DetachArgs),
     List(device_cmds::ListArgs),
+    Nbd(nbd_cmd::NbdArgs),
 }
 
 #[derive(FromArgs, Debug, Clone)]
@@ -100,6 +104,11 @@ fn main() {
         env_logger::Env::default().default_filter_or("info,libublk=warn"),
     )
     .init();
+    let args: Vec<String> = std::env::args().collect();
+    if config_cmds::requested(&args) {
+        exit_on_error(config_cmds::attach(&args[2..]));
+        return;
+    }
     let cli: Cli = argh::from_env();
     let outcome = match &cli.command {
         Command::Discover(args) => discover(args),
@@ -107,7 +116,12 @@ fn main() {
         Command::Recover(args) => device_cmds::recover(args),
         Command::Detach(args) => device_cmds::detach(args),
         Command::List(args) => device_cmds::list(args),
+        Command::Nbd(args) => nbd_cmd::serve(args),
     };
+    exit_on_error(outcome);
+}
+
+fn exit_on_error(outcome: anyhow::Result<()>) {
     if let Err(error) = outcome {
         eprintln!("ublk-host: {error:#}");
         std::process::exit(1);

@@ -5,9 +5,11 @@ pub mod catalog;
 #[cfg(test)]
 pub(crate) mod commit_tests;
 pub mod disk;
+pub mod gate;
 pub mod grant;
 #[cfg(test)]
 mod health_tests;
+pub mod io;
 pub mod metadata;
 pub mod scan;
 pub mod space;
@@ -26,6 +28,7 @@ use wire::{Access, Features, PartitionInfo, Secret};
 use crate::error::{Error, Result};
 use catalog::Space;
 use disk::{MemberDisk, SECTOR_SIZE};
+use gate::{GateGuard, LaneGates};
 use grant::LaneGrant;
 use metadata::{ArrayMetadata, CommittedSlots, Slot};
 use stripe::{StripeMap, METADATA_AREA};
@@ -99,6 +102,8 @@ pub struct Array {
     state: Mutex<Committed>,
     generation: AtomicU64,
     changes: watch::Sender<u64>,
+    /// Data lanes' revocation gates (see [`gate`]).
+    gates: Arc<LaneGates>,
 }
 
 impl Array {
@@ -261,6 +266,7 @@ impl Array {
             }),
             generation: AtomicU64::new(generation),
             changes,
+            gates: Arc::default(),
         })
     }
 
@@ -277,7 +283,9 @@ impl Array {
 
     /// Applies `change` to the metadata and commits the result as the next generation on
     /// every disk ([`CommittedSlots::commit`]); returns what `change` returned. On any
-    /// error nothing changes, in memory or (as [`Array::open`] sees it) on the disks.
+    /// error nothing changes, in memory or (as [`Array::open`] sees it) on the disks. Data
+    /// lanes the change takes rights from are closed, and their disk work drained, before
+    /// this returns (see [`gate`]).
     fn commit<T>(
         &self,
         change: impl FnOnce(&ArrayMetadata) -> Result<(ArrayMetadata, T)>,
@@ -303,7 +311,29 @@ impl Array {
         state.metadata = slot.metadata;
         self.generation.store(generation, Ordering::Release);
         self.changes.send_replace(generation);
+        let revoked = self.gates.revoke_for(&state.metadata);
+        drop(state);
+        LaneGates::drain(&revoked);
         Ok(out)
+    }
+
+    /// Registers a data lane working with `grant` on socket `socket` for revocation (see
+    /// [`gate`]); `None` if the grant was already withdrawn or narrowed, in which case the
+    /// lane must close without touching the disks.
+    pub fn register_lane(
+        &self,
+        host: &str,
+        grant: &LaneGrant,
+        socket: std::os::fd::RawFd,
+    ) -> Option<GateGuard> {
+        let info = &grant.info;
+        let guard = self.gates.register(host, info.id, info.access, socket);
+        // A commit that ran before the registration did not see the gate: check its result.
+        if self.generation() != grant.generation && !guard.gate.still_allowed(&self.lock().metadata)
+        {
+            return None;
+        }
+        Some(guard)
     }
 
     /// The array's UUID.

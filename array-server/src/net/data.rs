@@ -1,22 +1,42 @@
 //! Data sessions ("lanes"): block requests on one partition, run concurrently up to
 //! `max_in_flight`, answered in any order by one writer task.
+//!
+//! # What one lane may cost
+//!
+//! Every request holds a slot (one of `max_in_flight`) from before its header is read
+//! until its reply has left through the socket, and reads and writes also hold their
+//! length in bytes of the lane's byte budget (`max_lane_bytes`, at least `max_io`) for
+//! the same span: the reply carries both (a [`Credit`]) to the writer, which releases
+//! them once the send completed. When either runs out the reader stops reading the
+//! socket, so a peer that sends requests and never reads replies holds at most
+//! `max_lane_bytes` of data buffers plus `max_in_flight` reply heads, and TCP pushes back.
+//!
+//! # Revocation
+//!
+//! Every disk operation, every write payload received into a disk mapping and every send
+//! of read data straight from a mapping runs under a [`DiskPass`] of the lane's gate (see
+//! [`crate::array::gate`]); a revoked lane's socket is shut down by the committer itself.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_uring::buf::{BoundedBuf, IoBuf, Slice};
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, Limits};
 use wire::{Op, Reply, Request, Status};
 
-use super::buffer::{AlignedBuf, DATA_OFFSET};
-use super::disk_io::{DiskSet, MappedSlice, MAX_MAPPED_PIECES};
+use super::budget::{Credit, LaneBudget};
 use super::frames::FrameReader;
 use super::sessions::{AdmittedGuard, LaneCounters, Session};
 use super::Shared;
+use crate::array::gate::{DiskPass, LaneGate};
 use crate::array::grant::LaneGrant;
+use crate::array::io::buffer::{AlignedBuf, DATA_OFFSET};
+use crate::array::io::{Command, DiskSet, Done, MappedSlice, Payload, MAX_MAPPED_PIECES};
 use crate::error::{Error, Result};
 
 /// What the writer task sends.
@@ -30,8 +50,6 @@ enum Outgoing {
         head: Vec<u8>,
         data: Vec<MappedSlice>,
     },
-    /// Send nothing more and close the connection.
-    Close,
 }
 
 /// One lane's state, shared by its reader and its request tasks (one thread).
@@ -41,8 +59,9 @@ struct Lane {
     host: String,
     partition: u32,
     grant: RefCell<Arc<LaneGrant>>,
+    gate: Arc<LaneGate>,
     session: Arc<Session>,
-    replies: mpsc::UnboundedSender<Outgoing>,
+    replies: mpsc::UnboundedSender<(Outgoing, Credit)>,
 }
 
 /// Serves one data connection until the peer leaves, a frame does not decode, or the
@@ -67,53 +86,58 @@ pub async fn serve(
         );
         return Ok(());
     }
+    // Unregistered (dropped) before this returns, so before the socket is closed.
+    let Some(registration) = shared
+        .array
+        .register_lane(&session.host, &grant, stream.as_raw_fd())
+    else {
+        log::info!(
+            "host {:?} lost partition {} during its handshake; closing the lane",
+            session.host,
+            grant.info.id
+        );
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Ok(());
+    };
+    // The channel holds at most one message per slot: every message carries one.
     let (replies, outgoing) = mpsc::unbounded_channel();
-    let writer = tokio_uring::spawn(write_replies(stream.clone(), outgoing));
-    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let gate = registration.gate.clone();
+    let writer = tokio_uring::spawn(write_replies(stream.clone(), gate.clone(), outgoing));
+    let budget = LaneBudget::new(
+        shared.config.max_in_flight,
+        lane_byte_budget(&shared.config),
+    );
     let lane = Rc::new(Lane {
         host: session.host.clone(),
         partition: grant.info.id,
         shared,
         disks,
         grant: RefCell::new(grant),
+        gate,
         session,
         replies,
     });
-    let watcher = tokio_uring::spawn(close_on_revoke(
-        lane.shared.clone(),
-        lane.host.clone(),
-        lane.partition,
-        lane.replies.clone(),
-    ));
     // Fencing: a newer connection for this lane shuts this socket down (see sessions.rs).
     let fence = tokio_uring::spawn(close_on_fence(lane.session.clone(), stream.clone()));
-    let outcome = read_requests(&lane, &mut reader, &permits).await;
-    watcher.abort();
+    let outcome = read_requests(&lane, &mut reader, &budget).await;
     fence.abort();
     if outcome.is_err() {
-        let _ = lane.replies.send(Outgoing::Close);
+        // Close at once: queued replies need not reach a peer that broke the protocol,
+        // and a pending send to one that stopped reading ends with this.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
     drop(lane);
     let _ = writer.await;
+    // A writer that failed leaves requests running; the gate stays registered until they
+    // are done, so a revocation still waits for their disk work.
+    budget.drained().await;
+    drop(registration);
     outcome
 }
 
-/// Closes the lane as soon as its assignment is withdrawn, even while it is idle, so the
-/// host's I/O on it stops and the lane leaves the sessions registry at once.
-async fn close_on_revoke(
-    shared: Arc<Shared>,
-    host: String,
-    partition: u32,
-    replies: mpsc::UnboundedSender<Outgoing>,
-) {
-    let mut changes = shared.array.subscribe();
-    while changes.changed().await.is_ok() {
-        if shared.array.lane_grant(&host, partition).is_none() {
-            log::info!("host {host:?} lost partition {partition}; closing its idle lane");
-            let _ = replies.send(Outgoing::Close);
-            return;
-        }
-    }
+/// Bytes of reads and writes one lane may hold at once (see the module docs).
+fn lane_byte_budget(config: &super::ServerConfig) -> u64 {
+    u64::from(config.max_lane_bytes.max(config.max_io))
 }
 
 /// Shuts the socket down once a newer connection for the same lane fences this one: the
@@ -130,15 +154,11 @@ async fn close_on_fence(session: Arc<Session>, stream: Rc<TcpStream>) {
 async fn read_requests(
     lane: &Rc<Lane>,
     reader: &mut FrameReader,
-    permits: &Arc<Semaphore>,
+    budget: &Rc<LaneBudget>,
 ) -> Result<()> {
     let limits = Limits::data(lane.shared.config.max_io);
     loop {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let slot = budget.slot().await;
         let Some(prefix) = reader.next_head(limits).await? else {
             return Ok(());
         };
@@ -150,19 +170,14 @@ async fn read_requests(
         // straight into the disks' mappings; a refused write's payload is drained into a
         // buffer and dropped, never written.
         let admitted = lane.admit(&request);
-        let payload = match (&admitted, request.op) {
-            (Ok(grant), Op::Write) => Some(receive_write(lane, reader, grant, &request).await?),
-            (Err(Error::Revoked), _) => None, // the lane closes below
-            (Err(_), Op::Write) => {
-                drop(reader.read_payload(request.len as usize).await?);
-                None
-            }
-            _ => None,
+        let credit = match (&admitted, request.op) {
+            (Ok(_), Op::Read | Op::Write) => budget.add_bytes(slot, request.len.into()).await,
+            _ => slot,
         };
         match admitted {
             Ok(grant) => {
-                let work = execute(lane.clone(), grant, request, payload, permit, ticket);
-                tokio_uring::spawn(work);
+                let command = plan(lane, reader, &grant, &request).await?;
+                tokio_uring::spawn(execute(lane.clone(), request, command, credit, ticket));
             }
             Err(Error::Revoked) => {
                 log::info!(
@@ -170,42 +185,59 @@ async fn read_requests(
                     lane.host,
                     lane.partition
                 );
-                lane.reply_error(&request, &Error::Revoked);
-                let _ = lane.replies.send(Outgoing::Close);
+                lane.reply_error(&request, &Error::Revoked, credit);
                 return Ok(());
             }
-            Err(error) => lane.reply_error(&request, &error),
+            Err(error) => {
+                if request.op == Op::Write {
+                    drop(reader.read_payload(request.len as usize).await?);
+                }
+                lane.reply_error(&request, &error, credit);
+            }
         }
     }
 }
 
-/// Receives an admitted write's payload: straight into the disks' mappings when every
-/// piece is on a mapped disk (the data is then in place), else into a buffer.
-async fn receive_write(
+/// Turns an admitted request into its command (none for a heartbeat, which touches no
+/// disk), with its stripe plan; a write's payload is received on the way: straight into the disks' mappings when every piece is on a
+/// mapped disk (under a pass of the lane's gate), else into a buffer.
+async fn plan(
     lane: &Lane,
     reader: &mut FrameReader,
     grant: &LaneGrant,
     request: &Request,
-) -> Result<Payload> {
-    let len = request.len as usize;
-    match lane
-        .disks
-        .mapped_write(grant, request.offset, u64::from(request.len))
-    {
-        Some(views) => {
-            reader.read_payload_into(views).await?;
-            Ok(Payload::InPlace)
+) -> Result<Option<Command>> {
+    let disks = &lane.disks;
+    let plan = || disks.plan(grant, request.offset, u64::from(request.len));
+    Ok(Some(match request.op {
+        Op::Heartbeat => return Ok(None),
+        Op::Read => Command::Read { plan: plan() },
+        Op::Write => {
+            let plan = plan();
+            let payload = match disks.mapped_targets(&plan) {
+                Some(views) => {
+                    guarded(&lane.gate, reader.read_payload_into(views)).await?;
+                    Payload::InPlace
+                }
+                None => Payload::Buffer(reader.read_payload(request.len as usize).await?),
+            };
+            Command::Write {
+                plan,
+                payload,
+                fua: request.fua(),
+            }
         }
-        None => Ok(Payload::Buffer(reader.read_payload(len).await?)),
-    }
+        Op::Flush => Command::Flush,
+        Op::Discard => Command::Discard { plan: plan() },
+        Op::WriteZeroes => Command::WriteZeroes { plan: plan() },
+    }))
 }
 
-/// A write's payload as its request task gets it.
-enum Payload {
-    /// Received into a buffer, to be written to the disks.
-    Buffer(AlignedBuf),
-    /// Already received into the disks' mappings.
-    InPlace,
+/// Runs `work` (a disk operation or mapped copy, not started yet) under a pass of `gate`:
+/// `Revoked` without running it once the lane is revoked.
+async fn guarded<T>(gate: &LaneGate, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let _pass: DiskPass<'_> = gate.enter().map_err(|_| Error::Revoked)?;
+    work.await
 }
 
 impl Lane {
@@ -226,30 +258,39 @@ impl Lane {
         Ok(grant)
     }
 
-    fn reply_error(&self, request: &Request, error: &Error) {
+    fn reply_error(&self, request: &Request, error: &Error, credit: Credit) {
         self.session
             .counters
             .errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Error::Disk { path, .. } = error {
-            self.shared.array.note_disk_error(path);
-        }
+        // The page's disk health shows the whole error (op, path, offset, errno).
+        self.shared.array.note_disk_failure(error);
         log::debug!("request {request:?} failed: {error}");
-        self.reply_head(Reply {
+        let reply = Reply {
             tag: request.tag,
             status: Status::Errno(error.errno()),
             len: 0,
-        });
+        };
+        self.reply_head(reply, credit);
     }
 
-    fn reply_head(&self, reply: Reply) {
+    fn reply_ok(&self, tag: u32, credit: Credit) {
+        let reply = Reply {
+            tag,
+            status: Status::Ok,
+            len: 0,
+        };
+        self.reply_head(reply, credit);
+    }
+
+    fn reply_head(&self, reply: Reply, credit: Credit) {
         let mut head = Vec::with_capacity(16);
         if frame::encode_head(&reply, 0, &mut head).is_ok() {
-            let _ = self.replies.send(Outgoing::Head(head));
+            let _ = self.replies.send((Outgoing::Head(head), credit));
         }
     }
 
-    fn reply_mapped(&self, tag: u32, data: Vec<MappedSlice>, len: u32) {
+    fn reply_mapped(&self, tag: u32, data: Vec<MappedSlice>, len: u32, credit: Credit) {
         let reply = Reply {
             tag,
             status: Status::Ok,
@@ -257,11 +298,11 @@ impl Lane {
         };
         let mut head = Vec::with_capacity(16);
         if frame::encode_head(&reply, len, &mut head).is_ok() {
-            let _ = self.replies.send(Outgoing::Mapped { head, data });
+            let _ = self.replies.send((Outgoing::Mapped { head, data }, credit));
         }
     }
 
-    fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32) {
+    fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32, credit: Credit) {
         let reply = Reply {
             tag,
             status: Status::Ok,
@@ -273,7 +314,9 @@ impl Lane {
         }
         let start = DATA_OFFSET - head.len();
         buffer.as_mut_slice()[start..DATA_OFFSET].copy_from_slice(&head);
-        let _ = self.replies.send(Outgoing::Data { buffer, start });
+        let _ = self
+            .replies
+            .send((Outgoing::Data { buffer, start }, credit));
     }
 }
 
@@ -307,82 +350,42 @@ fn check_request(grant: &LaneGrant, request: &Request, max_io: u32) -> Result<()
     Ok(())
 }
 
+/// Runs one request's command (none for a heartbeat) under a pass of the lane's gate and
+/// queues its reply. `_ticket` counts the request as admitted (fencing waits for it) until
+/// its disk work is done.
 async fn execute(
     lane: Rc<Lane>,
-    grant: Arc<LaneGrant>,
     request: Request,
-    payload: Option<Payload>,
-    _permit: OwnedSemaphorePermit,
+    command: Option<Command>,
+    credit: Credit,
     _ticket: AdmittedGuard,
 ) {
-    let disks = &lane.disks;
     let counters = &lane.session.counters;
     let _timer = counters.time_request();
-    let (offset, len) = (request.offset, u64::from(request.len));
-    let outcome = match (request.op, payload) {
-        (Op::Read, _) => {
-            if let Some(data) = disks.mapped_read(&grant, offset, len) {
-                LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                lane.reply_mapped(request.tag, data, request.len);
-                return;
-            }
-            let buffer = AlignedBuf::for_data(len as usize);
-            match disks.read(&grant, offset, len, buffer).await {
-                Ok(buffer) => {
-                    LaneCounters::count(&counters.reads, Some((&counters.read_bytes, len)));
-                    lane.reply_data(request.tag, buffer, request.len);
-                    return;
-                }
-                Err(error) => {
-                    LaneCounters::count(&counters.reads, None);
-                    Err(error)
-                }
-            }
-        }
-        (Op::Write, Some(payload)) => {
-            let result = match payload {
-                Payload::Buffer(buffer) => {
-                    disks
-                        .write(&grant, offset, len, buffer, request.fua())
-                        .await
-                }
-                Payload::InPlace => {
-                    disks
-                        .finish_mapped_write(&grant, offset, len, request.fua())
-                        .await
-                }
-            };
-            let bytes = result.is_ok().then_some((&counters.write_bytes, len));
-            LaneCounters::count(&counters.writes, bytes);
-            result
-        }
-        (Op::Write, None) => Err(Error::Wire(wire::WireError::PayloadMismatch {
-            expected: request.len,
-            actual: 0,
-        })),
-        (Op::Flush, _) => {
-            LaneCounters::count(&counters.flushes, None);
-            disks.flush().await
-        }
-        (Op::Discard, _) => {
-            LaneCounters::count(&counters.discards, None);
-            disks.discard(&grant, offset, len).await
-        }
-        (Op::Heartbeat, _) => Ok(()),
-        (Op::WriteZeroes, _) => {
-            LaneCounters::count(&counters.write_zeroes, None);
-            disks.write_zeroes(&grant, offset, len).await
+    let len = u64::from(request.len);
+    let (count, bytes) = match request.op {
+        Op::Read => (&counters.reads, Some(&counters.read_bytes)),
+        Op::Write => (&counters.writes, Some(&counters.write_bytes)),
+        Op::Flush => (&counters.flushes, None),
+        Op::Discard => (&counters.discards, None),
+        Op::WriteZeroes => (&counters.write_zeroes, None),
+        Op::Heartbeat => {
+            lane.reply_ok(request.tag, credit);
+            return;
         }
     };
+    let Some(command) = command else { return };
+    let outcome = guarded(&lane.gate, lane.disks.run(command)).await;
+    let counted = outcome.is_ok().then_some(()).and(bytes.map(|b| (b, len)));
+    LaneCounters::count(count, counted);
     match outcome {
-        Ok(()) => lane.reply_head(Reply {
-            tag: request.tag,
-            status: Status::Ok,
-            len: 0,
-        }),
+        // Mapped views are sent under a pass too: the writer checks the gate at send time.
+        Ok(Done::Mapped(data)) => lane.reply_mapped(request.tag, data, request.len, credit),
+        Ok(Done::Data(buffer)) => lane.reply_data(request.tag, buffer, request.len, credit),
+        Ok(Done::Nothing) => lane.reply_ok(request.tag, credit),
         Err(error) => {
             log::warn!("host {:?} partition {}: {error}", lane.host, lane.partition);
-            lane.reply_error(&request, &error);
+            lane.reply_error(&request, &error, credit);
         }
     }
 }
@@ -393,36 +396,48 @@ const MAX_REPLIES_PER_SEND: usize = 256;
 const _: () = assert!(MAX_REPLIES_PER_SEND + 1 + MAX_MAPPED_PIECES <= 1024);
 
 /// The connection's one writer: gathers every reply ready (heads and read data, each from
-/// its own buffer) into one `writev`, resumes short writes, stops at `Close` or when every
-/// sender is gone.
+/// its own buffer) into one `writev`, resumes short writes, releases each reply's
+/// [`Credit`] once it is sent, and stops when every sender is gone or a send fails (the
+/// socket is then shut down). A batch with data straight from the disks' mappings is sent
+/// under a pass of the lane's gate: a revoked lane sends none.
 ///
 /// One send per batch rather than per reply matters: a send completes on the ring only at
 /// the next turn of the event loop, so sending replies one at a time would cap the lane at
 /// one reply per turn however many requests are in flight.
-async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_replies(
+    stream: Rc<TcpStream>,
+    gate: Arc<LaneGate>,
+    mut outgoing: mpsc::UnboundedReceiver<(Outgoing, Credit)>,
+) {
     let mut batch: Vec<OutBuf> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
+    let mut credits: Vec<Credit> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
-        let mut close = false;
-        while let Some(item) = next.take() {
+        let mut mapped = false;
+        while let Some((item, credit)) = next.take() {
+            credits.push(credit);
             match item {
                 Outgoing::Head(head) => batch.push(OutBuf::Head(head)),
                 Outgoing::Data { buffer, start } => batch.push(OutBuf::Data { buffer, start }),
                 Outgoing::Mapped { head, data } => {
+                    mapped = true;
                     batch.push(OutBuf::Head(head));
                     batch.extend(data.into_iter().map(OutBuf::Mapped));
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
                 }
             }
             if batch.len() < MAX_REPLIES_PER_SEND {
                 next = outgoing.try_recv().ok();
             }
         }
-        let sent = send_all(&stream, &mut batch).await;
-        if close || !sent {
+        let sent = if mapped {
+            guarded(&gate, send_all(&stream, &mut batch)).await
+        } else {
+            send_all(&stream, &mut batch).await
+        };
+        batch.clear();
+        credits.clear();
+        if let Err(error) = sent {
+            log::debug!("sending replies: {error}");
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
@@ -430,8 +445,8 @@ async fn write_replies(stream: Rc<TcpStream>, mut outgoing: mpsc::UnboundedRecei
 }
 
 /// Sends every buffer of `batch` in order with as few `writev` calls as the socket allows;
-/// empties `batch` (dropping the buffers, which returns them to the pool).
-async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
+/// on success `batch` is empty (the buffers dropped, which returns them to the pool).
+async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> Result<()> {
     let mut skip = 0; // bytes of the first buffer already sent
     while !batch.is_empty() {
         let slices: Vec<Slice<OutBuf>> = batch
@@ -446,12 +461,14 @@ async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
         let (result, slices) = stream.writev(slices).await;
         batch.extend(slices.into_iter().map(Slice::into_inner));
         let mut sent = match result {
-            Ok(0) => return false,
-            Ok(sent) => sent,
-            Err(error) => {
-                log::debug!("sending replies: {error}");
-                return false;
+            Ok(0) => {
+                return Err(Error::io(
+                    "sending replies",
+                    std::io::ErrorKind::WriteZero.into(),
+                ))
             }
+            Ok(sent) => sent,
+            Err(error) => return Err(Error::io("sending replies", error)),
         };
         // Drop what went out completely; remember how far the first remaining buffer got.
         let mut done = 0;
@@ -466,7 +483,7 @@ async fn send_all(stream: &TcpStream, batch: &mut Vec<OutBuf>) -> bool {
         skip = if done == 0 { skip + sent } else { sent };
         batch.drain(..done);
     }
-    true
+    Ok(())
 }
 
 /// One reply's bytes as the writer sends them.

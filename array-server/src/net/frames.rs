@@ -11,8 +11,8 @@ use tokio_uring::net::TcpStream;
 use wire::frame::{self, FrameDecoder, FrameHeader, FramePrefix, Limits, Progress};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
 
-use super::buffer::{AlignedBuf, DATA_OFFSET};
-use super::disk_io::MappedTarget;
+use crate::array::io::buffer::{AlignedBuf, DATA_OFFSET};
+use crate::array::io::MappedTarget;
 use crate::error::{Error, Result};
 
 /// Bytes of the staging buffer: the largest head plus room to batch small frames.

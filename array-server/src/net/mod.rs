@@ -12,18 +12,23 @@
 //!
 //! Each connection runs the handshake under a deadline, registers in [`Sessions`], then
 //! serves control ([`control`]) or data ([`data`]). A frame that does not decode closes
-//! that connection only. Beyond `max_connections`, hellos are answered `Refused(Busy)`.
+//! that connection only. Beyond `max_connections` sessions, hellos are answered
+//! `Refused(Busy)`. Connections still in their handshake have a small room of their own,
+//! and a failing `accept` backs off (see `net/admission.rs`). A connection that ends while a
+//! receive is pending on its socket (a missed deadline, an aborted reader) shuts the socket
+//! down first, so that the receive completes and the descriptor is really closed.
 
-mod buffer;
+mod admission;
+mod budget;
 mod control;
 mod data;
-mod disk_io;
 mod frames;
 mod handshake;
 mod live;
 mod liveness;
 mod sessions;
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -36,29 +41,32 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-pub use buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
+pub use crate::array::io::buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
 pub use live::{LiveSessions, PartitionTraffic, SessionKind, SessionSnapshot, Traffic};
 pub use sessions::{
     CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
 };
 
+use crate::array::io::DiskSet;
 use crate::array::Array;
 use crate::error::{Error, Result};
-use disk_io::DiskSet;
+use admission::{AcceptBackoff, Unauthenticated};
 use frames::{send_message, FrameReader};
 
 /// Default TCP port.
 pub const DEFAULT_PORT: u16 = 7700;
-/// Default cap on live connections.
+/// Default cap on live authenticated connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on connections that have not finished their handshake.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Default number of requests one connection runs at once.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+/// Default byte budget of one data connection: 16 of the largest reads.
+pub const DEFAULT_MAX_LANE_BYTES: u32 = 64 << 20;
 /// Default deadline for a handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listen backlog of each socket.
 const LISTEN_BACKLOG: i32 = 1024;
-/// Pause after a failed accept (out of file descriptors...) before trying again.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -67,14 +75,19 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Runtime threads, each with its own listener and io_uring.
     pub threads: usize,
-    /// Most live connections; more are refused with `Busy`.
+    /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,
+    /// Most connections still in their handshake (see `net/admission.rs`).
+    pub max_unauthenticated: usize,
     /// Largest payload per request, offered in `Welcome`.
     pub max_io: u32,
     /// Requests one data connection runs at once.
     pub max_in_flight: u32,
     /// Deadline for a connection's handshake.
     pub handshake_timeout: Duration,
+    /// Bytes of read data and write payloads one data connection holds at once (raised to
+    /// `max_io` if below); see `data`'s module docs.
+    pub max_lane_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -83,9 +96,11 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_io: wire::DEFAULT_MAX_IO,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_lane_bytes: DEFAULT_MAX_LANE_BYTES,
         }
     }
 }
@@ -105,6 +120,10 @@ pub struct ServerStats {
     pub handshake_timeouts: AtomicU64,
     /// Connections closed for a frame that did not decode.
     pub protocol_errors: AtomicU64,
+    /// Unauthenticated connections shut down to make room for newer ones.
+    pub evicted_unauthenticated: AtomicU64,
+    /// `accept` calls that failed (out of descriptors...).
+    pub accept_failures: AtomicU64,
 }
 
 /// A snapshot of [`ServerStats`].
@@ -122,7 +141,11 @@ pub struct StatsView {
     pub handshake_timeouts: u64,
     /// Connections closed for malformed frames.
     pub protocol_errors: u64,
-    /// Connections open now.
+    /// Unauthenticated connections evicted for newer ones.
+    pub evicted_unauthenticated: u64,
+    /// Failed `accept` calls.
+    pub accept_failures: u64,
+    /// Authenticated connections open now.
     pub live_connections: usize,
 }
 
@@ -133,7 +156,10 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) config: ServerConfig,
+    /// Authenticated connections open now.
     live: Arc<AtomicUsize>,
+    /// `max_connections` as the descriptor limit allows (see [`admission`]).
+    session_room: usize,
     /// Drawn at start; announced in every `Welcome` (see `wire::Welcome::boot_epoch`).
     pub(crate) boot_epoch: u64,
 }
@@ -179,6 +205,8 @@ impl RunningServer {
             refused_not_assigned: get(&stats.refused_not_assigned),
             handshake_timeouts: get(&stats.handshake_timeouts),
             protocol_errors: get(&stats.protocol_errors),
+            evicted_unauthenticated: get(&stats.evicted_unauthenticated),
+            accept_failures: get(&stats.accept_failures),
             live_connections: self.shared.live.load(Ordering::Relaxed),
         }
     }
@@ -225,32 +253,54 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     for _ in 1..threads {
         listeners.push(bind_reuseport(local_addr)?);
     }
+    let fd_limit = admission::raise_fd_limit();
+    let session_room =
+        admission::session_room(fd_limit, config.max_connections, config.max_unauthenticated);
     let shared = Arc::new(Shared {
         array,
         sessions: Arc::default(),
         stats: Arc::default(),
+        session_room,
         config,
         live: Arc::default(),
         boot_epoch: draw_boot_epoch()?,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let shutdown_rx = shutdown_rx.clone();
+        let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("array-net-{index}"))
-            .spawn(move || tokio_uring::start(run_thread(listener, shared, shutdown_rx)))
+            .spawn(move || tokio_uring::start(run_thread(listener, shared, shutdown_rx, ready)))
             .map_err(|e| Error::io("starting a server thread", e))?;
         handles.push(handle);
     }
-    log::info!("serving on {local_addr} with {threads} threads");
-    Ok(RunningServer {
+    drop(ready_tx);
+    // Every thread has its ring and its disk handles before `start` returns; on an error
+    // dropping `server` stops the threads that did start.
+    let server = RunningServer {
         local_addr,
         shared,
         shutdown,
         threads: handles,
-    })
+    };
+    for _ in 0..threads {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(Error::io(
+                    "starting a server thread",
+                    std::io::Error::other("the thread stopped before it was ready"),
+                ))
+            }
+        }
+    }
+    log::info!("serving on {local_addr} with {threads} threads");
+    Ok(server)
 }
 
 /// A fresh random boot epoch (never 0, so a host can use 0 for "none seen yet").
@@ -279,24 +329,41 @@ async fn run_thread(
     listener: StdListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
 ) {
     let listener = TcpListener::from_std(listener);
     let disks = match DiskSet::new(&shared.array) {
         Ok(disks) => Rc::new(disks),
         Err(error) => {
             log::error!("server thread cannot open the disks: {error}");
+            let _ = ready.send(Err(error));
             return;
         }
     };
+    let _ = ready.send(Ok(()));
+    let threads = shared.config.threads.max(1);
+    let waiting = Unauthenticated::new(shared.config.max_unauthenticated / threads);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer));
+                    backoff.succeeded();
+                    let stream = Rc::new(stream);
+                    let (id, evicted) = waiting.borrow_mut().admit(stream.clone());
+                    if evicted {
+                        shared.stats.evicted_unauthenticated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let slot = WaitingSlot { waiting: waiting.clone(), id };
+                    tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer, slot));
                 }
                 Err(error) => {
-                    log::warn!("accept failed: {error}");
-                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    shared.stats.accept_failures.fetch_add(1, Ordering::Relaxed);
+                    let pause = backoff.failed(&error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
                 }
             },
             _ = shutdown.changed() => return,
@@ -304,7 +371,19 @@ async fn run_thread(
     }
 }
 
-/// Counts a live connection while it exists.
+/// A connection's place among the unauthenticated ones, left when dropped.
+struct WaitingSlot {
+    waiting: Rc<RefCell<Unauthenticated>>,
+    id: u64,
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.waiting.borrow_mut().leave(self.id);
+    }
+}
+
+/// Counts a live authenticated connection while it exists.
 struct LiveGuard(Arc<AtomicUsize>);
 
 impl Drop for LiveGuard {
@@ -313,9 +392,13 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, peer: SocketAddr) {
-    let live = shared.live.fetch_add(1, Ordering::Relaxed) + 1;
-    let _live = LiveGuard(shared.live.clone());
+async fn connection(
+    shared: Arc<Shared>,
+    disks: Rc<DiskSet>,
+    stream: Rc<TcpStream>,
+    peer: SocketAddr,
+    slot: WaitingSlot,
+) {
     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
     if let Err(error) = stream.set_nodelay(true) {
         log::debug!("{peer}: TCP_NODELAY: {error}");
@@ -324,18 +407,21 @@ async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, 
     if let Err(error) = liveness::set(&stream) {
         log::debug!("{peer}: keepalive / TCP_USER_TIMEOUT: {error}");
     }
-    let stream = Rc::new(stream);
     let mut reader = FrameReader::new(stream.clone());
-    let busy = live > shared.config.max_connections;
+    let busy = shared.live.load(Ordering::Relaxed) >= shared.session_room;
     let deadline = shared.config.handshake_timeout;
     let handshake = handshake::run(&stream, &mut reader, &shared, peer, busy);
-    let admitted = match tokio::time::timeout(deadline, handshake).await {
+    let outcome = tokio::time::timeout(deadline, handshake).await;
+    drop(slot);
+    let admitted = match outcome {
         Err(_) => {
             shared
                 .stats
                 .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             log::info!("{peer}: handshake not done within {deadline:?}; closing");
+            // The abandoned receive holds the socket until it completes.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         Ok(Err(error)) => {
@@ -345,6 +431,8 @@ async fn connection(shared: Arc<Shared>, disks: Rc<DiskSet>, stream: TcpStream, 
         Ok(Ok(None)) => return,
         Ok(Ok(Some(admitted))) => admitted,
     };
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    let _live = LiveGuard(shared.live.clone());
     let guard = shared
         .sessions
         .register(&admitted.host, peer, admitted.purpose);

@@ -2,6 +2,8 @@
 //! fixtures: temp member disks, formatted arrays, in-process servers.
 #![allow(dead_code)]
 
+pub mod probe;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use wire::PartitionInfo;
 use crate::client::{Discovery, EngineConfig};
 use crate::error::{HostError, Result};
 use crate::ublk::inspect::{self, ctrl_id};
+use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::queue::serve_queue;
 use crate::ublk::resize;
@@ -59,6 +60,8 @@ pub struct Attached {
     pub recovered: bool,
     /// Whether the device runs in zero-copy mode.
     pub zero_copy: bool,
+    /// Its stable name (`/dev/multilane/<partition>`), made once the device is live.
+    pub link: Option<String>,
 }
 
 /// The partition `options` names, and the I/O buffer size per tag for it.
@@ -150,7 +153,8 @@ pub(crate) fn serve(
     };
     let config = Arc::new(options.engine.clone());
     let shared_partition = Arc::new(partition.clone());
-    let attached = Attached {
+    let identity = target_data(options, &partition, zero_copy);
+    let mut attached = Attached {
         id: ctrl.dev_info().dev_id,
         path: ctrl.get_bdev_path(),
         queues: ctrl.dev_info().nr_hw_queues,
@@ -158,15 +162,18 @@ pub(crate) fn serve(
         partition,
         recovered,
         zero_copy,
+        link: None,
     };
     let watched = (config.clone(), shared_partition.clone());
     ctrl.run_target(
         tgt_init,
         move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
-        move |_ctrl: &UblkCtrl| {
+        move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
                 log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
             }
+            let link = names::publish(ctrl.dev_info().dev_id, &identity);
+            attached.link = link.map(|path| path.display().to_string());
             ready(&attached)
         },
     )?;

@@ -10,8 +10,9 @@ use crate::ublk::daemon::{
     stop_on_signals, AttachOptions, Attached, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id};
-use crate::ublk::recover;
+use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
+use crate::ublk::{names, recover};
 
 /// Discovers the partition, creates `/dev/ublkbN` for it (with ublk user recovery, so a
 /// new process can take it over if this one dies) and serves it until the device is
@@ -63,6 +64,7 @@ pub fn attach(
     serve(&ctrl, options, partition, buf_bytes, false, ready)?;
     // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created.
     drop(ctrl);
+    names::withdraw(dev_id);
     claim.remove();
     Ok(())
 }
@@ -86,8 +88,11 @@ fn refuse_if_in_use(id: u32) -> Result<()> {
     Err(HostError::DeviceInUse { id, state })
 }
 
-/// Parses `N`, `ublkbN`, `/dev/ublkbN` (or `ublkcN`) into a device id.
+/// Parses `N`, `ublkbN`, `/dev/ublkbN` (or `ublkcN`), or a stable name
+/// (`/dev/multilane/vol0`, a link to `/dev/ublkbN`) into a device id.
 pub fn parse_device(text: &str) -> Result<u32> {
+    let linked = std::fs::read_link(text).ok();
+    let text = linked.as_ref().and_then(|p| p.to_str()).unwrap_or(text);
     let name = text.rsplit('/').next().unwrap_or(text);
     let digits = name
         .strip_prefix("ublkb")
@@ -107,7 +112,11 @@ pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
     if !info.state.unserved() {
         stop_device(dev_id)?;
         let deadline = std::time::Instant::now() + wait;
+        let mut progress = Progress::new(format!(
+            "waiting for /dev/ublkb{dev_id}'s daemon to remove it"
+        ));
         while inspect::exists(dev_id) && std::time::Instant::now() < deadline {
+            progress.tick();
             std::thread::sleep(DETACH_POLL);
         }
     }
@@ -115,6 +124,7 @@ pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
         log::info!("/dev/ublkb{dev_id} is {}: deleting it", info.state);
         UblkCtrl::new_simple(ctrl_id(dev_id)?)?.del_dev()?;
     }
+    names::withdraw(dev_id);
     state::forget(dev_id);
     Ok(())
 }

@@ -7,6 +7,7 @@ use libublk::ctrl::UblkCtrl;
 use libublk::sys;
 
 use crate::error::{HostError, Result};
+use crate::ublk::names;
 use crate::ublk::state::{self, TargetData};
 
 /// Where a device stands, from the kernel's state, its daemon's liveness and our claims.
@@ -81,8 +82,17 @@ pub const ZERO_COPY: &str = "zero-copy";
 /// How `list` names copy mode (data copied through each tag's daemon buffer).
 pub const COPY: &str = "copy";
 
-/// One ublk device as `list` shows it.
-#[derive(Debug, Clone)]
+impl serde::Serialize for DeviceState {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One ublk device as `list` shows it (`list --json`: these fields, by these names).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
     /// The device id N.
     pub id: u32,
@@ -98,6 +108,8 @@ pub struct DeviceInfo {
     pub size: u64,
     /// What a Multilane device serves (`None` for other ublk devices).
     pub target: Option<TargetData>,
+    /// Its stable name (`/dev/multilane/<partition>`), if it has one.
+    pub link: Option<String>,
 }
 
 impl fmt::Display for DeviceInfo {
@@ -121,6 +133,9 @@ impl fmt::Display for DeviceInfo {
                 target.partition,
                 if target.zero_copy { ZERO_COPY } else { COPY }
             )?;
+        }
+        if let Some(link) = &self.link {
+            write!(f, "\tlink={link}")?;
         }
         Ok(())
     }
@@ -176,6 +191,21 @@ pub fn inspect(id: u32) -> Result<DeviceInfo> {
         depth: info.queue_depth,
         size,
         target: state::target_data(id),
+        link: names::names_of(id)
+            .first()
+            .map(|path| path.display().to_string()),
+    })
+}
+
+/// The device whose daemon is process `pid` (as the kernel or the state file says).
+pub fn device_of_daemon(pid: u32) -> Option<u32> {
+    device_ids().into_iter().find(|&id| {
+        let kernel = inspect(id).is_ok_and(|info| u32::try_from(info.daemon_pid) == Ok(pid));
+        kernel
+            || state::load(id)
+                .ok()
+                .flatten()
+                .is_some_and(|saved| saved.pid == pid)
     })
 }
 
@@ -190,7 +220,7 @@ pub fn device_ids() -> Vec<u32> {
 }
 
 /// One line per ublk device: id, state, daemon pid, queues x depth, size, and for
-/// Multilane devices the server, host and partition.
+/// Multilane devices the server, host, partition and stable name.
 pub fn list() -> Result<Vec<String>> {
     Ok(device_ids()
         .into_iter()
@@ -199,6 +229,20 @@ pub fn list() -> Result<Vec<String>> {
             Err(e) => format!("/dev/ublkb{id}\tstate=? ({e})"),
         })
         .collect())
+}
+
+/// Every ublk device's [`DeviceInfo`] as one JSON array (`list --json`); a device that
+/// cannot be inspected appears as `{"id": N, "error": "..."}`.
+pub fn list_json() -> serde_json::Value {
+    let devices = device_ids()
+        .into_iter()
+        .map(|id| match inspect(id) {
+            Ok(info) => serde_json::to_value(info)
+                .unwrap_or_else(|e| serde_json::json!({ "id": id, "error": e.to_string() })),
+            Err(e) => serde_json::json!({ "id": id, "error": e.to_string() }),
+        })
+        .collect();
+    serde_json::Value::Array(devices)
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! - [`daemon`]: what every daemon does: options, the partition, serving the device until it
 //!   stops, signals.
 //! - [`device`]: attach (create with user recovery, or take over; serve; remove), detach.
+//! - [`names`]: stable names, `/dev/multilane/<partition>` → `/dev/ublkbN`.
 //! - [`namespace`]: the daemon's private mount namespace, without ublk filesystems.
+//! - [`progress`]: the progress line of a long wait, on a terminal only.
 //! - [`mod@recover`]: taking over a device whose daemon died (`recover`, or `attach` again).
 //! - [`inspect`]: each device's state (live, quiescing, quiesced, recovering, dead, fail-io)
 //!   and what it serves; `list`.
@@ -15,8 +17,10 @@
 pub mod daemon;
 pub mod device;
 pub mod inspect;
+pub mod names;
 pub mod namespace;
 pub mod params;
+pub mod progress;
 pub mod queue;
 pub mod recover;
 pub mod resize;
@@ -24,5 +28,5 @@ pub mod state;
 
 pub use daemon::{AttachOptions, Attached};
 pub use device::{attach, detach};
-pub use inspect::{list, DeviceState};
+pub use inspect::{list, list_json, DeviceState};
 pub use recover::recover;

@@ -25,6 +25,8 @@ use crate::ublk::daemon::{
     Attached, RECOVERY_FLAGS, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id, DeviceState};
+use crate::ublk::names;
+use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
 
 /// How long a recovering process waits for the driver to quiesce a device whose daemon
@@ -127,6 +129,7 @@ pub(crate) fn take_over(
     if let Err(error) = ctrl.del_dev() {
         log::debug!("deleting /dev/ublkb{id}: {error} (already gone?)");
     }
+    names::withdraw(id);
     claim.remove();
     Ok(())
 }
@@ -179,7 +182,9 @@ fn with_lanes(options: &AttachOptions, lanes_per_queue: u16) -> AttachOptions {
 /// Waits until the driver has quiesced device `id`.
 fn wait_quiesced(id: u32) -> Result<()> {
     let deadline = Instant::now() + QUIESCE_WAIT;
+    let mut progress = Progress::new(format!("waiting for the driver to quiesce /dev/ublkb{id}"));
     loop {
+        progress.tick();
         let info = inspect::inspect(id)?;
         match info.state {
             // Claimed by us: the driver's QUIESCED shows as "recovering" now.

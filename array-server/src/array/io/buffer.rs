@@ -10,6 +10,8 @@ use std::rc::Rc;
 
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
+use crate::error::{Error, Result};
+
 /// Alignment of every buffer: one page, enough for any device's O_DIRECT rules.
 pub const BUFFER_ALIGN: usize = 4096;
 /// Where data starts in a buffer; the room before it holds a reply's frame head.
@@ -219,6 +221,20 @@ impl BufPart {
         assert!(start + len <= owner.capacity, "view outside its buffer");
         BufPart { owner, start, len }
     }
+
+    /// The view's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes from `stable_ptr`, inside the buffer (see `new`).
+        unsafe { std::slice::from_raw_parts(IoBuf::stable_ptr(self), self.len) }
+    }
+
+    /// The view's bytes, mutably: views of one buffer never overlap and nothing else reads
+    /// the buffer while they exist (see the type's documentation).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` and disjoint views make this the only
+        // access to these bytes.
+        unsafe { std::slice::from_raw_parts_mut(IoBufMut::stable_mut_ptr(self), self.len) }
+    }
 }
 
 // SAFETY: the pointer stays valid while `owner` (an Rc keeping the allocation alive) lives;
@@ -247,6 +263,16 @@ unsafe impl IoBufMut for BufPart {
     }
 
     unsafe fn set_init(&mut self, _pos: usize) {}
+}
+
+/// Takes the buffer back once every view of it has been dropped.
+pub fn reclaim(owner: Rc<AlignedBuf>) -> Result<AlignedBuf> {
+    Rc::try_unwrap(owner).map_err(|_| {
+        Error::io(
+            "reclaiming an I/O buffer",
+            std::io::Error::other("a disk I/O still holds a view of the buffer"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,174 @@
+//! Who gets a file descriptor: connections that have not proved a secret yet live in a
+//! small room of their own, authenticated ones in the rest, and a failing `accept` backs
+//! off instead of spinning.
+//!
+//! # Budgets
+//!
+//! - **Unauthenticated**: at most `max_unauthenticated` connections per server (split
+//!   evenly over the threads, at least one each) between `accept` and the end of their
+//!   handshake, which has a deadline (`handshake_timeout`). When a thread's share is full,
+//!   a new connection evicts the oldest unauthenticated one (its socket is shut down), so
+//!   a flood of silent connections can delay a host by at most its own handshake, never
+//!   lock it out, and holds at most `max_unauthenticated` descriptors.
+//! - **Authenticated**: `max_connections` sessions, clamped at start so that they, the
+//!   unauthenticated room and [`FD_RESERVE`] fit in the descriptor limit (raised to its
+//!   hard limit first). A session may hold [`FDS_PER_SESSION`] descriptors.
+//! - **Accept failures** (out of descriptors, ...): the next attempt waits
+//!   [`ACCEPT_FIRST_BACKOFF`], doubled per failure up to [`ACCEPT_MAX_BACKOFF`]; failures
+//!   are logged at most once per [`ACCEPT_LOG_EVERY`] with the count since the last line.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio_uring::net::TcpStream;
+
+/// Descriptors kept out of every connection budget: member disks per thread, listeners,
+/// metadata handles, the admin service, logs.
+pub const FD_RESERVE: u64 = 256;
+/// Descriptors one authenticated session may hold (its socket, and a duplicate for
+/// vectored receives into disk mappings).
+pub const FDS_PER_SESSION: u64 = 2;
+/// First pause after a failed `accept`.
+pub const ACCEPT_FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between two `accept` attempts while they fail.
+pub const ACCEPT_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Shortest interval between two log lines about failing `accept`s.
+pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Raises the soft descriptor limit to the hard one; returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return u64::MAX;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: plain system call with a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        log::warn!(
+            "cannot raise the descriptor limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    limit.rlim_cur
+}
+
+/// `max_connections` clamped to what the descriptor limit `fd_limit` leaves once the
+/// unauthenticated room and the reserve are set aside.
+pub fn session_room(fd_limit: u64, max_connections: usize, max_unauthenticated: usize) -> usize {
+    let left = fd_limit
+        .saturating_sub(FD_RESERVE)
+        .saturating_sub(max_unauthenticated as u64);
+    let room = usize::try_from(left / FDS_PER_SESSION).unwrap_or(usize::MAX);
+    if room < max_connections {
+        log::warn!(
+            "descriptor limit {fd_limit} leaves room for {room} sessions, not {max_connections}"
+        );
+    }
+    room.min(max_connections)
+}
+
+/// One thread's unauthenticated connections, oldest first.
+pub struct Unauthenticated {
+    share: usize,
+    next_id: u64,
+    waiting: VecDeque<(u64, Rc<TcpStream>)>,
+}
+
+impl std::fmt::Debug for Unauthenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unauthenticated")
+            .field("share", &self.share)
+            .field("waiting", &self.waiting.len())
+            .finish()
+    }
+}
+
+impl Unauthenticated {
+    /// Room for `share` connections (at least one).
+    pub fn new(share: usize) -> Rc<RefCell<Unauthenticated>> {
+        Rc::new(RefCell::new(Unauthenticated {
+            share: share.max(1),
+            next_id: 0,
+            waiting: VecDeque::new(),
+        }))
+    }
+
+    /// Admits `stream`; when the room is full the oldest connection is shut down first
+    /// (returns whether one was). The id is for [`Unauthenticated::leave`].
+    pub fn admit(&mut self, stream: Rc<TcpStream>) -> (u64, bool) {
+        let mut evicted = false;
+        while self.waiting.len() >= self.share {
+            if let Some((_, oldest)) = self.waiting.pop_front() {
+                // Its pending receive completes, its handshake fails, its task ends.
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+                evicted = true;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back((id, stream));
+        (id, evicted)
+    }
+
+    /// The connection `id` finished its handshake (or failed it).
+    pub fn leave(&mut self, id: u64) {
+        self.waiting.retain(|(other, _)| *other != id);
+    }
+}
+
+/// Spacing and logging of `accept` retries.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    next: Duration,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> AcceptBackoff {
+        AcceptBackoff {
+            next: ACCEPT_FIRST_BACKOFF,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    /// Notes a failure; returns how long to wait before the next attempt.
+    pub fn failed(&mut self, error: &std::io::Error) -> Duration {
+        self.unlogged += 1;
+        let due = self
+            .last_log
+            .is_none_or(|last| last.elapsed() >= ACCEPT_LOG_EVERY);
+        if due {
+            log::warn!(
+                "accept failed {} time(s): {error}; retrying in {:?}",
+                self.unlogged,
+                self.next
+            );
+            self.last_log = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(ACCEPT_MAX_BACKOFF);
+        wait
+    }
+
+    /// Notes a success: the next failure waits the shortest pause again.
+    pub fn succeeded(&mut self) {
+        self.next = ACCEPT_FIRST_BACKOFF;
+    }
+}
