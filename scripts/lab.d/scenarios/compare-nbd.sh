@@ -12,6 +12,7 @@ RUNTIME=${COMPARE_RUNTIME:-3}
 PORT=7700
 NBD_PORT=10809
 store=/dev/shm/compare
+rm -rf "$store" # a --batch boot may have run compare-nbd or compare-nbd-copy before
 mkdir -p "$store"
 DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
 KEY=$LAB_WORK/host.key
