@@ -75,7 +75,7 @@ impl RecvBuf {
                 n if n > 0 => Some(Ok(n as usize)),
                 0 => Some(Err(HostError::Closed)),
                 _ => match std::io::Error::last_os_error() {
-                    e if e.raw_os_error() == Some(libc::EAGAIN) => None,
+                    e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => None,
                     e => Some(Err(HostError::io("receiving replies", e))),
                 },
             }

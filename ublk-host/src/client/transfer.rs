@@ -77,7 +77,7 @@ async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Resul
             match sent {
                 n if n >= 0 => n as i32,
                 _ => match io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EAGAIN) => continue,
+                    Some(libc::EAGAIN | libc::EINTR) => continue,
                     Some(errno) => -errno,
                     None => -libc::EIO,
                 },
