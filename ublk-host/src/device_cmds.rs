@@ -225,7 +225,7 @@ fn announce(attached: &Attached) {
         .as_ref()
         .map_or(String::new(), |link| format!(" as {link}"));
     println!(
-        "ublk-host: {}{link} ready{how} ({} queues x {} lanes, {mode}) partition {} size {}",
+        "ublk-host: {}{link} ready{how} ({} queues x {} lanes) {mode} partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,
