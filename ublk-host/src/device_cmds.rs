@@ -72,6 +72,9 @@ pub struct AttachArgs {
     /// handshake deadline in seconds (default 5)
     #[argh(option, default = "5")]
     timeout: u64,
+    /// copy mode even where the ublk driver offers zero copy (for comparisons)
+    #[argh(switch)]
+    copy: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -170,6 +173,7 @@ fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<Attach
         depth: args.depth,
         id: args.id,
         saved_args: with_absolute_secret_file(argv),
+        copy: args.copy,
     })
 }
 
@@ -221,12 +225,17 @@ fn announce(attached: &Attached) {
     } else {
         ""
     };
+    let mode = if attached.zero_copy {
+        ublk::inspect::ZERO_COPY
+    } else {
+        ublk::inspect::COPY
+    };
     let link = attached
         .link
         .as_ref()
         .map_or(String::new(), |link| format!(" as {link}"));
     println!(
-        "ublk-host: {}{link} ready{how} ({} queues x {} lanes) partition {} size {}",
+        "ublk-host: {}{link} ready{how} ({} queues x {} lanes) {mode} partition {} size {}",
         attached.path,
         attached.queues,
         attached.lanes_per_queue,

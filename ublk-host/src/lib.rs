@@ -17,7 +17,12 @@
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount
-//!   namespace, stable names (`/dev/multilane/<partition>`).
+//!   namespace, stable names (`/dev/multilane/<partition>`). Zero copy where the driver
+//!   offers automatic buffer registration (asked with `GET_FEATURES` at attach; `--copy`
+//!   forces copy mode): each request's pages are registered in the queue's ring at the
+//!   tag's index and the lanes send and receive them with fixed-buffer operations
+//!   ([`client::BufRef::Fixed`]); live resize (`ublk/resize.rs`: a discovery watch grows
+//!   the device with `UPDATE_SIZE`).
 //! - [`hostconfig`]: the host configuration file (`/etc/multilane/host.toml`): servers,
 //!   identity, partitions to attach; each entry becomes an `attach` command line.
 //! - [`nbd`]: a partition as an NBD export on a local Unix socket (fixed newstyle, simple

@@ -374,6 +374,7 @@ fn attach_refuses_a_path_to_a_server_that_does_not_know_the_host() {
             depth: 1,
             id: None,
             saved_args: Vec::new(),
+            copy: false,
         };
         assert!(ublk_host::ublk::daemon::discover(&options).is_err());
         // A path that cannot be reached now is let be.

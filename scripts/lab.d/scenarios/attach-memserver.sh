@@ -28,7 +28,7 @@ wait_for /sys/block/ublkb0/mq 10
 assert_eq "$(nproc)" 4 "guest CPUs (lab-smp header)"
 want_q=4
 assert_eq "$(ls /sys/block/ublkb0/mq | wc -l)" "$want_q" "hardware queues in /sys/block/ublkb0/mq"
-grep -q "ublkb0 ready ($want_q queues x 2 lanes)" "$LAB_WORK/host.log" || fail "ready line names $want_q queues"
+grep -Eq "ublkb0( as [^ ]+)? ready \\($want_q queues x 2 lanes\\)" "$LAB_WORK/host.log" || fail "ready line names $want_q queues"
 assert_eq "$(ss -tn state established "( dport = :7700 )" | tail -n +2 | wc -l)" $((want_q * 2)) "data lanes (queues x 2)"
 assert_eq "$(blockdev --getsize64 /dev/ublkb0)" $((64 << 20)) "device size"
 assert_eq "$(cat /sys/block/ublkb0/queue/write_cache)" "write back" "volatile write cache"

@@ -16,7 +16,7 @@ ml_serve 7110 7190 # also asserts: members are /dev/vda..vdc, block devices, vir
 ml_attach host1 h1 vol --queues 4 --lanes-per-queue 1
 dev=$ML_DEV
 assert_eq "$(ls "/sys/block/${dev#/dev/}/mq" | wc -l)" 4 "hardware queues in /sys/block/${dev#/dev/}/mq"
-grep -q "$dev ready (4 queues x 1 lanes)" "$LAB_WORK/host1.log" || fail "ready line does not say 4 queues x 1 lanes"
+grep -Eq "$dev( as [^ ]+)? ready \\(4 queues x 1 lanes\\)" "$LAB_WORK/host1.log" || fail "ready line does not say 4 queues x 1 lanes"
 ml_wait_lanes h1 vol 4
 assert_eq "$(ml_lanes h1 vol | tr '\n' ' ')" "0:0 1:0 2:0 3:0 " "server's data lanes (queue:lane) for h1/vol, Q=4 C=1"
 # the whole server: nothing else holds lanes
@@ -36,7 +36,7 @@ ml_wait_lanes h1 vol 0
 ml_attach host2 h1 vol --queues 4 --lanes-per-queue 2
 dev=$ML_DEV
 assert_eq "$(ls "/sys/block/${dev#/dev/}/mq" | wc -l)" 4 "hardware queues in /sys/block/${dev#/dev/}/mq"
-grep -q "$dev ready (4 queues x 2 lanes)" "$LAB_WORK/host2.log" || fail "ready line does not say 4 queues x 2 lanes"
+grep -Eq "$dev( as [^ ]+)? ready \\(4 queues x 2 lanes\\)" "$LAB_WORK/host2.log" || fail "ready line does not say 4 queues x 2 lanes"
 ml_wait_lanes h1 vol 8
 assert_eq "$(ml_lanes h1 vol | tr '\n' ' ')" "0:0 0:1 1:0 1:1 2:0 2:1 3:0 3:1 " "server's data lanes (queue:lane) for h1/vol, Q=4 C=2"
 assert_eq "$(ml_ctl sessions --count)" 8 "data lanes on the whole server"

@@ -45,7 +45,7 @@ log "killed the daemon with $at_kill files written"
 # A supervisor runs the very same attach command again: it takes the device over.
 ml_attach host2 h1 vol "${attach_args[@]}"
 assert_eq "$ML_DEV" "$dev" "device after the re-run attach"
-grep -q "$dev ready (recovered)" "$LAB_WORK/host2.log" || fail "the re-run attach did not recover $dev"
+grep -Eq "$dev( as [^ ]+)? ready \\(recovered\\)" "$LAB_WORK/host2.log" || fail "the re-run attach did not recover $dev"
 t_ready=$(now_ms)
 wait_for "[ \$(count) -ge $((at_kill + 10)) ]" 60 "10 more files after the recovery"
 t_more=$(now_ms)

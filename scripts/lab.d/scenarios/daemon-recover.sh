@@ -35,7 +35,7 @@ bg_alive fio || fail "fio ended while the device had no daemon: $(cat "$json")"
 
 bg_start host2 ublk-host recover 0
 wait_for "grep -q ' ready ' $LAB_WORK/host2.log || ! bg_alive host2" 60 "ublk-host recover to report ready"
-grep -q '/dev/ublkb0 ready (recovered)' "$LAB_WORK/host2.log" || fail "recover did not report ready: $(tail -n 3 "$LAB_WORK/host2.log")"
+grep -Eq '/dev/ublkb0( as [^ ]+)? ready \(recovered\)' "$LAB_WORK/host2.log" || fail "recover did not report ready: $(tail -n 3 "$LAB_WORK/host2.log")"
 t_ready=$(now_ms)
 ublk-host list | grep -q "^/dev/ublkb0[[:space:]]state=live[[:space:]]pid=$(bg_pid host2)[[:space:]]" ||
 	fail "list does not show /dev/ublkb0 live under the new daemon: $(ublk-host list)"

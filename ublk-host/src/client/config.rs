@@ -1,5 +1,6 @@
 //! Settings of a client: where the server is, who we are, and how the engine behaves.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,14 @@ pub struct EngineConfig {
     pub fail_fast: Option<Duration>,
     /// The device-wide boot-epoch and flush state (shared by clones).
     pub durability: Arc<Durability>,
+    /// Reads land in fixed buffers (ublk zero copy): each lane's receiver then takes
+    /// exactly a reply's header from the socket and receives the payload with a
+    /// fixed-buffer read, because a fixed buffer is reachable only by ring operations.
+    pub zero_copy: bool,
+    /// The partition's size as the device last learned it, in bytes (0: as the lanes'
+    /// Welcome said). A live resize raises it before the device grows, so I/O to the new
+    /// end is accepted (shared by clones: every queue's engine sees it).
+    pub live_size: Arc<AtomicU64>,
 }
 
 impl EngineConfig {
@@ -111,6 +120,8 @@ impl EngineConfig {
             wait_bound: DEFAULT_WAIT_BOUND,
             fail_fast: None,
             durability: Arc::default(),
+            zero_copy: false,
+            live_size: Arc::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use crate::client::durability::Durability;
 use crate::client::lane::{Lane, PartRequest};
 use crate::client::lane_core::LaneStats;
 use crate::client::paths::{choose, PathLoad, PathPolicy};
-use crate::client::slot::{Slot, SlotDone};
+use crate::client::slot::{BufRef, Slot, SlotDone};
 use crate::client::split::{plan, SplitRules};
 use crate::client::uring;
 use crate::error::{Errno, HostError, Result};
@@ -56,6 +56,7 @@ pub struct QueueEngine {
     /// The lanes' tasks, one per lane; each ends once its lane is closed.
     tasks: RefCell<Vec<smol::Task<()>>>,
     durability: std::sync::Arc<Durability>,
+    live_size: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rules: SplitRules,
     /// Per path, the lane its next request starts on (each path rotates on its own, so
     /// the path choice cannot starve one of a path's lanes).
@@ -124,6 +125,7 @@ impl QueueEngine {
             lanes,
             tasks: RefCell::new(tasks),
             durability: config.durability.clone(),
+            live_size: config.live_size.clone(),
             rules,
             next_lane: (0..paths).map(|_| Cell::new(usize::from(queue))).collect(),
             paths,
@@ -206,11 +208,12 @@ impl QueueEngine {
     /// # Safety
     ///
     /// For a read or write `buf` must point to `io.len` bytes that stay valid (readable
-    /// for a write, writable for a read, not otherwise accessed) until the returned future
-    /// completes, and the future must be polled to completion, not dropped early: the
-    /// kernel sends from and receives into that memory until then. Use
+    /// for a write, writable for a read, not otherwise accessed; a [`BufRef::Fixed`]
+    /// buffer: registered in this thread's ring) until the returned future completes, and
+    /// the future must be polled to completion, not dropped early: the kernel sends from
+    /// and receives into that memory until then. Use
     /// [`QueueEngine::execute_owned`] where these rules are inconvenient.
-    pub async unsafe fn execute(&self, io: BlockIo, buf: *mut u8) -> Result<(), Errno> {
+    pub async unsafe fn execute(&self, io: BlockIo, buf: BufRef) -> Result<(), Errno> {
         self.run(io, buf, None).await
     }
 
@@ -224,7 +227,7 @@ impl QueueEngine {
         let owner = Rc::new(RefCell::new(buf));
         let ptr = owner.borrow_mut().as_mut_ptr();
         let keep: Rc<dyn Any> = owner.clone();
-        let outcome = self.run(io, ptr, Some(keep)).await;
+        let outcome = self.run(io, BufRef::Ptr(ptr), Some(keep)).await;
         let buf = match Rc::try_unwrap(owner) {
             Ok(cell) => cell.into_inner(),
             Err(shared) => shared.borrow().clone(),
@@ -232,7 +235,7 @@ impl QueueEngine {
         (outcome, buf)
     }
 
-    async fn run(&self, io: BlockIo, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
+    async fn run(&self, io: BlockIo, buf: BufRef, keep: Option<Rc<dyn Any>>) -> Result<(), Errno> {
         self.validate(&io)?;
         let path = self.pick_path();
         let base = path * self.rules.lanes;
@@ -245,7 +248,7 @@ impl QueueEngine {
                 offset: 0,
                 len: 0,
                 flags,
-                buf: std::ptr::null_mut(),
+                buf: BufRef::None,
             };
             let id = self.durability.flush_started();
             // SAFETY: a flush carries no data.
@@ -261,7 +264,7 @@ impl QueueEngine {
                     // bytes at `buf`.
                     unsafe { buf.add(part.buf_offset) }
                 } else {
-                    std::ptr::null_mut()
+                    BufRef::None
                 };
                 let request = PartRequest {
                     op: io.op,
@@ -290,6 +293,12 @@ impl QueueEngine {
         outcome
     }
 
+    /// The partition's size: as the lanes opened, or larger after a live resize.
+    fn size(&self) -> u64 {
+        let live = self.live_size.load(std::sync::atomic::Ordering::Relaxed);
+        self.partition.size.max(live)
+    }
+
     fn validate(&self, io: &BlockIo) -> Result<(), Errno> {
         if io.op == Op::Flush {
             return Ok(());
@@ -298,7 +307,7 @@ impl QueueEngine {
         let end = io.offset.checked_add(u64::from(io.len));
         let aligned = io.offset % block == 0 && u64::from(io.len) % block == 0;
         match end {
-            Some(end) if aligned && io.len > 0 && end <= self.partition.size => Ok(()),
+            Some(end) if aligned && io.len > 0 && end <= self.size() => Ok(()),
             _ => Err(Errno::EINVAL),
         }
     }

@@ -35,7 +35,7 @@ use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
 use crate::client::receive::{check_reply, RecvBuf};
 use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
-use crate::client::slot::Slot;
+use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::send_batch;
 use crate::client::uring::{sleep, EventFd};
 use crate::error::{Errno, HostError, Result};
@@ -57,8 +57,8 @@ pub(crate) struct PartRequest {
     pub len: u32,
     /// `FLAG_*` bits.
     pub flags: u8,
-    /// The payload of a write, the destination of a read; null otherwise.
-    pub buf: *mut u8,
+    /// The payload of a write, the destination of a read; [`BufRef::None`] otherwise.
+    pub buf: BufRef,
 }
 
 /// One lane of a queue.
@@ -350,7 +350,7 @@ impl Lane {
                     flags: 0,
                 };
                 // SAFETY: a heartbeat carries no data; the buffer is never used.
-                let slot = Rc::new(unsafe { Slot::new(probe, std::ptr::null_mut(), None) });
+                let slot = Rc::new(unsafe { Slot::new(probe, BufRef::None, None) });
                 if self.core.borrow_mut().track(tag, slot, Kind::Probe, 0, now) {
                     self.wake_sender();
                 }
@@ -513,7 +513,7 @@ async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
     let limits = wire::Limits::data(lane.max_io);
     let mut buf = RecvBuf::new(limits);
     loop {
-        let reply = match buf.next_reply(fd).await {
+        let reply = match buf.next_reply(fd, lane.config.zero_copy).await {
             Ok(reply) => reply,
             Err(error) => return error,
         };

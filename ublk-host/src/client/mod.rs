@@ -25,3 +25,4 @@ pub use durability::Durability;
 pub use engine::{run_queue_thread, BlockIo, LanePath, QueueEngine};
 pub use lane_core::LaneStats;
 pub use paths::PathPolicy;
+pub use slot::BufRef;

@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use wire::{FrameDecoder, Limits, Op, Progress, Reply, Status};
 
-use crate::client::slot::Slot;
+use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::recv_into;
 use crate::error::{HostError, Result};
 
@@ -46,8 +46,9 @@ impl RecvBuf {
         }
     }
 
-    /// Receives more bytes, making room for at least `want` buffered bytes first.
-    async fn fill(&mut self, fd: RawFd, want: usize) -> Result<()> {
+    /// Receives more bytes, making room for at least `want` buffered bytes first; `exact`
+    /// receives no more than `want` buffered bytes in all (nothing past the frame head).
+    async fn fill(&mut self, fd: RawFd, want: usize, exact: bool) -> Result<()> {
         if self.start + want > self.data.len() {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -56,12 +57,33 @@ impl RecvBuf {
         if want > self.data.len() {
             self.data.resize(want, 0);
         }
-        let free = self.data.len() - self.end;
+        let mut free = self.data.len() - self.end;
+        if exact {
+            free = free.min(want.saturating_sub(self.bytes().len()).max(1));
+        }
         // SAFETY: `end <= len`, so `[end, len)` lies inside the buffer, which is not
         // touched until the receive completes (awaited here).
-        let received = unsafe {
-            let ptr = self.data.as_mut_ptr().add(self.end);
-            recv_into(fd, ptr, free, 0).await
+        let ptr = unsafe { self.data.as_mut_ptr().add(self.end) };
+        // Mid-frame the rest is nearly always in the socket already: a direct
+        // non-blocking receive saves a ring round trip (exact mode takes a header in two
+        // steps, the prefix then the head).
+        let direct = if self.bytes().is_empty() {
+            None
+        } else {
+            // SAFETY: `[ptr, ptr + free)` is the free tail of the buffer (see above).
+            match unsafe { libc::recv(fd, ptr.cast(), free, libc::MSG_DONTWAIT) } {
+                n if n > 0 => Some(Ok(n as usize)),
+                0 => Some(Err(HostError::Closed)),
+                _ => match std::io::Error::last_os_error() {
+                    e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => None,
+                    e => Some(Err(HostError::io("receiving replies", e))),
+                },
+            }
+        };
+        let received = match direct {
+            Some(received) => received,
+            // SAFETY: as above; the future is awaited here.
+            None => unsafe { recv_into(fd, BufRef::Ptr(ptr), free, 0).await },
         };
         match received {
             Ok(received) => {
@@ -79,8 +101,9 @@ impl RecvBuf {
     }
 
     /// Waits for the next reply's prefix and header; consumes them. The reply's payload
-    /// (`reply.len` bytes) is owed next.
-    pub async fn next_reply(&mut self, fd: RawFd) -> Result<Reply> {
+    /// (`reply.len` bytes) is owed next. `exact` takes no byte past the header from the
+    /// socket (the payload may be owed to a fixed buffer).
+    pub async fn next_reply(&mut self, fd: RawFd, exact: bool) -> Result<Reply> {
         loop {
             let buffered = &self.data[self.start..self.end];
             match self.decoder.next_head::<Reply>(buffered)? {
@@ -88,13 +111,13 @@ impl RecvBuf {
                     self.consume(head.prefix.head_len());
                     return Ok(head.message);
                 }
-                Progress::NeedMore(more) => self.fill(fd, self.bytes().len() + more).await?,
+                Progress::NeedMore(more) => self.fill(fd, self.bytes().len() + more, exact).await?,
             }
         }
     }
 
     /// Moves a read's data into the slot's buffer: what is buffered already by copy,
-    /// the rest straight from the socket.
+    /// the rest straight from the socket (into a fixed buffer by fixed-buffer reads).
     pub async fn receive_payload(&mut self, fd: RawFd, slot: &Slot, len: usize) -> Result<()> {
         let owed = self.decoder.payload_remaining();
         if owed != len {
@@ -104,10 +127,28 @@ impl RecvBuf {
             )));
         }
         let have = self.decoder.consume_payload(self.bytes().len());
-        // SAFETY: the slot's buffer holds `request.len == len` bytes (checked by
-        // `check_reply`) and stays valid while the slot is unfinished (`Slot::new`'s
-        // contract); `have <= len`.
-        unsafe { std::ptr::copy_nonoverlapping(self.bytes().as_ptr(), slot.buf, have) };
+        match slot.buf {
+            // SAFETY: the slot's buffer holds `request.len == len` bytes (checked by
+            // `check_reply`) and stays valid while the slot is unfinished (`Slot::new`'s
+            // contract); `have <= len`.
+            BufRef::Ptr(ptr) => unsafe {
+                std::ptr::copy_nonoverlapping(self.bytes().as_ptr(), ptr, have)
+            },
+            BufRef::Fixed { .. } if have > 0 => {
+                return Err(HostError::Protocol(format!(
+                    "{have} payload bytes of tag {} were taken with its header, but its \
+                     buffer is a fixed one (the lane must receive replies exactly)",
+                    slot.request.tag
+                )))
+            }
+            BufRef::Fixed { .. } => {}
+            BufRef::None => {
+                return Err(HostError::Protocol(format!(
+                    "tag {} carries data but has no buffer",
+                    slot.request.tag
+                )))
+            }
+        }
         self.consume(have);
         slot.set_busy(true);
         let mut outcome = Ok(());
@@ -115,8 +156,10 @@ impl RecvBuf {
             let done = len - self.decoder.payload_remaining();
             // SAFETY: `done < len`, inside the slot's buffer (see above), which is marked
             // busy so its issuer does not release it before the receive completes.
-            let received =
-                unsafe { recv_into(fd, slot.buf.add(done), len - done, libc::MSG_WAITALL).await };
+            let received = unsafe {
+                let dest = slot.buf.add(done);
+                recv_into(fd, dest, len - done, libc::MSG_WAITALL).await
+            };
             outcome = match received {
                 Ok(n) => self.decoder.payload_received(n).map_err(HostError::from),
                 Err(error) => Err(error),

@@ -14,6 +14,50 @@ use crate::error::{Errno, Result};
 /// Bytes reserved for a request header (postcard of a `Request` is at most ~25 bytes).
 const HEADER_ROOM: usize = 32;
 
+/// Where a request's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufRef {
+    /// No data (flush, discard, write zeroes, heartbeat).
+    None,
+    /// Ordinary memory of this process, mapped at this address.
+    Ptr(*mut u8),
+    /// A buffer in the queue's io_uring fixed-buffer table, used only through fixed-buffer
+    /// operations (zero copy: a ublk request's own pages, registered by the driver).
+    Fixed {
+        /// Index in the ring's buffer table (a ublk tag, with automatic registration).
+        index: u16,
+        /// Address of the data in that buffer's address space: an offset from 0 for a
+        /// buffer the ublk driver registered, a user address for one the process
+        /// registered from its own memory.
+        addr: u64,
+    },
+}
+
+impl BufRef {
+    /// The same buffer, `bytes` further on.
+    ///
+    /// # Safety
+    ///
+    /// For [`BufRef::Ptr`], the result must stay inside the same allocation
+    /// (`pointer::add`'s rule).
+    pub unsafe fn add(self, bytes: usize) -> BufRef {
+        match self {
+            BufRef::None => BufRef::None,
+            // SAFETY: the caller keeps the result inside the allocation.
+            BufRef::Ptr(ptr) => BufRef::Ptr(unsafe { ptr.add(bytes) }),
+            BufRef::Fixed { index, addr } => BufRef::Fixed {
+                index,
+                addr: addr + bytes as u64,
+            },
+        }
+    }
+
+    /// Whether this is a registered (fixed) buffer.
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, BufRef::Fixed { .. })
+    }
+}
+
 /// A request on one lane: what to send, the caller's buffer, and how it ended.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -21,8 +65,8 @@ pub(crate) struct Slot {
     pub request: Request,
     /// Frame prefix and header, ready to send.
     pub head: Vec<u8>,
-    /// Payload source of a write, destination of a read (`request.len` bytes), else null.
-    pub buf: *mut u8,
+    /// Payload source of a write, destination of a read (`request.len` bytes).
+    pub buf: BufRef,
     /// Keeps an owned buffer alive while the lane may still use it, even if the issuer
     /// stopped waiting.
     _keep: Option<Rc<dyn Any>>,
@@ -38,11 +82,12 @@ impl Slot {
     /// # Safety
     ///
     /// For a request with data (`Read`, `Write`), `buf` must point to `request.len` bytes
-    /// that stay valid (readable for a write, writable for a read, not otherwise
-    /// accessed) until the slot has an outcome and is not busy ([`SlotDone`] resolved):
+    /// (a fixed buffer: registered in the calling thread's ring) that stay valid (readable
+    /// for a write, writable for a read, not otherwise accessed, still registered) until
+    /// the slot has an outcome and is not busy ([`SlotDone`] resolved):
     /// the lane's socket operations send from and receive into them until then. For any
     /// other request `buf` is not used.
-    pub unsafe fn new(request: Request, buf: *mut u8, keep: Option<Rc<dyn Any>>) -> Slot {
+    pub unsafe fn new(request: Request, buf: BufRef, keep: Option<Rc<dyn Any>>) -> Slot {
         let mut head = Vec::with_capacity(wire::PREFIX_LEN + HEADER_ROOM);
         wire::frame::encode_head(&request, request.payload_len(), &mut head)
             .expect("a Request is a few fixed-size fields and always encodes");

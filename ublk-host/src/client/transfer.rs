@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
-use crate::client::slot::Slot;
+use crate::client::slot::{BufRef, Slot};
 use crate::client::uring::submit;
 use crate::error::{HostError, Result};
 
@@ -16,7 +16,9 @@ fn os_error(context: &'static str, result: i32) -> HostError {
 }
 
 /// Sends the frames of `batch` (head, then a write's payload from the caller's buffer)
-/// with as few `sendmsg` calls as the socket allows.
+/// with as few `sendmsg` calls as the socket allows; a payload in a fixed buffer goes out
+/// with fixed-buffer writes after the frames before it (their last `sendmsg` says
+/// `MSG_MORE`, so the head waits for its payload).
 pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
     let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
     for slot in batch {
@@ -25,34 +27,102 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
             iov_len: slot.head.len(),
         });
         let payload = slot.request.payload_len() as usize;
-        if payload > 0 {
-            iovecs.push(libc::iovec {
-                iov_base: slot.buf.cast(),
+        if payload == 0 {
+            continue;
+        }
+        match slot.buf {
+            BufRef::Ptr(ptr) => iovecs.push(libc::iovec {
+                iov_base: ptr.cast(),
                 iov_len: payload,
-            });
+            }),
+            BufRef::Fixed { index, addr } => {
+                send_iovecs(fd, &mut iovecs, libc::MSG_MORE).await?;
+                iovecs.clear();
+                // SAFETY: the slot's fixed buffer holds `payload` bytes from `addr` and
+                // stays registered while the slot is unfinished (`Slot::new`'s contract);
+                // the caller marked the slot busy.
+                unsafe { write_fixed(fd, index, addr, payload).await? };
+            }
+            BufRef::None => {
+                return Err(HostError::Protocol(format!(
+                    "tag {} carries data but has no buffer",
+                    slot.request.tag
+                )))
+            }
         }
     }
+    send_iovecs(fd, &mut iovecs, 0).await
+}
+
+/// Sends everything `iovecs` points at (nothing if empty), resuming short sends.
+///
+/// The first attempt is a direct non-blocking `sendmsg`: with room in the socket buffer
+/// (nearly always) it sends everything at once and saves a ring round trip (an
+/// `io_uring_enter` that returns with only the send's completion, and a wakeup of this
+/// task). Whatever the socket does not take at once goes through the ring, which waits
+/// for room.
+async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Result<()> {
     let mut first = 0;
+    let mut direct = true;
     while first < iovecs.len() {
         // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
         let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
         message.msg_iov = iovecs[first..].as_mut_ptr();
         message.msg_iovlen = iovecs.len() - first;
-        let sqe = opcode::SendMsg::new(types::Fd(fd), &message)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build();
-        // SAFETY: `message` and `iovecs` live until the send completes (awaited here);
-        // the iovecs point at the slots' heads (owned by the slots, kept alive by
-        // `batch`) and payloads (valid while the slot is unfinished, by `Slot::new`'s
-        // contract, and marked busy by the caller so they are not released meanwhile).
-        let sent = unsafe { submit(sqe) }.await;
+        let flags = libc::MSG_NOSIGNAL | flags;
+        let sent = if direct {
+            direct = false;
+            // SAFETY: `message` points at live iovecs (see below); the call is synchronous.
+            let sent = unsafe { libc::sendmsg(fd, &message, flags | libc::MSG_DONTWAIT) };
+            match sent {
+                n if n >= 0 => n as i32,
+                _ => match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => continue,
+                    Some(errno) => -errno,
+                    None => -libc::EIO,
+                },
+            }
+        } else {
+            let sqe = opcode::SendMsg::new(types::Fd(fd), &message)
+                .flags(flags as u32)
+                .build();
+            // SAFETY: `message` and `iovecs` live until the send completes (awaited
+            // here); the iovecs point at the slots' heads (owned by the slots, kept
+            // alive by the caller's batch) and payloads (valid while the slot is
+            // unfinished, by `Slot::new`'s contract, and marked busy by the caller so
+            // they are not released meanwhile).
+            unsafe { submit(sqe) }.await
+        };
         if sent < 0 {
             return Err(os_error("sending requests", sent));
         }
         if sent == 0 {
             return Err(HostError::Closed);
         }
-        first = advance(&mut iovecs, first, sent as usize);
+        first = advance(iovecs, first, sent as usize);
+    }
+    Ok(())
+}
+
+/// Writes `len` bytes of fixed buffer `index` from `addr` to the socket (a stream socket's
+/// write is a send), resuming short writes.
+///
+/// # Safety
+///
+/// Buffer `index` of the thread's ring must hold `[addr, addr + len)` and stay registered
+/// and unmodified until the returned future completes; it must be polled to completion.
+async unsafe fn write_fixed(fd: RawFd, index: u16, addr: u64, len: usize) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let chunk = (len - done).min(u32::MAX as usize) as u32;
+        let at = (addr + done as u64) as *const u8;
+        let sqe = opcode::WriteFixed::new(types::Fd(fd), at, chunk, index).build();
+        // SAFETY: the caller vouches for the fixed buffer and for polling to completion.
+        match unsafe { submit(sqe) }.await {
+            0 => return Err(HostError::Closed),
+            n if n < 0 => return Err(os_error("sending a fixed buffer", n)),
+            n => done += n as usize,
+        }
     }
     Ok(())
 }
@@ -74,22 +144,30 @@ fn advance(iovecs: &mut [libc::iovec], mut first: usize, mut sent: usize) -> usi
     first
 }
 
-/// Receives once into `[ptr, ptr + len)`; `MSG_WAITALL` asks for all of it at once.
+/// Receives once into `dest` (up to `len` bytes); `MSG_WAITALL` asks for all of it at
+/// once (a fixed buffer is read with a fixed-buffer read, which takes what is there).
 ///
 /// # Safety
 ///
-/// `[ptr, ptr + len)` must be writable, and not otherwise accessed, until the returned
-/// future completes; the future must be polled to completion.
+/// `dest` must hold `len` writable bytes (a fixed buffer: registered in the thread's ring)
+/// that are not otherwise accessed until the returned future completes; the future must
+/// be polled to completion.
 pub(crate) async unsafe fn recv_into(
     fd: RawFd,
-    ptr: *mut u8,
+    dest: BufRef,
     len: usize,
     flags: i32,
 ) -> Result<usize> {
     let len = len.min(u32::MAX as usize) as u32;
-    let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
-        .flags(flags)
-        .build();
+    let sqe = match dest {
+        BufRef::Ptr(ptr) => opcode::Recv::new(types::Fd(fd), ptr, len)
+            .flags(flags)
+            .build(),
+        BufRef::Fixed { index, addr } => {
+            opcode::ReadFixed::new(types::Fd(fd), addr as *mut u8, len, index).build()
+        }
+        BufRef::None => return Err(HostError::Protocol("a receive without a buffer".into())),
+    };
     // SAFETY: the caller vouches for the buffer and for polling to completion.
     match unsafe { submit(sqe) }.await {
         0 => Err(HostError::Closed),

@@ -13,6 +13,7 @@ use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::queue::serve_queue;
+use crate::ublk::resize;
 use crate::ublk::state::{Saved, TargetData};
 
 /// The ublk target name of Multilane devices.
@@ -38,6 +39,8 @@ pub struct AttachOptions {
     /// The `attach` arguments that recreate these options; kept in the device's state
     /// file for a process that takes the device over.
     pub saved_args: Vec<String>,
+    /// Copy mode even where the driver offers zero copy (for comparisons).
+    pub copy: bool,
 }
 
 /// A device that is up.
@@ -55,6 +58,8 @@ pub struct Attached {
     pub partition: PartitionInfo,
     /// Whether this process took an existing device over rather than creating it.
     pub recovered: bool,
+    /// Whether the device runs in zero-copy mode.
+    pub zero_copy: bool,
     /// Its stable name (`/dev/multilane/<partition>`), made once the device is live.
     pub link: Option<String>,
 }
@@ -118,8 +123,31 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
     format!("{}, daemon pid {}{serving}", info.state, info.daemon_pid)
 }
 
+/// The flags a new device is created with: user recovery, and zero copy with automatic
+/// buffer registration when the driver offers it (asked with `GET_FEATURES`, never
+/// inferred from the kernel version) and `copy` does not forbid it.
+pub(crate) fn device_flags(copy: bool) -> u64 {
+    let auto_buf_reg = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
+    let offered = UblkCtrl::get_features().unwrap_or(0);
+    let zero_copy = !copy && offered & auto_buf_reg != 0;
+    log::info!(
+        "ublk driver features {offered:#x}: {} mode",
+        if zero_copy { "zero-copy" } else { "copy" }
+    );
+    RECOVERY_FLAGS | if zero_copy { auto_buf_reg } else { 0 }
+}
+
+/// Whether a device with driver flags `flags` runs in zero-copy mode.
+pub(crate) fn is_zero_copy(flags: u64) -> bool {
+    flags & u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG) != 0
+}
+
 /// The device identity kept in the ublk target JSON.
-pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) -> TargetData {
+pub(crate) fn target_data(
+    options: &AttachOptions,
+    partition: &PartitionInfo,
+    zero_copy: bool,
+) -> TargetData {
     TargetData {
         server: options.engine.client.server.clone(),
         more_paths: options.engine.client.more_paths.clone(),
@@ -128,15 +156,21 @@ pub(crate) fn target_data(options: &AttachOptions, partition: &PartitionInfo) ->
         partition_id: partition.id,
         lanes_per_queue: options.engine.lanes_per_queue,
         split: options.engine.split,
+        zero_copy,
     }
 }
 
 /// What the state file of a device this process serves holds.
-pub(crate) fn saved_state(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Saved {
+pub(crate) fn saved_state(
+    id: u32,
+    options: &AttachOptions,
+    partition: &PartitionInfo,
+    zero_copy: bool,
+) -> Saved {
     Saved {
         id,
         pid: std::process::id(),
-        target: target_data(options, partition),
+        target: target_data(options, partition, zero_copy),
         attach_args: options.saved_args.clone(),
     }
 }
@@ -151,7 +185,8 @@ pub(crate) fn serve(
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
 ) -> Result<()> {
     let params = device_params(&partition, buf_bytes);
-    let target_json = serde_json::to_value(target_data(options, &partition))
+    let zero_copy = is_zero_copy(ctrl.dev_info().flags);
+    let target_json = serde_json::to_value(target_data(options, &partition, zero_copy))
         .map_err(|e| HostError::Protocol(format!("encoding the target data: {e}")))?;
     let size = partition.size;
     let tgt_init = move |dev: &mut UblkDev| {
@@ -162,7 +197,7 @@ pub(crate) fn serve(
     };
     let config = Arc::new(options.engine.clone());
     let shared_partition = Arc::new(partition.clone());
-    let identity = target_data(options, &partition);
+    let identity = target_data(options, &partition, zero_copy);
     let mut attached = Attached {
         id: ctrl.dev_info().dev_id,
         path: ctrl.get_bdev_path(),
@@ -170,12 +205,17 @@ pub(crate) fn serve(
         lanes_per_queue: options.engine.lanes_per_queue,
         partition,
         recovered,
+        zero_copy,
         link: None,
     };
+    let watched = (config.clone(), shared_partition.clone());
     ctrl.run_target(
         tgt_init,
         move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
         move |ctrl: &UblkCtrl| {
+            if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
+                log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
+            }
             let link = names::publish(ctrl.dev_info().dev_id, &identity);
             attached.link = link.map(|path| path.display().to_string());
             ready(&attached)

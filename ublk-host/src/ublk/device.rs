@@ -6,8 +6,8 @@ use libublk::UblkFlags;
 
 use crate::error::{HostError, Result};
 use crate::ublk::daemon::{
-    describe_owner, discover, saved_state, serve, stop_device, stop_on_signals, AttachOptions,
-    Attached, RECOVERY_FLAGS, TARGET_NAME,
+    describe_owner, device_flags, discover, is_zero_copy, saved_state, serve, stop_device,
+    stop_on_signals, AttachOptions, Attached, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::progress::Progress;
@@ -45,12 +45,13 @@ pub fn attach(
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(buf_bytes)
-        .ctrl_flags(RECOVERY_FLAGS)
+        .ctrl_flags(device_flags(options.copy))
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()?;
     let dev_id = ctrl.dev_info().dev_id;
     let mut claim = Claim::take(dev_id)?;
-    claim.write(&saved_state(dev_id, options, &partition))?;
+    let zero_copy = is_zero_copy(ctrl.dev_info().flags);
+    claim.write(&saved_state(dev_id, options, &partition, zero_copy))?;
     drop(ids);
     let queues = ctrl.dev_info().nr_hw_queues;
     if queues < options.queues {

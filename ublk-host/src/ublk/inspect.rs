@@ -77,6 +77,11 @@ impl fmt::Display for DeviceState {
     }
 }
 
+/// How `list` names zero-copy mode (requests' pages registered in the queue's ring).
+pub const ZERO_COPY: &str = "zero-copy";
+/// How `list` names copy mode (data copied through each tag's daemon buffer).
+pub const COPY: &str = "copy";
+
 impl serde::Serialize for DeviceState {
     fn serialize<S: serde::Serializer>(
         &self,
@@ -122,14 +127,15 @@ impl fmt::Display for DeviceInfo {
         if let Some(target) = &self.target {
             write!(
                 f,
-                "\tserver={}\thost={}\tpartition={}",
+                "\tserver={}\thost={}\tpartition={}\tmode={}",
                 std::iter::once(&target.server)
                     .chain(&target.more_paths)
                     .map(String::as_str)
                     .collect::<Vec<_>>()
                     .join(","),
                 target.host,
-                target.partition
+                target.partition,
+                if target.zero_copy { ZERO_COPY } else { COPY }
             )?;
         }
         if let Some(link) = &self.link {

@@ -23,6 +23,7 @@ pub mod params;
 pub mod progress;
 pub mod queue;
 pub mod recover;
+pub mod resize;
 pub mod state;
 
 pub use daemon::{AttachOptions, Attached};

@@ -122,6 +122,7 @@ mod tests {
             partition_id: 1,
             lanes_per_queue: 1,
             split: 0,
+            zero_copy: false,
         }
     }
 

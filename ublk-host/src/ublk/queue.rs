@@ -10,7 +10,7 @@ use libublk::{sys, BufDesc, UblkError};
 use wire::{Op, PartitionInfo};
 
 use crate::client::uring::init_thread_ring;
-use crate::client::{BlockIo, EngineConfig, QueueEngine};
+use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
 use crate::ublk::params::SECTOR_SHIFT;
 
@@ -37,7 +37,11 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
         }
     };
     let lane_executor = Rc::new(smol::LocalExecutor::new());
-    let engine = match QueueEngine::open(config, partition, qid, lane_executor.clone()) {
+    let config = EngineConfig {
+        zero_copy: queue.support_auto_buf_zc(),
+        ..config.clone()
+    };
+    let engine = match QueueEngine::open(&config, partition, qid, lane_executor.clone()) {
         Ok(engine) => Some(Rc::new(engine)),
         Err(error) => {
             log::error!("queue {qid}: cannot open its lanes, every I/O fails with EIO: {error}");
@@ -77,19 +81,47 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
     }
 }
 
-/// Fetches and completes one tag's I/O until the queue goes down.
+/// Fetches and completes one tag's I/O until the queue goes down: in copy mode through the
+/// tag's own buffer, in zero-copy mode through the request's pages, which the driver
+/// registers in the queue's ring at index `tag` for as long as the request is ours
+/// (automatic buffer registration).
 async fn serve_tag(
     queue: &UblkQueue<'_>,
     tag: u16,
     engine: Option<&QueueEngine>,
 ) -> Result<(), UblkError> {
+    if queue.support_auto_buf_zc() {
+        let reg = sys::ublk_auto_buf_reg {
+            index: tag,
+            ..Default::default()
+        };
+        let fixed = BufRef::Fixed {
+            index: tag,
+            addr: 0,
+        };
+        let room = queue.dev.dev_info.max_io_buf_bytes as usize;
+        queue
+            .submit_io_prep_cmd(tag, BufDesc::AutoReg(reg), 0, None)
+            .await?;
+        loop {
+            let result = match engine {
+                Some(engine) => handle(queue, tag, engine, fixed, room).await,
+                None => Errno::EIO.to_ublk_result(),
+            };
+            queue
+                .submit_io_commit_cmd(tag, BufDesc::AutoReg(reg), result)
+                .await?;
+        }
+    }
     let buf = IoBuf::<u8>::new(queue.dev.dev_info.max_io_buf_bytes as usize);
     queue
         .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
         let result = match engine {
-            Some(engine) => handle(queue, tag, engine, &buf).await,
+            Some(engine) => {
+                handle(queue, tag, engine, BufRef::Ptr(buf.as_mut_ptr()), buf.len()).await
+            }
             None => Errno::EIO.to_ublk_result(),
         };
         queue
@@ -98,19 +130,27 @@ async fn serve_tag(
     }
 }
 
-/// Runs the tag's current I/O; returns what it completes with (bytes, or `-errno`).
-async fn handle(queue: &UblkQueue<'_>, tag: u16, engine: &QueueEngine, buf: &IoBuf<u8>) -> i32 {
+/// Runs the tag's current I/O with its data at `buf` (`room` bytes); returns what it
+/// completes with (bytes, or `-errno`).
+async fn handle(
+    queue: &UblkQueue<'_>,
+    tag: u16,
+    engine: &QueueEngine,
+    buf: BufRef,
+    room: usize,
+) -> i32 {
     let iod = queue.get_iod(tag);
     let Some(io) = block_io(iod.op_flags, iod.start_sector, iod.nr_sectors) else {
         return Errno::EOPNOTSUPP.to_ublk_result();
     };
-    if io.has_data() && io.len as usize > buf.len() {
+    if io.has_data() && io.len as usize > room {
         return Errno::EINVAL.to_ublk_result();
     }
-    // SAFETY: the tag's buffer holds `max_io_buf_bytes >= io.len` bytes (checked above),
-    // lives as long as this task, is used by nobody else until the commit below, and the
-    // future is awaited to completion right here.
-    match unsafe { engine.execute(io, buf.as_mut_ptr()) }.await {
+    // SAFETY: the tag's buffer (its own, or the request's pages the driver registered
+    // at index `tag` until the commit) holds `room >= io.len` bytes (checked above), is
+    // used by nobody else until the commit below, and the future is awaited to
+    // completion right here.
+    match unsafe { engine.execute(io, buf) }.await {
         Ok(()) if io.op == Op::Flush => 0,
         Ok(()) => io.len as i32,
         Err(errno) => errno.to_ublk_result(),

@@ -96,7 +96,10 @@ pub(crate) fn take_over(
     let lanes_per_queue = check_identity(id, options, &partition)?;
     let options = &with_lanes(options, lanes_per_queue);
     wait_quiesced(id)?;
-    claim.write(&saved_state(id, options, &partition))?;
+    let zero_copy = inspect::inspect(id)?
+        .target
+        .is_some_and(|target| target.zero_copy);
+    claim.write(&saved_state(id, options, &partition, zero_copy))?;
     let simple = UblkCtrl::new_simple(ctrl_id(id)?)?;
     let started = simple.start_user_recover()?;
     if started < 0 {
@@ -134,7 +137,7 @@ pub(crate) fn take_over(
 /// The device must serve this very partition: same server, host, name, id and size.
 /// Returns the device's lanes per queue.
 fn check_identity(id: u32, options: &AttachOptions, partition: &PartitionInfo) -> Result<u16> {
-    let want = target_data(options, partition);
+    let want = target_data(options, partition, false);
     let info = inspect::inspect(id)?;
     let same = info.target.as_ref().is_some_and(|t| {
         t.server == want.server

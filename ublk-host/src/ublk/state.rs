@@ -50,6 +50,10 @@ pub struct TargetData {
     pub lanes_per_queue: u16,
     /// Split threshold in bytes (0: never).
     pub split: u32,
+    /// The device runs in zero-copy mode (the driver registers each request's pages in
+    /// the queue's ring); copy mode otherwise. Absent in JSON written before it existed.
+    #[serde(default)]
+    pub zero_copy: bool,
 }
 
 /// The state file's content.
@@ -250,6 +254,7 @@ mod tests {
             partition_id: 3,
             lanes_per_queue: 2,
             split: 128 << 10,
+            zero_copy: true,
         };
         let json = serde_json::to_value(&target).unwrap();
         assert_eq!(json["server"], "10.0.0.1:7700");
