@@ -29,7 +29,9 @@ assert_eq "$(nproc)" 4 "guest CPUs (lab-smp header)"
 want_q=4
 assert_eq "$(ls /sys/block/ublkb0/mq | wc -l)" "$want_q" "hardware queues in /sys/block/ublkb0/mq"
 grep -Eq "ublkb0( as [^ ]+)? ready \\($want_q queues x 2 lanes\\)" "$LAB_WORK/host.log" || fail "ready line names $want_q queues"
-assert_eq "$(ss -tn state established "( dport = :7700 )" | tail -n +2 | wc -l)" $((want_q * 2)) "data lanes (queues x 2)"
+# queues x 2 data lanes, plus the daemon's one control connection (it follows the partition
+# list for live resize)
+assert_eq "$(ss -tn state established "( dport = :7700 )" | tail -n +2 | wc -l)" $((want_q * 2 + 1)) "data lanes (queues x 2) + 1 control connection"
 assert_eq "$(blockdev --getsize64 /dev/ublkb0)" $((64 << 20)) "device size"
 assert_eq "$(cat /sys/block/ublkb0/queue/write_cache)" "write back" "volatile write cache"
 assert_eq "$(cat /sys/block/ublkb0/queue/fua)" 1 "FUA"
