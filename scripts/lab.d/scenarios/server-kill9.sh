@@ -18,13 +18,13 @@ bg_start fio fio --eta=never --output-format=json --output="$json" \
 	--verify=crc32c --do_verify=1 --verify_fatal=1
 wait_for "[ \"\$(ml_bytes_written h1 vol)\" -ge 262144 ]" 60 "fio writing through the server"
 
-reconnects_before=$(grep -c 'reconnected after' "$LAB_WORK/host.log" || true)
+reconnects_before=$(grep -c 'reconnected on path' "$LAB_WORK/host.log" || true)
 bg_stop server KILL || true
 kill_ms=$(now_ms)
 log "server killed"
 ml_serve 7134 7197
 serving_ms=$(now_ms)
-wait_for "[ \"\$(grep -c 'reconnected after' $LAB_WORK/host.log)\" -ge $((reconnects_before + 4)) ]" 60 "all 4 lanes to reconnect"
+wait_for "[ \"\$(grep -c 'reconnected on path' $LAB_WORK/host.log)\" -ge $((reconnects_before + 4)) ]" 60 "all 4 lanes to reconnect"
 recover_ms=$(($(now_ms) - kill_ms))
 after_restart_ms=$(($(now_ms) - serving_ms))
 log "all lanes back ${recover_ms} ms after the kill (${after_restart_ms} ms after the new server answered)"

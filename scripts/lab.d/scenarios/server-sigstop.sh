@@ -32,11 +32,11 @@ log "dead lane detected ${detect_ms} ms after SIGSTOP"
 [ "$detect_ms" -le "$DETECT_LIMIT_MS" ] || fail "detection took ${detect_ms} ms (limit ${DETECT_LIMIT_MS})"
 sleep $((FREEZE_SECS - detect_ms / 1000))
 
-reconnects_before=$(grep -c 'reconnected after' "$LAB_WORK/host.log" || true)
+reconnects_before=$(grep -c 'reconnected on path' "$LAB_WORK/host.log" || true)
 kill -CONT "$server_pid"
 cont_ms=$(now_ms)
 log "server continued"
-wait_for "[ \"\$(grep -c 'reconnected after' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
+wait_for "[ \"\$(grep -c 'reconnected on path' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
 recover_ms=$(($(now_ms) - cont_ms))
 wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
 log "reconnected ${recover_ms} ms after SIGCONT; writes flowing again"

@@ -45,11 +45,11 @@ log "the server dropped the silent lanes ${server_drop_ms} ms after the cut"
 rest_ms=$((CUT_SECS * 1000 - ($(now_ms) - cut_ms - detect_ms)))
 [ "$rest_ms" -le 0 ] || sleep "$((rest_ms / 1000)).$(printf '%03d' $((rest_ms % 1000)))"
 
-reconnects_before=$(grep -c 'reconnected after' "$LAB_WORK/host.log" || true)
+reconnects_before=$(grep -c 'reconnected on path' "$LAB_WORK/host.log" || true)
 ml_heal
 heal_ms=$(now_ms)
 log "path healed"
-wait_for "[ \"\$(grep -c 'reconnected after' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
+wait_for "[ \"\$(grep -c 'reconnected on path' $LAB_WORK/host.log)\" -gt $reconnects_before ]" 30 "the host to reconnect"
 recover_ms=$(($(now_ms) - heal_ms))
 stall_ms=$(($(now_ms) - cut_ms))
 log "reconnected ${recover_ms} ms after the heal (stall ${stall_ms} ms)"
