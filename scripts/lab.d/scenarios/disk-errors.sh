@@ -27,7 +27,6 @@ de_switch() {
 	assert_eq "$(dmsetup table "$DE_NAME" | awk '{print $3}')" "$([ "$1" = up ] && echo linear || echo flakey)" "dm table of $DE_NAME"
 }
 dmsetup create --noudevsync "$DE_NAME" --table "$(de_table up)"
-on_cleanup "dmsetup remove --noudevsync $DE_NAME"
 dm=/dev/$(dmsetup info -c --noheadings -o blkdevname "$DE_NAME")
 wait_for "$dm" 10
 ML_DISK_PATHS=(/dev/vda "$dm" /dev/vdc)
@@ -42,6 +41,8 @@ ml_partition vol 32M
 ml_host h1
 ml_assign h1 vol
 ml_serve 7400 7480
+# runs after the detach (registered later, runs first): the server holds the dm device open
+on_cleanup "! bg_alive server || bg_stop server; dmsetup remove --noudevsync $DE_NAME"
 ml_attach host h1 vol --queues 1 --id 0
 dev=$ML_DEV
 
