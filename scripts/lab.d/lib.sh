@@ -21,7 +21,7 @@
 #   bg_start NAME CMD [ARG...] run CMD in the background, output to $LAB_WORK/NAME.log; it is
 #                              stopped (TERM, then KILL after 10 s) at scenario end and its log
 #                              is printed. Sets BG_PID.
-#   bg_pid NAME                print the pid of background process NAME
+#   bg_pid NAME                print the pid of background process NAME (the last started)
 #   bg_alive NAME              exit 0 if background process NAME still runs
 #   bg_stop NAME [SIG]         stop it now (default TERM; KILL after 10 s); returns its status
 #   on_cleanup CMD             run CMD (eval'd) at scenario end, last registered first, BEFORE the
@@ -122,12 +122,13 @@ bg_start() {
 	log "started $name (pid $BG_PID): $*"
 }
 
-bg_pid() {
-	local pid name
+bg_pid() { # the last one started under that name (a restarted daemon keeps its name)
+	local pid name found=
 	while read -r pid name; do
-		[ "$name" = "$1" ] && { echo "$pid"; return 0; }
+		[ "$name" = "$1" ] && found=$pid
 	done <"$LAB_BG_FILE"
-	fail "bg_pid: no background process named '$1'"
+	[ -n "$found" ] || fail "bg_pid: no background process named '$1'"
+	echo "$found"
 }
 
 bg_alive() {

@@ -41,6 +41,14 @@
 #   ml_lane_count HOST PART        `ctl sessions --host --partition --count`
 #   ml_wait_lanes HOST PART N      wait until the server reports N data lanes there
 #   ml_lane_counters HOST PART     "queue:lane id reads bytes_read writes bytes_written" a line
+#   ml_wcache_members              make the members nbd devices (/dev/nbd0..2) served by nbdkit's
+#                                  cache filter in writeback mode over /dev/vda..vdc (bg
+#                                  "nbdkit0..2"): a volatile write cache in guest RAM, written
+#                                  to the disks only on a flush
+#   ml_wcache_crash                kill -9 every nbdkit (its cache is lost: the disks' "power
+#                                  loss"), disconnect the nbd devices, start nbdkit again on the
+#                                  same disks and reconnect them
+#   ml_flushes HOST PART           the server's FLUSH requests from HOST on PART (/metrics)
 #
 # Every wait has a deadline (wait_for); nothing sleeps to synchronise.
 
@@ -249,6 +257,39 @@ ml_wait_lanes() {
 		sleep 0.1
 	done
 	[ "$got" = "$3" ] || fail "ctl sessions --count failed"
+}
+
+ML_WCACHE_PORT=10800
+ml_wcache_start() { # I: nbdkit (cache filter, writeback) on the I-th virtio disk, as /dev/nbdI
+	local i=$1 port=$((ML_WCACHE_PORT + $1)) vds=(/dev/vda /dev/vdb /dev/vdc)
+	bg_start "nbdkit$i" nbdkit -f -i 127.0.0.1 -p "$port" --filter=cache file "${vds[$i]}" cache=writeback
+	wait_for "ss -ltn | grep -q :$port" 30 "nbdkit on ${vds[$i]}"
+	nbd-client -N '' 127.0.0.1 "$port" "/dev/nbd$i" -b 512 >/dev/null
+}
+
+ml_wcache_members() {
+	local i
+	need_bin nbdkit nbd-client
+	ML_DISK_PATHS=() ML_DISKS=()
+	for i in 0 1 2; do
+		ml_wcache_start "$i"
+		on_cleanup "nbd-client -d /dev/nbd$i >/dev/null 2>&1 || true"
+		ML_DISK_PATHS+=("/dev/nbd$i")
+		ML_DISKS+=(--disk "/dev/nbd$i")
+	done
+}
+
+ml_wcache_crash() {
+	local i
+	for i in 0 1 2; do bg_stop "nbdkit$i" KILL || true; done
+	for i in 0 1 2; do nbd-client -d "/dev/nbd$i" >/dev/null 2>&1 || true; done
+	for i in 0 1 2; do ml_wcache_start "$i"; done
+}
+
+ml_flushes() {
+	wget -q -O - --header "Authorization: Bearer $(cat "$ML_TOKEN")" "http://$ML_ADMIN/metrics" |
+		awk -v want="multilane_requests_total{host=\"$1\",partition=\"$2\",op=\"flush\"}" \
+			'$1 == want {n = $2} END {print n + 0}'
 }
 
 ml_lane_counters() {

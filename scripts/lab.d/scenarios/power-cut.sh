@@ -43,22 +43,7 @@ PC_MNT=$LAB_WORK/mnt
 # filter in writeback mode over the virtio disks: a volatile write cache in guest RAM below
 # the server, written to the disks only on a flush. A server that skipped its fdatasync
 # would lose acknowledged writes there; on the bare virtio disks (O_DIRECT to the images)
-# it would not.
-pc_wcache_members() {
-	local i port vds=(/dev/vda /dev/vdb /dev/vdc)
-	need_bin nbdkit nbd-client
-	ML_DISK_PATHS=() ML_DISKS=()
-	for i in 0 1 2; do
-		port=$((10800 + i))
-		bg_start "nbdkit$i" nbdkit -f -i 127.0.0.1 -p "$port" --filter=cache file "${vds[$i]}" cache=writeback
-		wait_for "ss -ltn | grep -q :$port" 30 "nbdkit on ${vds[$i]}"
-		nbd-client -N '' 127.0.0.1 "$port" "/dev/nbd$i" -b 512 >/dev/null
-		on_cleanup "nbd-client -d /dev/nbd$i >/dev/null 2>&1 || true"
-		ML_DISK_PATHS+=("/dev/nbd$i")
-		ML_DISKS+=(--disk "/dev/nbd$i")
-	done
-}
-
+# it would not. See ml_wcache_members in multilane.sh.
 # (PC_WCACHE=1) the server's members are the nbd devices
 pc_assert_nbd_members() {
 	local got
@@ -94,7 +79,7 @@ phase1() {
 	echo 360000 >/proc/sys/vm/dirty_expire_centisecs
 	echo $((256 << 20)) >/proc/sys/vm/dirty_bytes
 	echo $((128 << 20)) >/proc/sys/vm/dirty_background_bytes
-	[ "${PC_WCACHE:-0}" != 1 ] || pc_wcache_members
+	[ "${PC_WCACHE:-0}" != 1 ] || ml_wcache_members
 	ml_format
 	ml_partition vol 64M
 	ml_host h1
@@ -159,7 +144,7 @@ phase1() {
 }
 
 phase2() {
-	[ "${PC_WCACHE:-0}" != 1 ] || pc_wcache_members
+	[ "${PC_WCACHE:-0}" != 1 ] || ml_wcache_members
 	(
 		umask 077
 		carried | sed -n 's/^secret //p' >"$LAB_WORK/h1.key"
