@@ -361,6 +361,34 @@ async fn read_back_some(engine: &QueueEngine) {
 }
 
 #[test]
+fn the_server_announces_both_addresses_and_all_paths_adds_the_missing_one() {
+    within(LIMIT, || {
+        let setup = setup();
+        let addrs: Vec<String> = setup
+            .server
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(addrs[0].starts_with("127.0.0.1:") && addrs[1].starts_with("127.0.0.2:"));
+        let mut config = client(&setup, setup.server.local_addrs()[0]);
+        config.more_paths.clear();
+        let discovery = Discovery::open(&config).unwrap();
+        assert_eq!(
+            discovery.welcome().addresses,
+            addrs,
+            "discovery announces both"
+        );
+        let added = ublk_host::ublk::daemon::announced_paths(&config).unwrap();
+        assert_eq!(added, addrs[1..], "one --server: the other is added");
+        config.more_paths = added;
+        assert_eq!(config.paths(), addrs);
+        let again = ublk_host::ublk::daemon::announced_paths(&config).unwrap();
+        assert!(again.is_empty(), "both given: nothing to add: {again:?}");
+    });
+}
+
+#[test]
 fn attach_refuses_a_path_to_a_server_that_does_not_know_the_host() {
     within(LIMIT, || {
         let one = setup();
