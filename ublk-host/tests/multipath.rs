@@ -345,6 +345,54 @@ fn round_robin_alternates_between_two_healthy_paths() {
     });
 }
 
+#[test]
+fn traffic_on_both_paths_shows_in_the_device_path_stats() {
+    within(LIMIT, || {
+        let setup = setup();
+        let path0 = setup.server.local_addrs()[0];
+        let mut config = EngineConfig::new(client(&setup, path0));
+        config.path_policy = PathPolicy::RoundRobin;
+        let stats = config.path_stats.clone();
+        let part = partition(&config.client);
+        let seen = stats.clone();
+        let snapshot = run_queue_thread(&config, &part, 0, move |engine| async move {
+            for i in 0..10u64 {
+                let io = BlockIo {
+                    op: Op::Write,
+                    offset: i * u64::from(BLOCK),
+                    len: BLOCK,
+                    fua: false,
+                };
+                let data = pattern(io.offset, BLOCK as usize, 7);
+                engine.execute_owned(io, data).await.0.unwrap();
+            }
+            read_back_some(&engine).await;
+            // Lanes publish their path at their next clock tick.
+            let started = Instant::now();
+            while !seen.snapshot().iter().all(|path| path.up) {
+                assert!(
+                    started.elapsed() < SLACK,
+                    "lanes never published their paths"
+                );
+                // SAFETY: awaited to completion right here.
+                unsafe { uring::sleep(Duration::from_millis(20)) }.await;
+            }
+            seen.snapshot()
+        })
+        .unwrap();
+        let per_path = u64::from(BLOCK) * 10;
+        for (path, snap) in snapshot.iter().enumerate() {
+            assert!(snap.up && snap.lanes_up == 1, "path {path}: {snap:?}");
+            assert_eq!((snap.requests, snap.bytes), (10, per_path), "path {path}");
+        }
+        let closed = stats.snapshot();
+        assert!(
+            closed.iter().all(|path| !path.up && path.lanes_up == 0),
+            "closed lanes leave their paths: {closed:?}"
+        );
+    });
+}
+
 async fn read_back_some(engine: &QueueEngine) {
     for i in 0..10u64 {
         let offset = i * u64::from(BLOCK);
