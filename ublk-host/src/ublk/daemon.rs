@@ -12,6 +12,7 @@ use crate::error::{HostError, Result};
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
+use crate::ublk::path_report;
 use crate::ublk::queue::serve_queue;
 use crate::ublk::resize;
 use crate::ublk::state::{Saved, TargetData};
@@ -269,6 +270,9 @@ pub(crate) fn serve(
         move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
                 log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
+            }
+            if let Err(error) = path_report::spawn_publisher(attached.id, &watched.0) {
+                log::warn!("/dev/ublkb{}: {error}", attached.id);
             }
             let link = names::publish(ctrl.dev_info().dev_id, &identity);
             attached.link = link.map(|path| path.display().to_string());
