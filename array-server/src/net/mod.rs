@@ -42,7 +42,9 @@ use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 pub use crate::array::io::buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
-pub use live::{LiveSessions, PartitionTraffic, SessionKind, SessionSnapshot, Traffic};
+pub use live::{
+    LiveSessions, PartitionTraffic, PathTraffic, SessionKind, SessionSnapshot, Traffic,
+};
 pub use sessions::{
     CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
 };
