@@ -47,6 +47,9 @@ pub struct ServerSection {
     /// Further addresses, one per further network hosts reach the server over
     /// (multipath).
     pub also_listen: Option<Vec<SocketAddr>>,
+    /// Addresses (`host:port`) announced to hosts in discovery (default: the listen
+    /// addresses that are not wildcards such as `0.0.0.0`).
+    pub announce: Option<Vec<String>>,
     /// Runtime threads (default: the number of CPUs).
     pub threads: Option<usize>,
     /// Most live connections.
@@ -93,6 +96,8 @@ pub struct ServeOverrides {
     pub listen: Option<SocketAddr>,
     /// `--listen` after the first (replaces the file's `also_listen`).
     pub also_listen: Vec<SocketAddr>,
+    /// `--announce` (replaces the file's `announce`).
+    pub announce: Vec<String>,
     /// `--threads`.
     pub threads: Option<usize>,
     /// `--max-connections`.
@@ -186,6 +191,11 @@ impl ConfigFile {
                 file.also_listen.clone().unwrap_or_default()
             } else {
                 overrides.also_listen.clone()
+            },
+            announce: if overrides.announce.is_empty() {
+                file.announce.clone().unwrap_or_default()
+            } else {
+                overrides.announce.clone()
             },
             threads: overrides
                 .threads
@@ -333,6 +343,20 @@ mod tests {
             .settings(&ServeOverrides::default())
             .unwrap();
         assert!(none.server.also_listen.is_empty());
+        assert!(none.server.announce.is_empty());
+        let announce = parse("[server]\nannounce = [\"a:1\", \"b:1\"]\n").unwrap();
+        let settings = announce.settings(&ServeOverrides::default()).unwrap();
+        assert_eq!(settings.server.announce, ["a:1", "b:1"]);
+        let overrides = ServeOverrides {
+            announce: vec!["c:1".to_owned()],
+            ..ServeOverrides::default()
+        };
+        let settings = announce.settings(&overrides).unwrap();
+        assert_eq!(
+            settings.server.announce,
+            ["c:1"],
+            "the flags replace the file's"
+        );
     }
 
     #[test]

@@ -88,6 +88,10 @@ struct ServeCommand {
     /// per network for hosts' multipath
     #[argh(option)]
     listen: Vec<SocketAddr>,
+    /// address (host:port) to announce to hosts in discovery (repeatable; default: every
+    /// --listen address but wildcard ones like 0.0.0.0)
+    #[argh(option)]
+    announce: Vec<String>,
     /// runtime threads (default: number of CPUs)
     #[argh(option)]
     threads: Option<usize>,
@@ -638,6 +642,7 @@ fn overrides(command: &ServeCommand) -> ServeOverrides {
     ServeOverrides {
         listen: command.listen.first().copied(),
         also_listen: command.listen.iter().skip(1).copied().collect(),
+        announce: command.announce.clone(),
         threads: command.threads,
         max_connections: command.max_connections,
         max_in_flight: command.max_in_flight,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use array_server::admin::client::{AdminClient, Answer};
 use array_server::admin::{AdminConfig, AdminLimits, AdminServer, AdminToken};
-use array_server::net::RunningServer;
+use array_server::net::{self, RunningServer, ServerConfig};
 use array_server::Array;
 use common::{format, serve, temp_disks, Client, Disks, CHUNK, DISK_SIZE};
 use serde_json::{json, Value};
@@ -28,9 +28,14 @@ struct Stack {
 
 impl Stack {
     fn new() -> Stack {
+        Stack::serving(serve)
+    }
+
+    /// A stack whose network server `start` starts.
+    fn serving(start: impl FnOnce(Arc<Array>) -> RunningServer) -> Stack {
         let disks = temp_disks(2, DISK_SIZE);
         let array = format(&disks, CHUNK);
-        let net = serve(array.clone());
+        let net = start(array.clone());
         let token = AdminToken::generate().unwrap();
         let config = AdminConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -133,6 +138,53 @@ fn a_connected_host_sees_assignments_appear_change_and_disappear_within_a_second
                 assert!(!partitions[0].shared);
             }
             None => assert!(partitions.is_empty()),
+        }
+    }
+}
+
+#[test]
+fn metrics_count_traffic_per_server_address_the_lanes_came_in_on() {
+    let stack = Stack::serving(|array| {
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            also_listen: vec!["127.0.0.2:0".parse().unwrap()],
+            threads: 1,
+            ..ServerConfig::default()
+        };
+        net::start(array, config).unwrap()
+    });
+    let secret = stack.host("h1");
+    let id = stack.partition("vm1", "4M");
+    let assigned = stack.call(
+        "PUT",
+        "/api/assignments/h1/vm1",
+        Some(json!({"access": "rw"})),
+    );
+    assert_eq!(assigned.status, 201);
+    let addrs = stack.net.local_addrs();
+    // One write on the first address, two on the second (then its lane closes: a closed
+    // lane's traffic stays counted).
+    let mut first = Client::lane(addrs[0], "h1", &secret, id, 0, 0);
+    assert_eq!(first.write(0, &[7u8; 4096]), Status::Ok);
+    {
+        let mut second = Client::lane(addrs[1], "h1", &secret, id, 1, 0);
+        for block in 0..2u64 {
+            assert_eq!(second.write(block * 4096, &[7u8; 4096]), Status::Ok);
+        }
+    }
+    stack.wait_sessions("the second lane closed", |s| s.len() == 1);
+    let metrics = stack.call("GET", "/metrics", None).text();
+    for (addr, writes) in [(addrs[0], 1u64), (addrs[1], 2)] {
+        let series = format!("{{local=\"{addr}\"}}");
+        for (name, value) in [
+            ("multilane_path_requests_total", writes),
+            ("multilane_path_written_bytes_total", writes * 4096),
+            ("multilane_path_read_bytes_total", 0),
+        ] {
+            assert!(
+                metrics.contains(&format!("{name}{series} {value}\n")),
+                "{name}{series} {value}: {metrics}"
+            );
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct AttachArgs {
     /// outstanding, default) or round-robin
     #[argh(option, default = "PathPolicy::QueueDepth")]
     path_policy: PathPolicy,
+    /// also use every address the server announces in discovery as a further path (after
+    /// checking it leads to the same array); a path it cannot reach now is left out
+    #[argh(switch)]
+    all_paths: bool,
     /// this host's name on the server
     #[argh(option)]
     host: String,
@@ -156,6 +160,14 @@ fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<Attach
     };
     let mut client = client_config(server, &args.host, &args.secret_file, args.timeout)?;
     client.more_paths = more_paths.to_vec();
+    if args.all_paths {
+        let announced = ublk::daemon::announced_paths(&client)
+            .context("asking the server for the addresses it announces")?;
+        for addr in &announced {
+            log::info!("path {addr}: announced by the server");
+        }
+        client.more_paths.extend(announced);
+    }
     if args.dead_after == 0 {
         anyhow::bail!("--dead-after must be at least 1 second");
     }
@@ -329,5 +341,65 @@ mod tests {
         assert_eq!(args.split, "128K", "from [defaults]");
         assert_eq!(args.lanes_per_queue, 8, "the flag overrides [defaults]");
         assert_eq!(args.id, Some(5), "a flag the file does not set");
+    }
+
+    #[test]
+    fn all_paths_adds_the_addresses_the_server_announces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let format = array_server::FormatOptions {
+            chunk: 64 << 10,
+            force: false,
+            create_size: None,
+        };
+        let array = array_server::Array::format(&[disk], &format).unwrap();
+        array.create_partition("vol", 8 << 20, false).unwrap();
+        let secret = array.create_host("h1").unwrap().secret;
+        array.assign("h1", "vol", wire::Access::ReadWrite).unwrap();
+        let secret_file = dir.path().join("h1.key");
+        std::fs::write(&secret_file, secret).unwrap();
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = array_server::net::ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            also_listen: vec!["127.0.0.2:0".parse().unwrap()],
+            threads: 1,
+            ..array_server::net::ServerConfig::default()
+        };
+        let server = array_server::net::start(array, config).unwrap();
+        let addrs: Vec<String> = server
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let argv = |extra: &[&str]| -> Vec<String> {
+            let secret_file = secret_file.to_str().unwrap();
+            let base = [
+                "--server",
+                &addrs[0],
+                "--host",
+                "h1",
+                "--secret-file",
+                secret_file,
+            ];
+            base.iter()
+                .chain(["--partition", "vol"].iter())
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let options = options_from_argv(argv(&["--all-paths"])).unwrap();
+        assert_eq!(options.engine.client.paths(), addrs, "both announced paths");
+        let options = options_from_argv(argv(&[])).unwrap();
+        assert_eq!(
+            options.engine.client.paths(),
+            addrs[..1],
+            "without the flag: one"
+        );
+        server.stop();
     }
 }

@@ -47,12 +47,29 @@ pub struct HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerEntry {
-    /// `host:port` of the server.
-    pub address: String,
+    /// `host:port` of the server: shorthand for a one-element `addresses`.
+    pub address: Option<String>,
+    /// `host:port` of each path to the server (one per network), each passed as its own
+    /// `--server` flag: the device keeps lanes on every path. Give `address` or this, not
+    /// both.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// This host's name on this server, if not the file's `host`.
     pub host: Option<String>,
     /// The secret file for this server, if not the file's `secret_file`.
     pub secret_file: Option<String>,
+}
+
+impl ServerEntry {
+    /// The server's addresses, `address` or `addresses`; an error names what is wrong.
+    pub fn paths(&self) -> std::result::Result<Vec<&str>, String> {
+        match (&self.address, self.addresses.as_slice()) {
+            (Some(address), []) => Ok(vec![address.as_str()]),
+            (None, []) => Err("has no `address` (or `addresses`)".to_owned()),
+            (None, many) => Ok(many.iter().map(String::as_str).collect()),
+            (Some(_), _) => Err("sets both `address` and `addresses`: give one".to_owned()),
+        }
+    }
 }
 
 /// One partition to attach (`[partitions.NAME]`), or the defaults of every entry
@@ -197,18 +214,24 @@ impl HostConfig {
                 format!("no secret file for server {server_name:?}: set `secret_file` at the top")
             })?;
         let partition = entry.partition.as_deref().unwrap_or(name);
-        let mut argv: Vec<String> = [
-            "--server",
-            &server.address,
-            "--host",
-            host,
-            "--secret-file",
-            secret_file,
-            "--partition",
-            partition,
-        ]
-        .map(String::from)
-        .to_vec();
+        let paths = server
+            .paths()
+            .map_err(|e| format!("server {server_name:?} {e}"))?;
+        let mut argv: Vec<String> = paths
+            .into_iter()
+            .flat_map(|address| ["--server".to_owned(), address.to_owned()])
+            .collect();
+        argv.extend(
+            [
+                "--host",
+                host,
+                "--secret-file",
+                secret_file,
+                "--partition",
+                partition,
+            ]
+            .map(String::from),
+        );
         for (flag, value) in entry.flags() {
             argv.extend([flag.to_owned(), value]);
         }
@@ -336,6 +359,52 @@ mod tests {
             ])
         );
         assert!(config.attach_argv("nope").unwrap_err().contains("vol0"));
+    }
+
+    #[test]
+    fn a_server_with_several_addresses_gives_one_server_flag_per_path() {
+        let text = r#"
+            host = "h1"
+            secret_file = "/k"
+            [servers.a]
+            addresses = ["10.0.0.1:7700", "10.0.1.1:7700"]
+            [partitions.vol0]
+        "#;
+        let config = HostConfig::parse(text, "test").unwrap();
+        assert_eq!(
+            config.attach_argv("vol0").unwrap(),
+            argv(&[
+                "--server",
+                "10.0.0.1:7700",
+                "--server",
+                "10.0.1.1:7700",
+                "--host",
+                "h1",
+                "--secret-file",
+                "/k",
+                "--partition",
+                "vol0",
+            ])
+        );
+        let overridden = apply_overrides(
+            &config.attach_argv("vol0").unwrap(),
+            &argv(&["--server", "10.0.2.1:7700"]),
+        );
+        assert_eq!(
+            overridden.iter().filter(|a| *a == "10.0.2.1:7700").count(),
+            1
+        );
+        assert!(!overridden.iter().any(|a| a.starts_with("10.0.0.1")));
+        for (servers, error) in [
+            ("address = \"x:1\"\naddresses = [\"y:1\"]", "both"),
+            ("host = \"h2\"", "no `address`"),
+        ] {
+            let text = format!(
+                "host = \"h\"\nsecret_file = \"/k\"\n[servers.a]\n{servers}\n[partitions.v]\n"
+            );
+            let got = HostConfig::parse(&text, "t").unwrap_err().to_string();
+            assert!(got.contains(error), "{got}");
+        }
     }
 
     #[test]

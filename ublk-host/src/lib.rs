@@ -13,7 +13,9 @@
 //!   with events; [`client::Durability`] is the device-wide boot-epoch / FLUSH rule;
 //!   [`client::ratelog`] keeps repeated errors out of the log. [`client::paths`] is native
 //!   multipath: lanes on every path of the server, the per-request path choice
-//!   (queue-depth or round-robin), takeover over another path and homing.
+//!   (queue-depth or round-robin), takeover over another path and homing;
+//!   [`client::PathStats`] counts lanes up, requests and bytes per path, shared lock-free
+//!   by every queue's engine.
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
 //!   over a device whose daemon died), device states and state files, the daemon's mount
@@ -22,7 +24,8 @@
 //!   forces copy mode): each request's pages are registered in the queue's ring at the
 //!   tag's index and the lanes send and receive them with fixed-buffer operations
 //!   ([`client::BufRef::Fixed`]); live resize (`ublk/resize.rs`: a discovery watch grows
-//!   the device with `UPDATE_SIZE`).
+//!   the device with `UPDATE_SIZE`); the per-path report `list` shows
+//!   (`ublk/path_report.rs`).
 //! - [`hostconfig`]: the host configuration file (`/etc/multilane/host.toml`): servers,
 //!   identity, partitions to attach; each entry becomes an `attach` command line.
 //! - [`nbd`]: a partition as an NBD export on a local Unix socket (fixed newstyle, simple

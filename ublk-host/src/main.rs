@@ -76,14 +76,24 @@ fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
     let config = client_config(&args.server, &args.host, &args.secret_file, args.timeout)?;
     let context = || format!("discovery on {}", args.server);
     if !args.watch {
-        let list = Discovery::open(&config).with_context(context)?.list()?;
-        print_list(&list);
+        let mut discovery = Discovery::open(&config).with_context(context)?;
+        print_paths(&discovery.welcome().addresses);
+        print_list(&discovery.list()?);
         return Ok(());
     }
     // Follows the list across server restarts: reconnects with backoff, prints each change.
     let mut watch = Watch::open(&config, DEFAULT_KEEPALIVE).with_context(context)?;
     loop {
         print_list(&watch.next_list().with_context(context)?);
+    }
+}
+
+/// The server's announced addresses (`attach --all-paths` dials them all).
+fn print_paths(addresses: &[String]) {
+    if addresses.is_empty() {
+        println!("paths: none announced");
+    } else {
+        println!("paths: {}", addresses.join(" "));
     }
 }
 

@@ -15,7 +15,7 @@ use array_server::{Array, FormatOptions};
 use common::{pattern, within, KIB};
 use ublk_host::client::{
     run_queue_thread, uring, BlockIo, ClientConfig, Discovery, EngineConfig, LanePath, PathPolicy,
-    QueueEngine,
+    PathSnapshot, PathStats, QueueEngine,
 };
 use wire::{Access, Op, PartitionInfo, Secret};
 
@@ -252,6 +252,24 @@ fn path_requests(engine: &QueueEngine, lanes_per_path: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Polls the device's path stats until `done` holds (lanes publish at their clock tick);
+/// panics after [`SLACK`].
+async fn stats_until(
+    stats: &PathStats,
+    done: impl Fn(&[PathSnapshot]) -> bool,
+) -> Vec<PathSnapshot> {
+    let started = Instant::now();
+    loop {
+        let now = stats.snapshot();
+        if done(&now) {
+            return now;
+        }
+        assert!(started.elapsed() < SLACK, "path stats stuck at {now:?}");
+        // SAFETY: awaited to completion right here.
+        unsafe { uring::sleep(Duration::from_millis(20)) }.await;
+    }
+}
+
 #[test]
 fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
     within(LIMIT, || {
@@ -262,6 +280,7 @@ fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
         let part = partition(&config.client);
         let proxy = Arc::new(proxy);
         let cutter = proxy.clone();
+        let stats = config.path_stats.clone();
         let (failover, homing) = run_queue_thread(&config, &part, 0, move |engine| async move {
             assert_eq!(engine.path_count(), 2);
             assert_eq!(engine.lane_count(), 4);
@@ -276,10 +295,24 @@ fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
             let moved = |paths: &[LanePath]| paths.iter().all(|p| p.up && p.via == 1);
             let (failover, wave) = waves_until(&engine, 1, LIMIT / 4, moved).await;
             read_back(&engine, wave).await;
+            // The device's path stats show path 0 down and its traffic stopped.
+            let lanes =
+                |want: [u64; 2]| move |s: &[PathSnapshot]| s.iter().map(|p| p.lanes_up).eq(want);
+            let cut = stats_until(&stats, lanes([0, 4])).await;
+            assert!(!cut[0].up && cut[1].up, "{cut:?}");
+            write_wave(&engine, wave).await;
+            let during = stats.snapshot();
+            assert_eq!(during[0].requests, cut[0].requests, "nothing over path 0");
+            assert!(
+                during[1].requests > cut[1].requests,
+                "{cut:?} -> {during:?}"
+            );
 
             cutter.set_cut(false);
             let home = |paths: &[LanePath]| paths.iter().all(|p| p.up && p.via == p.home);
             let (homing, wave) = waves_until(&engine, wave, LIMIT / 4, home).await;
+            let healed = stats_until(&stats, lanes([2, 2])).await;
+            assert!(healed.iter().all(|p| p.up), "{healed:?}");
             let back = path_requests(&engine, 2);
             write_wave(&engine, wave.wrapping_add(1)).await;
             let after = path_requests(&engine, 2);
@@ -288,6 +321,8 @@ fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
                 "path 0 carries again: {back:?} -> {after:?}"
             );
             read_back(&engine, wave.wrapping_add(1)).await;
+            let later = stats.snapshot();
+            assert!(later[0].requests > healed[0].requests, "{later:?}");
             (failover, homing)
         })
         .unwrap();
@@ -345,6 +380,45 @@ fn round_robin_alternates_between_two_healthy_paths() {
     });
 }
 
+#[test]
+fn traffic_on_both_paths_shows_in_the_device_path_stats() {
+    within(LIMIT, || {
+        let setup = setup();
+        let path0 = setup.server.local_addrs()[0];
+        let mut config = EngineConfig::new(client(&setup, path0));
+        config.path_policy = PathPolicy::RoundRobin;
+        let stats = config.path_stats.clone();
+        let part = partition(&config.client);
+        let seen = stats.clone();
+        let snapshot = run_queue_thread(&config, &part, 0, move |engine| async move {
+            for i in 0..10u64 {
+                let io = BlockIo {
+                    op: Op::Write,
+                    offset: i * u64::from(BLOCK),
+                    len: BLOCK,
+                    fua: false,
+                };
+                let data = pattern(io.offset, BLOCK as usize, 7);
+                engine.execute_owned(io, data).await.0.unwrap();
+            }
+            read_back_some(&engine).await;
+            // Lanes publish their path at their next clock tick.
+            stats_until(&seen, |s| s.iter().all(|path| path.up)).await
+        })
+        .unwrap();
+        let per_path = u64::from(BLOCK) * 10;
+        for (path, snap) in snapshot.iter().enumerate() {
+            assert!(snap.up && snap.lanes_up == 1, "path {path}: {snap:?}");
+            assert_eq!((snap.requests, snap.bytes), (10, per_path), "path {path}");
+        }
+        let closed = stats.snapshot();
+        assert!(
+            closed.iter().all(|path| !path.up && path.lanes_up == 0),
+            "closed lanes leave their paths: {closed:?}"
+        );
+    });
+}
+
 async fn read_back_some(engine: &QueueEngine) {
     for i in 0..10u64 {
         let offset = i * u64::from(BLOCK);
@@ -358,6 +432,34 @@ async fn read_back_some(engine: &QueueEngine) {
         outcome.unwrap();
         assert!(data == pattern(offset, BLOCK as usize, 7));
     }
+}
+
+#[test]
+fn the_server_announces_both_addresses_and_all_paths_adds_the_missing_one() {
+    within(LIMIT, || {
+        let setup = setup();
+        let addrs: Vec<String> = setup
+            .server
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(addrs[0].starts_with("127.0.0.1:") && addrs[1].starts_with("127.0.0.2:"));
+        let mut config = client(&setup, setup.server.local_addrs()[0]);
+        config.more_paths.clear();
+        let discovery = Discovery::open(&config).unwrap();
+        assert_eq!(
+            discovery.welcome().addresses,
+            addrs,
+            "discovery announces both"
+        );
+        let added = ublk_host::ublk::daemon::announced_paths(&config).unwrap();
+        assert_eq!(added, addrs[1..], "one --server: the other is added");
+        config.more_paths = added;
+        assert_eq!(config.paths(), addrs);
+        let again = ublk_host::ublk::daemon::announced_paths(&config).unwrap();
+        assert!(again.is_empty(), "both given: nothing to add: {again:?}");
+    });
 }
 
 #[test]

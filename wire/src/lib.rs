@@ -1,7 +1,8 @@
 //! The Multilane wire protocol, version 2, sans-IO: no sockets, no runtime.
 //!
 //! Version 2 added the lane epoch in `Purpose::Data` (fencing a replaced connection), the
-//! server's boot epoch in `Welcome`, `Op::Heartbeat` and `RefusedCode::Stale`. The MAC labels
+//! server's boot epoch and its announced addresses (multipath discovery) in `Welcome`,
+//! `Op::Heartbeat` and `RefusedCode::Stale`. The MAC labels
 //! keep their `v1` text: they name the transcript format, which did not change.
 //!
 //! # Layout
@@ -24,7 +25,7 @@
 //! | C→S | [`Hello`] | – | first frame: magic, version range, host, client nonce, purpose |
 //! | S→C | [`HelloReply`]: [`Challenge`] or [`Refused`] | – | version chosen, server nonce |
 //! | C→S | [`Proof`] | – | `HMAC(secret, "multilane v1 client" ‖ transcript)` |
-//! | S→C | [`ProofReply`]: [`Welcome`] or [`Refused`] | – | `HMAC(secret, "multilane v1 server" ‖ transcript)`, `max_io`, partition |
+//! | S→C | [`ProofReply`]: [`Welcome`] or [`Refused`] | – | `HMAC(secret, "multilane v1 server" ‖ transcript)`, `max_io`, array id, partition, boot epoch, announced addresses |
 //! | C→S | [`ControlRequest`] | – | control: `ListPartitions`, `Ping` |
 //! | S→C | [`ControlEvent`] | – | control: `Partitions` (asked for, or pushed on change), `Pong` |
 //! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, `Heartbeat`, FUA flag |

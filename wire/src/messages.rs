@@ -117,6 +117,11 @@ pub struct Welcome {
     /// lost power or was killed); a host that sees a new epoch while it holds such writes
     /// fails its next FLUSH with `EIO`.
     pub boot_epoch: u64,
+    /// The addresses (`host:port`) hosts may dial this server at, one per network: its
+    /// non-wildcard listen addresses, or the list its operator configured (`announce`).
+    /// A host may open further paths to them (`ublk-host attach --all-paths`) after
+    /// checking each answers with the same `array_id`. Empty when it announces none.
+    pub addresses: Vec<String>,
 }
 
 /// Why the server refused a handshake; the same answer for unknown host and bad proof.

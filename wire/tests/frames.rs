@@ -106,6 +106,27 @@ proptest! {
     }
 
     #[test]
+    fn welcome_with_addresses_round_trips(
+        boot_epoch in any::<u64>(),
+        addresses in prop::collection::vec("[a-z0-9.]{1,30}:[0-9]{1,5}", 0..8),
+        partition in prop::option::of(any_partition_info()),
+    ) {
+        let welcome = ProofReply::Welcome(Welcome {
+            mac: [7; 32],
+            max_io: 1 << 20,
+            max_in_flight: 256,
+            array_id: [3; 16],
+            partition,
+            boot_epoch,
+            addresses,
+        });
+        let bytes = frame::encode_message(&welcome).unwrap();
+        let parsed = frame::parse::<ProofReply>(&bytes, Limits::HANDSHAKE, "ProofReply").unwrap().unwrap();
+        prop_assert_eq!(parsed.message, welcome);
+        prop_assert_eq!(parsed.consumed, bytes.len());
+    }
+
+    #[test]
     fn request_with_payload_round_trips(request in any_request()) {
         let payload: Vec<u8> = (0..request.payload_len()).map(|i| i as u8).collect();
         let mut bytes = Vec::new();

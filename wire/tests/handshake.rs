@@ -40,6 +40,7 @@ fn run(
         array_id: [0; 16],
         partition: None,
         boot_epoch: 1,
+        addresses: vec!["127.0.0.1:7700".to_owned()],
     }))
 }
 

@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 
 pub use crate::net::{
-    LiveSessions, PartitionTraffic, SessionKind, SessionSnapshot, Traffic, LATENCY_BOUNDS_US,
+    LiveSessions, PartitionTraffic, PathTraffic, SessionKind, SessionSnapshot, Traffic,
+    LATENCY_BOUNDS_US,
 };
 
 /// A server with no network side (tests of the API alone, offline use).
@@ -17,6 +18,9 @@ impl LiveSessions for NoSessions {
         Vec::new()
     }
     fn traffic(&self) -> Vec<PartitionTraffic> {
+        Vec::new()
+    }
+    fn path_traffic(&self) -> Vec<PathTraffic> {
         Vec::new()
     }
     fn refused_handshakes(&self) -> u64 {

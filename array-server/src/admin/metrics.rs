@@ -16,6 +16,7 @@ pub fn render(ctx: &Context) -> ApiResponse {
     array_metrics(ctx, &mut out);
     session_metrics(ctx, &mut out);
     traffic_metrics(ctx, &mut out);
+    path_metrics(ctx, &mut out);
     disk_metrics(ctx, &mut out);
     ApiResponse::bytes(
         200,
@@ -194,6 +195,39 @@ fn traffic_metrics(ctx: &Context, out: &mut String) {
             label(partition)
         );
         histogram(out, name, &labels, traffic);
+    }
+}
+
+/// Data traffic per server address (multipath path), every host and partition summed.
+fn path_metrics(ctx: &Context, out: &mut String) {
+    let paths = ctx.sessions.path_traffic();
+    let counters: [(&str, &str, Field); 3] = [
+        (
+            "multilane_path_requests_total",
+            "Block requests that came in on this server address (path).",
+            |t| t.ops(),
+        ),
+        (
+            "multilane_path_read_bytes_total",
+            "Bytes returned by reads on this server address (path).",
+            |t| t.read_bytes,
+        ),
+        (
+            "multilane_path_written_bytes_total",
+            "Bytes accepted by writes on this server address (path).",
+            |t| t.write_bytes,
+        ),
+    ];
+    for (name, text, value) in counters {
+        help(out, name, "counter", text);
+        for path in &paths {
+            let _ = writeln!(
+                out,
+                "{name}{{local=\"{}\"}} {}",
+                label(&path.local),
+                value(&path.traffic)
+            );
+        }
     }
 }
 

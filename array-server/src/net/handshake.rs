@@ -134,6 +134,7 @@ pub async fn run(
         array_id: shared.array.id().into_bytes(),
         partition: grant.as_ref().map(|grant| grant.info.clone()),
         boot_epoch: shared.boot_epoch,
+        addresses: shared.announced.clone(),
     };
     Ok(Some(Admitted {
         host,

@@ -60,12 +60,24 @@ pub struct PartitionTraffic {
     pub traffic: Traffic,
 }
 
+/// Data traffic that came in on one server address (one multipath path), over the
+/// server's lifetime (closed lanes included), for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTraffic {
+    /// The server's local address, `ip:port`.
+    pub local: String,
+    /// The counts, summed over every host and partition.
+    pub traffic: Traffic,
+}
+
 /// A read-only view of the running server's sessions and counters.
 pub trait LiveSessions: Send + Sync {
     /// Every live session.
     fn snapshot(&self) -> Vec<SessionSnapshot>;
     /// Lifetime traffic per host and partition.
     fn traffic(&self) -> Vec<PartitionTraffic>;
+    /// Lifetime traffic per server address (path).
+    fn path_traffic(&self) -> Vec<PathTraffic>;
     /// Handshakes refused since start (unknown host, bad proof, not assigned...).
     fn refused_handshakes(&self) -> u64;
 }
@@ -113,6 +125,17 @@ impl LiveSessions for Shared {
             .map(|((host, id), traffic)| PartitionTraffic {
                 host,
                 partition: name_of(&names, id),
+                traffic,
+            })
+            .collect()
+    }
+
+    fn path_traffic(&self) -> Vec<PathTraffic> {
+        self.sessions
+            .path_traffic()
+            .into_iter()
+            .map(|(local, traffic)| PathTraffic {
+                local: local.to_string(),
                 traffic,
             })
             .collect()

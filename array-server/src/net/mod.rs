@@ -42,7 +42,9 @@ use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 pub use crate::array::io::buffer::{AlignedBuf, BufPart, BUFFER_ALIGN, DATA_OFFSET};
-pub use live::{LiveSessions, PartitionTraffic, SessionKind, SessionSnapshot, Traffic};
+pub use live::{
+    LiveSessions, PartitionTraffic, PathTraffic, SessionKind, SessionSnapshot, Traffic,
+};
 pub use sessions::{
     CounterView, LaneCounters, Session, SessionView, Sessions, LATENCY_BOUNDS_US, LATENCY_BUCKETS,
 };
@@ -76,6 +78,10 @@ pub struct ServerConfig {
     /// Further addresses to listen on, one per further network a host may reach the
     /// server over (its multipath paths); each thread accepts on all of them.
     pub also_listen: Vec<SocketAddr>,
+    /// The addresses `Welcome` announces to hosts (`wire::Welcome::addresses`); empty:
+    /// the bound listen addresses, except wildcard ones (`0.0.0.0`, `::`), which no host
+    /// can dial.
+    pub announce: Vec<String>,
     /// Runtime threads, each with its own listener and io_uring.
     pub threads: usize,
     /// Most live authenticated connections; more are refused with `Busy`.
@@ -98,6 +104,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             also_listen: Vec::new(),
+            announce: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
@@ -166,6 +173,21 @@ pub(crate) struct Shared {
     session_room: usize,
     /// Drawn at start; announced in every `Welcome` (see `wire::Welcome::boot_epoch`).
     pub(crate) boot_epoch: u64,
+    /// Announced in every `Welcome` (see [`announced_addresses`]).
+    pub(crate) announced: Vec<String>,
+}
+
+/// What `Welcome` announces: `announce` when configured, else every bound address that
+/// is not a wildcard.
+fn announced_addresses(announce: &[String], bound: &[SocketAddr]) -> Vec<String> {
+    if !announce.is_empty() {
+        return announce.to_vec();
+    }
+    bound
+        .iter()
+        .filter(|address| !address.ip().is_unspecified())
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// A running server; [`RunningServer::stop`] (or dropping it) shuts it down.
@@ -276,7 +298,9 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     let fd_limit = admission::raise_fd_limit();
     let session_room =
         admission::session_room(fd_limit, config.max_connections, config.max_unauthenticated);
+    let announced = announced_addresses(&config.announce, &addrs);
     let shared = Arc::new(Shared {
+        announced,
         array,
         sessions: Arc::default(),
         stats: Arc::default(),
@@ -513,5 +537,21 @@ fn note_failure(shared: &Shared, peer: SocketAddr, error: &Error) {
         log::info!("{peer}: closing connection: {error}");
     } else {
         log::debug!("{peer}: connection ended: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_are_not_announced_unless_configured() {
+        let bound: Vec<SocketAddr> = ["0.0.0.0:7700", "10.1.0.2:7700", "[::]:7700"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(announced_addresses(&[], &bound), ["10.1.0.2:7700"]);
+        let configured = ["a.example:7700".to_owned()];
+        assert_eq!(announced_addresses(&configured, &bound), configured);
     }
 }

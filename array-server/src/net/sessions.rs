@@ -312,6 +312,8 @@ pub struct Sessions {
     claims: Mutex<BTreeMap<LaneKey, u64>>,
     /// Counters of closed data sessions, per host and partition id.
     retired: Mutex<BTreeMap<(String, u32), CounterView>>,
+    /// Counters of closed data sessions, per server address they came in on (the path).
+    retired_paths: Mutex<BTreeMap<SocketAddr, CounterView>>,
 }
 
 impl Sessions {
@@ -342,6 +344,25 @@ impl Sessions {
                     .or_default()
                     .add(&session.counters.snapshot());
             }
+        }
+        totals
+    }
+
+    /// Data traffic per server address the lanes came in on (each multipath path) since
+    /// the server started: closed lanes and live ones.
+    pub fn path_traffic(&self) -> BTreeMap<SocketAddr, CounterView> {
+        // Same lock order as `SessionGuard::drop`: live, then retired paths.
+        let live = self.live();
+        let mut totals = self
+            .retired_paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for session in live.values().filter(|s| s.partition().is_some()) {
+            totals
+                .entry(session.local)
+                .or_default()
+                .add(&session.counters.snapshot());
         }
         totals
     }
@@ -457,6 +478,14 @@ impl Drop for SessionGuard {
             let key = (session.host.clone(), partition);
             retired
                 .entry(key)
+                .or_default()
+                .add(&session.counters.snapshot());
+            drop(retired);
+            self.registry
+                .retired_paths
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(session.local)
                 .or_default()
                 .add(&session.counters.snapshot());
         }

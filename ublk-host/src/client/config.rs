@@ -7,6 +7,7 @@ use std::time::Duration;
 use wire::Secret;
 
 use crate::client::durability::Durability;
+use crate::client::path_stats::PathStats;
 use crate::client::paths::PathPolicy;
 use crate::error::{HostError, Result};
 
@@ -107,11 +108,16 @@ pub struct EngineConfig {
     /// Welcome said). A live resize raises it before the device grows, so I/O to the new
     /// end is accepted (shared by clones: every queue's engine sees it).
     pub live_size: Arc<AtomicU64>,
+    /// Per-path lanes up, requests and bytes (shared by clones: every queue's engine
+    /// counts into it). Sized for the client's paths when made: set `client.more_paths`
+    /// before [`EngineConfig::new`].
+    pub path_stats: Arc<PathStats>,
 }
 
 impl EngineConfig {
     /// One lane per queue, no splitting, the default wait bound, no fail-fast.
     pub fn new(client: ClientConfig) -> Self {
+        let path_stats = Arc::new(PathStats::new(client.paths().len()));
         EngineConfig {
             client,
             lanes_per_queue: 1,
@@ -122,6 +128,7 @@ impl EngineConfig {
             durability: Arc::default(),
             zero_copy: false,
             live_size: Arc::default(),
+            path_stats,
         }
     }
 

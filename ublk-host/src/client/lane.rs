@@ -75,6 +75,8 @@ pub(crate) struct Lane {
     home: usize,
     /// The path the current (or last) connection runs on.
     via: Cell<usize>,
+    /// The path the device's path counters last heard the lane is connected over.
+    published: Cell<Option<usize>>,
     /// The background attempts to get back home while running over another path.
     homing: RefCell<Option<Arc<Mailbox>>>,
     /// A connection home that arrived and replaces the current one once it is down.
@@ -124,6 +126,7 @@ impl Lane {
             mailbox: RefCell::new(None),
             home,
             via: Cell::new(via),
+            published: Cell::new(None),
             homing: RefCell::new(None),
             pending: RefCell::new(None),
             failures: RateLimited::default(),
@@ -169,6 +172,10 @@ impl Lane {
     /// `request.buf` must satisfy [`Slot::new`]'s contract for the request.
     pub unsafe fn start(&self, request: PartRequest, keep: Option<Rc<dyn Any>>) -> Rc<Slot> {
         let admitted = self.core.borrow_mut().begin(Kind::Request);
+        if admitted.is_ok() {
+            let path_stats = &self.config.path_stats;
+            path_stats.issued(self.via(), request.len.into());
+        }
         let wire_request = Request {
             tag: *admitted.as_ref().unwrap_or(&0),
             op: request.op,
@@ -334,8 +341,17 @@ impl Lane {
         true
     }
 
+    /// Tells the device's path counters which path the lane's connection runs on now, if
+    /// that changed since the last tick.
+    fn publish_path(&self) {
+        let now = self.is_up().then(|| self.via());
+        let before = self.published.replace(now);
+        self.config.path_stats.lane_moved(before, now);
+    }
+
     /// Carries out one tick of the core.
     fn tick(&self) {
+        self.publish_path();
         self.check_homing();
         let now = Instant::now();
         let action = self.core.borrow_mut().tick(now);
@@ -449,6 +465,9 @@ fn finish_all(slots: Vec<Rc<Slot>>, outcome: std::result::Result<(), Errno>) {
 /// The lane's task: its life and its clock, until it is closed.
 async fn run(lane: Rc<Lane>, first: Connection) {
     smol::future::zip(life(&lane, first), clock(&lane)).await;
+    lane.config
+        .path_stats
+        .lane_moved(lane.published.take(), None);
 }
 
 /// Serves connections one after the other until the lane is closed.

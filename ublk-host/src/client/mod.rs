@@ -5,6 +5,7 @@ pub mod config;
 pub mod connect;
 pub mod discovery;
 pub mod engine;
+pub mod path_stats;
 pub mod paths;
 pub mod uring;
 
@@ -24,5 +25,6 @@ pub use discovery::{Discovery, PartitionList};
 pub use durability::Durability;
 pub use engine::{run_queue_thread, BlockIo, LanePath, QueueEngine};
 pub use lane_core::LaneStats;
+pub use path_stats::{PathSnapshot, PathStats};
 pub use paths::PathPolicy;
 pub use slot::BufRef;

@@ -7,11 +7,12 @@ use libublk::ctrl::UblkCtrl;
 use libublk::io::UblkDev;
 use wire::PartitionInfo;
 
-use crate::client::{Discovery, EngineConfig};
+use crate::client::{ClientConfig, Discovery, EngineConfig};
 use crate::error::{HostError, Result};
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
+use crate::ublk::path_report;
 use crate::ublk::queue::serve_queue;
 use crate::ublk::resize;
 use crate::ublk::state::{Saved, TargetData};
@@ -98,6 +99,60 @@ pub fn discover(options: &AttachOptions) -> Result<(PartitionInfo, u32)> {
     let partition = discovery.list()?.find(&options.partition)?.clone();
     let buf_bytes = io_buf_bytes(&partition, discovery.welcome().max_io);
     Ok((partition, buf_bytes))
+}
+
+/// The addresses the server announces (`Welcome.addresses`) that `client` does not dial
+/// yet, for `attach --all-paths`: each must answer with the array of the first given path
+/// that answers (an address of another array is refused); one that does not answer now is
+/// left out with a warning (the server may announce a network this host is not on).
+pub fn announced_paths(client: &ClientConfig) -> Result<Vec<String>> {
+    let known = client.paths();
+    let mut first = None;
+    let mut last_error = None;
+    for addr in &known {
+        match Discovery::open(&client.via(addr)) {
+            Ok(discovery) => {
+                first = Some((addr.clone(), discovery.welcome().clone()));
+                break;
+            }
+            Err(error @ HostError::Wire(_)) => return Err(error),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let Some((first_addr, welcome)) = first else {
+        return Err(last_error.unwrap_or(HostError::Closed));
+    };
+    let mut added: Vec<String> = Vec::new();
+    for addr in welcome.addresses {
+        if known.iter().chain(&added).any(|k| same_endpoint(k, &addr)) {
+            continue;
+        }
+        match Discovery::open(&client.via(&addr)) {
+            Ok(discovery) => {
+                same_array(
+                    (&first_addr, welcome.array_id),
+                    (&addr, discovery.welcome().array_id),
+                )?;
+                added.push(addr);
+            }
+            Err(error @ HostError::Wire(_)) => return Err(error),
+            Err(error) => {
+                log::warn!("announced path {addr} does not answer now, not used: {error}")
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// Whether two `host:port` texts name the same socket address (resolved; as text when
+/// either does not resolve).
+fn same_endpoint(a: &str, b: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let resolve = |text: &str| text.to_socket_addrs().ok().and_then(|mut all| all.next());
+    match (resolve(a), resolve(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Refuses two paths (address, array id) that lead to different arrays.
@@ -215,6 +270,9 @@ pub(crate) fn serve(
         move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
                 log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
+            }
+            if let Err(error) = path_report::spawn_publisher(attached.id, &watched.0) {
+                log::warn!("/dev/ublkb{}: {error}", attached.id);
             }
             let link = names::publish(ctrl.dev_info().dev_id, &identity);
             attached.link = link.map(|path| path.display().to_string());

@@ -10,6 +10,7 @@ use crate::ublk::daemon::{
     stop_on_signals, AttachOptions, Attached, TARGET_NAME,
 };
 use crate::ublk::inspect::{self, ctrl_id};
+use crate::ublk::path_report;
 use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
 use crate::ublk::{names, recover};
@@ -65,6 +66,7 @@ pub fn attach(
     // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created.
     drop(ctrl);
     names::withdraw(dev_id);
+    path_report::remove(dev_id);
     claim.remove();
     Ok(())
 }

@@ -8,6 +8,7 @@ use libublk::sys;
 
 use crate::error::{HostError, Result};
 use crate::ublk::names;
+use crate::ublk::path_report::{self, PathReport};
 use crate::ublk::state::{self, TargetData};
 
 /// Where a device stands, from the kernel's state, its daemon's liveness and our claims.
@@ -110,6 +111,9 @@ pub struct DeviceInfo {
     pub target: Option<TargetData>,
     /// Its stable name (`/dev/multilane/<partition>`), if it has one.
     pub link: Option<String>,
+    /// Each path's address, state and traffic, from the serving daemon's report (empty
+    /// while no daemon claims the device).
+    pub paths: Vec<PathReport>,
 }
 
 impl fmt::Display for DeviceInfo {
@@ -140,6 +144,18 @@ impl fmt::Display for DeviceInfo {
         }
         if let Some(link) = &self.link {
             write!(f, "\tlink={link}")?;
+        }
+        for (index, path) in self.paths.iter().enumerate() {
+            let stats = &path.stats;
+            write!(
+                f,
+                "\tpath{index}={},{},lanes={},requests={},bytes={}",
+                path.address,
+                if stats.up { "up" } else { "down" },
+                stats.lanes_up,
+                stats.requests,
+                stats.bytes
+            )?;
         }
         Ok(())
     }
@@ -182,11 +198,12 @@ pub fn inspect(id: u32) -> Result<DeviceInfo> {
         Ok(_) => params.basic.dev_sectors << crate::ublk::params::SECTOR_SHIFT,
         Err(_) => 0,
     };
-    let state = DeviceState::classify(
-        info.state,
-        process_alive(info.ublksrv_pid),
-        state::is_claimed(id),
-    );
+    let claimed = state::is_claimed(id);
+    let state = DeviceState::classify(info.state, process_alive(info.ublksrv_pid), claimed);
+    let paths = match claimed {
+        true => path_report::load(id).unwrap_or_default(),
+        false => Vec::new(),
+    };
     Ok(DeviceInfo {
         id,
         state,
@@ -198,6 +215,7 @@ pub fn inspect(id: u32) -> Result<DeviceInfo> {
         link: names::names_of(id)
             .first()
             .map(|path| path.display().to_string()),
+        paths,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod names;
 pub mod namespace;
 pub mod params;
+pub mod path_report;
 pub mod progress;
 pub mod queue;
 pub mod recover;

@@ -26,6 +26,7 @@ use crate::ublk::daemon::{
 };
 use crate::ublk::inspect::{self, ctrl_id, DeviceState};
 use crate::ublk::names;
+use crate::ublk::path_report;
 use crate::ublk::progress::Progress;
 use crate::ublk::state::{self, Claim, IdsLock};
 
@@ -130,6 +131,7 @@ pub(crate) fn take_over(
         log::debug!("deleting /dev/ublkb{id}: {error} (already gone?)");
     }
     names::withdraw(id);
+    path_report::remove(id);
     claim.remove();
     Ok(())
 }

@@ -239,6 +239,7 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
             Purpose::Data { .. } => Some(shared.options.partition.clone()),
         },
         boot_epoch: shared.boot_epoch.load(Ordering::SeqCst),
+        addresses: Vec::new(),
     };
     write_message(stream, &ProofReply::Welcome(welcome)).ok()?;
     Some(purpose)
