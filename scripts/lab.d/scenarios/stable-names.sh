@@ -37,8 +37,9 @@ assert_eq "$(readlink "$short")" "$dev1" "$short"
 assert_eq "$(readlink "$long")" "$dev2" "$long"
 grep -q "$dev2 as $long ready" "$LAB_WORK/second.log" || fail "the second ready line does not name $long"
 ublk-host list >"$LAB_WORK/list.log"
-grep -q "^$dev1	.*link=$short\$" "$LAB_WORK/list.log" || fail "list: $(cat "$LAB_WORK/list.log")"
-grep -q "^$dev2	.*link=$long\$" "$LAB_WORK/list.log" || fail "list: $(cat "$LAB_WORK/list.log")"
+# the link is a tab-separated field (per-path fields may follow it)
+grep -Eq "^$dev1	.*link=$short(	|\$)" "$LAB_WORK/list.log" || fail "list: $(cat "$LAB_WORK/list.log")"
+grep -Eq "^$dev2	.*link=$long(	|\$)" "$LAB_WORK/list.log" || fail "list: $(cat "$LAB_WORK/list.log")"
 
 # Each name reaches its own server's partition.
 dd if=/dev/zero bs=64K count=1 status=none | tr '\0' 'A' | dd of="$short" bs=64K oflag=direct status=none
