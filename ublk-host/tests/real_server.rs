@@ -68,17 +68,22 @@ fn client(setup: &Setup) -> ClientConfig {
     config
 }
 
+/// The partition "vol" as discovery reports it to the test host.
+fn discover_vol(setup: &Setup) -> wire::PartitionInfo {
+    Discovery::open(&client(setup))
+        .unwrap()
+        .list()
+        .unwrap()
+        .find("vol")
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn round_trips_and_splits_against_the_real_server() {
     within(Duration::from_secs(120), || {
         let setup = setup(12 << 20, Access::ReadWrite);
-        let partition = Discovery::open(&client(&setup))
-            .unwrap()
-            .list()
-            .unwrap()
-            .find("vol")
-            .unwrap()
-            .clone();
+        let partition = discover_vol(&setup);
         let mut config = EngineConfig::new(client(&setup));
         config.lanes_per_queue = 3;
         config.split = 128 * KIB;
@@ -158,13 +163,7 @@ fn io(op: Op, offset: u64, len: u32) -> BlockIo {
 fn revocation_under_io_fails_it_with_eacces_within_a_second() {
     within(Duration::from_secs(60), || {
         let setup = setup(4 << 20, Access::ReadWrite);
-        let partition = Discovery::open(&client(&setup))
-            .unwrap()
-            .list()
-            .unwrap()
-            .find("vol")
-            .unwrap()
-            .clone();
+        let partition = discover_vol(&setup);
         let mut config = EngineConfig::new(client(&setup));
         config.lanes_per_queue = 2;
         let array = setup.server.array().clone();
@@ -301,13 +300,7 @@ fn fixed_buffers_round_trip_one_lane_unsplit() {
 fn fixed_buffers_round_trip(lanes: u16, split: u32) {
     within(Duration::from_secs(120), move || {
         let setup = setup(12 << 20, Access::ReadWrite);
-        let partition = Discovery::open(&client(&setup))
-            .unwrap()
-            .list()
-            .unwrap()
-            .find("vol")
-            .unwrap()
-            .clone();
+        let partition = discover_vol(&setup);
         let mut config = EngineConfig::new(client(&setup));
         config.lanes_per_queue = lanes;
         config.split = split;
