@@ -33,6 +33,8 @@ bg_start server array-server serve "${RAM[@]}" --listen "127.0.0.1:$PORT" --thre
 ML_ADDR=127.0.0.1:$PORT # ml_attach's server
 wait_for "ublk-host discover --server $ML_ADDR --host bench --secret-file $LAB_WORK/bench.key >/dev/null 2>&1" 30 "the tmpfs array-server"
 metric kernel "$(uname -r)"
+metric runtime_s "$RUNTIME" s
+metric rounds "$ROUNDS"
 
 # fio_cell DEV JOBS RW BS DEPTH -> "IOPS MiB/s" (one job per queue, pinned, summed)
 fio_cell() {
