@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: fio randwrite --verify=crc32c on /dev/ublkb0 while a copy of the ublk-host binary runs `upgrade 0`: the old daemon hands the device over (QUIESCE where the driver offers it, 7.x; the recovery path on 6.12) and exits without removing it; the new daemon serves the same /dev/ublkb0 and /dev/multilane/vol; fio ends with 0 errors and verifies every block; I/O pause measured
+# lab-desc: fio randwrite --verify=crc32c on /dev/ublkb0 while a copy of the ublk-host binary runs `upgrade 0`: the old daemon hands the device over (QUIESCE where the driver offers it, 7.x; the recovery path on 6.12) and exits without removing it; the new daemon serves the same /dev/ublkb0 and /dev/multilane/vol; fio ends with 0 errors and verifies every block; I/O pause measured; the new daemon is upgraded again (a taken-over device hands over too) and fio --verify_only checks all 24 MiB through the third daemon
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
@@ -31,10 +31,10 @@ written() { ml_sessions_of h1 vol | jq -s 'map(.bytes_written) | add // 0'; }
 
 # 2 jobs x 12 MiB of 4k random writes, then each verifies all it wrote (crc32c).
 json=$LAB_WORK/fio.json
-bg_start fio fio --eta=never --output-format=json --output="$json" \
-	--filename="$dev" --ioengine=io_uring --direct=1 --iodepth=16 \
-	--verify=crc32c --do_verify=1 --verify_fatal=1 \
-	--name=w --rw=randwrite --bs=4k --size=12M --offset=0 --offset_increment=16M --numjobs=2
+workload=(--filename="$dev" --ioengine=io_uring --direct=1 --iodepth=16
+	--verify=crc32c --do_verify=1 --verify_fatal=1
+	--name=w --rw=randwrite --bs=4k --size=12M --offset=0 --offset_increment=16M --numjobs=2)
+bg_start fio fio --eta=never --output-format=json --output="$json" "${workload[@]}"
 wait_for "[ \$(written) -ge $((4 << 20)) ]" 60 "fio to write 4 MiB"
 bg_alive fio || fail "fio finished before the upgrade: make it longer"
 
@@ -60,7 +60,7 @@ fi
 assert_eq "$(stat -c %t:%T "$dev")" "$node_before" "device number of $dev"
 assert_eq "$(readlink /dev/multilane/vol)" "$link_before" "/dev/multilane/vol"
 ublk-host list
-ublk-host list | grep -q "^/dev/ublkb0[[:space:]]state=live[[:space:]]pid=$new_pid[[:space:]]" ||
+ublk-host list | grep -q "^/dev/ublkb0[[:space:]]state=live[[:space:]]pid=${new_pid}[[:space:]]" ||
 	fail "list does not show /dev/ublkb0 live under the new daemon $new_pid: $(ublk-host list)"
 assert_eq "$(jq -r .pid /run/multilane/ublkb0.json)" "$new_pid" "pid in the state file"
 wait_for "[ \$(written) -gt 0 ]" 30 "writes through the new daemon's lanes"
@@ -77,7 +77,24 @@ stall=$(jq '[.jobs[].write.clat_ns.max] | max / 1e6 | floor' "$json.clean")
 metric daemon_upgrade_stall_ms "$stall" ms
 log "upgrade by $expected: I/O paused $pause ms (longest fio write $stall ms); fio verified 24 MiB"
 
+# The new daemon, itself one that took the device over, hands it over again (to the first
+# binary); then fio verifies everything it wrote through the third daemon.
+bg_start host3 ublk-host upgrade 0
+wait_for "grep -q ' ready ' $LAB_WORK/host3.log || ! bg_alive host3" 90 "the second upgrade to report ready"
+grep -q 'ready (recovered)' "$LAB_WORK/host3.log" ||
+	fail "the second upgrade did not report ready: $(tail -n 5 "$LAB_WORK/host3.log")"
+wait_for "! bg_alive host2" 10 "the second daemon to be gone"
+bg_stop host2 || fail "the second daemon exited nonzero: $(tail -n 5 "$LAB_WORK/host2.log")"
+ublk-host list | grep -q "^/dev/ublkb0[[:space:]]state=live[[:space:]]pid=$(bg_pid host3)[[:space:]]" ||
+	fail "list does not show /dev/ublkb0 live under the third daemon: $(ublk-host list)"
+fio --eta=never --output-format=json --output="$json.again" --verify_only "${workload[@]}" >/dev/null ||
+	fail "fio --verify_only failed after the second upgrade: $(cat "$json.again")"
+sed -n '/^{/,$p' "$json.again" >"$json.again.clean"
+assert_eq "$(jq -r '[.jobs[] | "\(.error) \(.read.io_bytes)"] | join(", ")' "$json.again.clean")" \
+	"0 12582912, 0 12582912" "per job after the second upgrade: error and bytes verified"
+metric daemon_upgrade_again_pause_ms "$(sed -n 's/^ublk-host: I\/O paused \([0-9]*\) ms for the upgrade$/\1/p' "$LAB_WORK/host3.log")" ms
+
 ublk-host detach 0
-wait_for "! bg_alive host2" 30 "the new daemon to exit after detach"
+wait_for "! bg_alive host3" 30 "the third daemon to exit after detach"
 [ ! -e /sys/class/ublk-char/ublkc0 ] || fail "detach did not remove /dev/ublkb0"
 [ ! -e /run/multilane/ublkb0.json ] || fail "the state file outlived the device"
