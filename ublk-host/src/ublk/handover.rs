@@ -6,7 +6,7 @@
 //! daemon's own user may send it. The daemon's signal thread then hands the device over in
 //! one of two ways ([`HandoverWay`]), chosen from the device's flags:
 //!
-//! - [`HandoverWay::Quiesce`] (the driver offers `UBLK_F_QUIESCE`, 6.15 and later):
+//! - [`HandoverWay::Quiesce`] (the driver offers `UBLK_F_QUIESCE`: 7.3 in the lab):
 //!   `QUIESCE_DEV` makes the driver requeue new requests and abort every idle tag's fetch
 //!   command; the queues finish the requests they hold, close their lanes with nothing
 //!   outstanding and exit; the daemon exits without `STOP_DEV` and without deleting the
@@ -88,6 +88,22 @@ impl Handover {
     }
 }
 
+/// When a queue may end in a handover: once the handover is requested and none of its tags
+/// holds a request, on two checks in a row, so that the event loop has submitted the last
+/// commits (it submits between two checks) before the queue's ring goes.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    idle_before: std::cell::Cell<bool>,
+}
+
+impl Drain {
+    /// One check: `requested` from [`Handover::requested`], `busy` tags holding a request.
+    pub(crate) fn drained(&self, requested: bool, busy: u32) -> bool {
+        let idle = requested && busy == 0;
+        idle & self.idle_before.replace(idle)
+    }
+}
+
 /// Hands device `dev_id` over (on the signal thread). On the [`HandoverWay::Exit`] way, or
 /// when quiescing fails, the process exits here.
 pub(crate) fn hand_over(dev_id: u32, handover: &Handover) {
@@ -143,6 +159,23 @@ mod tests {
         assert_eq!(HandoverWay::for_flags(recovery), HandoverWay::Exit);
         assert!(HandoverWay::Quiesce.to_string().starts_with("quiesce"));
         assert!(HandoverWay::Exit.to_string().starts_with("recovery"));
+    }
+
+    #[test]
+    fn a_queue_drains_after_two_idle_checks_in_a_row() {
+        let drain = Drain::default();
+        assert!(!drain.drained(false, 0), "no handover asked");
+        assert!(!drain.drained(false, 0));
+        assert!(
+            !drain.drained(true, 0),
+            "first idle check: commits not submitted yet"
+        );
+        assert!(drain.drained(true, 0), "second idle check");
+        let drain = Drain::default();
+        assert!(!drain.drained(true, 0));
+        assert!(!drain.drained(true, 2), "a tag took a request meanwhile");
+        assert!(!drain.drained(true, 0), "idle again: one more check first");
+        assert!(drain.drained(true, 0));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wire::{Op, PartitionInfo};
 use crate::client::uring::init_thread_ring;
 use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
-use crate::ublk::handover::Handover;
+use crate::ublk::handover::{Drain, Handover};
 use crate::ublk::params::SECTOR_SHIFT;
 
 /// Ring operations each lane may have in flight (send, receive, reconnect wait + timer).
@@ -75,13 +75,10 @@ pub fn serve_queue(
         })
         .collect();
     let closing = Cell::new(false);
-    let drained = Cell::new(false);
+    let drain = Drain::default();
     let run_ops = || while tag_executor.try_tick() | lane_executor.try_tick() {};
     let is_done = || {
-        // Idle on two checks in a row: the event loop submits the last commits in between.
-        let idle = handover.requested() && busy.get() == 0;
-        let handed_over = idle && drained.replace(true);
-        drained.set(idle);
+        let handed_over = drain.drained(handover.requested(), busy.get());
         if !handed_over && !tasks.iter().all(|task| task.is_finished()) {
             return false;
         }
