@@ -1,4 +1,4 @@
-//! The device subcommands: attach, recover, detach, list.
+//! The device subcommands: attach, recover, upgrade, detach, list.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use ublk_host::client::{EngineConfig, PathPolicy};
 use ublk_host::ublk::device::parse_device;
 use ublk_host::ublk::namespace::enter_private_mount_namespace;
 use ublk_host::ublk::state;
-use ublk_host::ublk::{self, AttachOptions, Attached};
+use ublk_host::ublk::{self, AttachOptions, Attached, Ended};
 
 use crate::{client_config, size_option};
 
@@ -92,6 +92,18 @@ pub struct RecoverArgs {
 }
 
 #[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "upgrade")]
+/// Take over a device from its live daemon, with I/O paused, not failed: run the new binary
+/// (after a package upgrade) as `ublk-host upgrade 0`. The old daemon is asked to hand over
+/// (SIGUSR1), exits without removing the device, and this process serves it in the
+/// foreground like `attach`, with the options it was attached with.
+pub struct UpgradeArgs {
+    /// device: N, ublkbN, /dev/ublkbN or /dev/multilane/NAME
+    #[argh(positional)]
+    device: String,
+}
+
+#[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "detach")]
 /// Stop and remove a device: `ublk-host detach 0` or `ublk-host detach /dev/ublkb0`. One
 /// whose daemon died (quiesced, dead) is removed at once. Also by stable name
@@ -125,10 +137,18 @@ fn cpus() -> u16 {
 pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     let options = attach_options(args, attach_argv())?;
     enter_private_mount_namespace().context("entering a private mount namespace")?;
-    ublk::attach(&options, announce)
+    let ended = ublk::attach(&options, announce)
         .with_context(|| format!("attaching partition {}", args.partition))?;
-    println!("ublk-host: device removed");
+    say_ended(ended);
     Ok(())
+}
+
+/// The last line of a daemon: its device was removed, or handed over to a new daemon.
+fn say_ended(ended: Ended) {
+    match ended {
+        Ended::Stopped => println!("ublk-host: device removed"),
+        Ended::HandedOver => println!("ublk-host: device handed over to the new daemon"),
+    }
 }
 
 /// `attach` with the arguments (after the subcommand) `argv`, as a configuration file
@@ -139,9 +159,9 @@ pub fn attach_with_argv(argv: Vec<String>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.output.trim_end()))?;
     let options = attach_options(&args, argv)?;
     enter_private_mount_namespace().context("entering a private mount namespace")?;
-    ublk::attach(&options, announce)
+    let ended = ublk::attach(&options, announce)
         .with_context(|| format!("attaching partition {}", args.partition))?;
-    println!("ublk-host: device removed");
+    say_ended(ended);
     Ok(())
 }
 
@@ -209,8 +229,8 @@ fn with_absolute_secret_file(mut argv: Vec<String>) -> Vec<String> {
     argv
 }
 
-pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
-    let id = parse_device(&args.device)?;
+/// The options device `id` was attached with, from its state file.
+fn saved_options(id: u32) -> anyhow::Result<AttachOptions> {
     let saved = state::load(id)?.with_context(|| {
         format!(
             "/dev/ublkb{id} has no state file {} (not made by ublk-host attach?)",
@@ -224,10 +244,37 @@ pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
             e.output
         )
     })?;
-    let options = attach_options(&attach_args, saved.attach_args.clone())?;
+    attach_options(&attach_args, saved.attach_args.clone())
+}
+
+pub fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
+    let id = parse_device(&args.device)?;
+    let options = saved_options(id)?;
     enter_private_mount_namespace().context("entering a private mount namespace")?;
-    ublk::recover(id, &options, announce).with_context(|| format!("recovering /dev/ublkb{id}"))?;
-    println!("ublk-host: device removed");
+    let ended = ublk::recover(id, &options, announce)
+        .with_context(|| format!("recovering /dev/ublkb{id}"))?;
+    say_ended(ended);
+    Ok(())
+}
+
+pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<()> {
+    let id = parse_device(&args.device)?;
+    let options = saved_options(id)?;
+    enter_private_mount_namespace().context("entering a private mount namespace")?;
+    let ended = ublk::upgrade(id, &options, |attached, upgraded| {
+        println!(
+            "ublk-host: took /dev/ublkb{} over from daemon {} by {}",
+            attached.id, upgraded.old_pid, upgraded.way
+        );
+        announce(attached);
+        println!(
+            "ublk-host: I/O paused {} ms for the upgrade",
+            upgraded.pause.as_millis()
+        );
+        let _ = std::io::stdout().flush();
+    })
+    .with_context(|| format!("upgrading the daemon of /dev/ublkb{id}"))?;
+    say_ended(ended);
     Ok(())
 }
 

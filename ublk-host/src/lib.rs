@@ -18,7 +18,8 @@
 //!   by every queue's engine.
 //! - [`ublk`]: the libublk device: parameters from the partition, one queue thread per
 //!   hardware queue running the same engine, teardown; user recovery (a new daemon takes
-//!   over a device whose daemon died), device states and state files, the daemon's mount
+//!   over a device whose daemon died), a planned handover from a live daemon to a new binary
+//!   (`ublk/handover.rs`, `ublk/upgrade.rs`: quiesce where the driver offers it), device states and state files, the daemon's mount
 //!   namespace, stable names (`/dev/multilane/<partition>`). Zero copy where the driver
 //!   offers automatic buffer registration (asked with `GET_FEATURES` at attach; `--copy`
 //!   forces copy mode): each request's pages are registered in the queue's ring at the

@@ -1,5 +1,5 @@
-//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, recover, list and detach
-//! devices.
+//! `ublk-host`: discover partitions, attach one as `/dev/ublkbN`, recover, upgrade (hand a
+//! live device to a new binary), list and detach devices.
 
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ enum Command {
     Discover(DiscoverArgs),
     Attach(device_cmds::AttachArgs),
     Recover(device_cmds::RecoverArgs),
+    Upgrade(device_cmds::UpgradeArgs),
     Detach(device_cmds::DetachArgs),
     List(device_cmds::ListArgs),
     Nbd(nbd_cmd::NbdArgs),
@@ -124,6 +125,7 @@ fn main() {
         Command::Discover(args) => discover(args),
         Command::Attach(args) => device_cmds::attach(args),
         Command::Recover(args) => device_cmds::recover(args),
+        Command::Upgrade(args) => device_cmds::upgrade(args),
         Command::Detach(args) => device_cmds::detach(args),
         Command::List(args) => device_cmds::list(args),
         Command::Nbd(args) => nbd_cmd::serve(args),

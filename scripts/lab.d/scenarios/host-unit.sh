@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: multilane-host@.service's own command lines (the guest has no systemd): ExecStartPre and ExecStart (attach --config /etc/multilane/host.toml vol) in the background; /dev/multilane/vol links the device and `list --json` shows it; ext4 mounted through the stable name and written; kill -9 of the daemon; ExecStart again (what Restart=always does) takes the device over; data and fsck intact; umount, then ExecStop (detach --pid $MAINPID) removes device and link and the daemon exits 0; `attach --config --all` serves both entries and stops both on SIGTERM; no libublk chatter in any output
+# lab-desc: multilane-host@.service's own command lines (the guest has no systemd): ExecStartPre and ExecStart (attach --config /etc/multilane/host.toml vol) in the background; /dev/multilane/vol links the device and `list --json` shows it; ext4 mounted through the stable name and written; kill -9 of the daemon; ExecStart again (what Restart=always does) takes the device over; ExecReload (kill -USR1 $MAINPID: the upgrade handover) makes the daemon hand over and exit 0, ExecStart again takes the device over, the filesystem still mounted; data and fsck intact; umount, then ExecStop (detach --pid $MAINPID) removes device and link and the daemon exits 0; `attach --config --all` serves both entries and stops both on SIGTERM; no libublk chatter in any output
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
@@ -33,9 +33,13 @@ unit_line() { sed -n "s/^$1=//p" "$unit" | sed 's/%i/vol/g'; }
 exec_pre=$(unit_line ExecStartPre)
 exec_start=$(unit_line ExecStart)
 exec_stop=$(unit_line ExecStop)
-[ -n "$exec_start" ] && [ -n "$exec_stop" ] || fail "the unit has no ExecStart/ExecStop"
+exec_reload=$(unit_line ExecReload)
+if [ -z "$exec_start" ] || [ -z "$exec_stop" ] || [ -z "$exec_reload" ]; then
+	fail "the unit has no ExecStart/ExecStop/ExecReload"
+fi
 log "ExecStartPre=$exec_pre"
 log "ExecStart=$exec_start"
+log "ExecReload=$exec_reload"
 log "ExecStop=$exec_stop"
 # A leading '-' means systemd ignores the command's failure.
 ${exec_pre#-} || log "ExecStartPre failed (ignored, as its '-' says)"
@@ -83,21 +87,37 @@ for i in 1 2; do
 	dd if=/dev/urandom of="$src/after$i" bs=1M count=2 status=none
 	dd if="$src/after$i" of="$mnt/after$i" bs=1M conv=fsync status=none
 done
+
+# systemctl reload (the daemon upgrade): ExecReload with $MAINPID; the daemon hands the
+# device over and exits 0 without removing it; Restart=always runs ExecStart again, which
+# takes the device over, the filesystem still mounted.
+reload_line=${exec_reload//\$MAINPID/$(bg_pid unit2)}
+$reload_line || fail "ExecReload failed"
+wait_for "! bg_alive unit2" 30 "the daemon to hand over and exit after ExecReload"
+bg_stop unit2 || fail "the daemon exited nonzero after ExecReload: $(tail -n 3 "$LAB_WORK/unit2.log")"
+grep -q 'handed over' "$LAB_WORK/unit2.log" || fail "the daemon did not hand over: $(tail -n 3 "$LAB_WORK/unit2.log")"
+[ -e "$dev" ] || fail "$dev went away on ExecReload"
+start_unit unit3
+grep -q "$dev as $link ready (recovered)" "$LAB_WORK/unit3.log" || fail "ExecStart after the reload did not take $dev over"
+for i in 3 4; do
+	dd if=/dev/urandom of="$src/after$i" bs=1M count=2 status=none
+	dd if="$src/after$i" of="$mnt/after$i" bs=1M conv=fsync status=none
+done
 (cd "$src" && sha256sum -- *) >"$LAB_WORK/files.sha256"
-(cd "$mnt" && sha256sum -c --quiet "$LAB_WORK/files.sha256") || fail "checksums differ across the daemon crash"
+(cd "$mnt" && sha256sum -c --quiet "$LAB_WORK/files.sha256") || fail "checksums differ across the daemon crash and reload"
 umount "$mnt"
 e2fsck -fn "$link" >"$LAB_WORK/fsck.log" 2>&1 || { cat "$LAB_WORK/fsck.log"; fail "e2fsck -fn reports problems"; }
 if dmesg | grep -iE 'EXT4-fs (error|warning)|I/O error|Buffer I/O'; then
-	fail "the kernel logged filesystem or I/O errors across the daemon crash"
+	fail "the kernel logged filesystem or I/O errors across the daemon crash and reload"
 fi
 
 # systemctl stop: ExecStop with $MAINPID, then the main process must exit on its own.
-mainpid=$(bg_pid unit2)
+mainpid=$(bg_pid unit3)
 stop_line=${exec_stop//\$MAINPID/$mainpid}
 $stop_line >"$LAB_WORK/stop.log" 2>&1 || fail "ExecStop failed: $(cat "$LAB_WORK/stop.log")"
 wait_for "[ ! -e $dev ]" 30 "$dev to go after ExecStop"
-wait_for "! bg_alive unit2" 30 "the daemon to exit after ExecStop"
-bg_stop unit2 || fail "the daemon exited nonzero after ExecStop"
+wait_for "! bg_alive unit3" 30 "the daemon to exit after ExecStop"
+bg_stop unit3 || fail "the daemon exited nonzero after ExecStop"
 [ ! -e "$link" ] || fail "$link is still there after ExecStop"
 log "ExecStop removed $dev and $link; the daemon exited 0"
 
@@ -116,4 +136,4 @@ assert_eq "$(ublk-host list --json | jq length)" 0 "devices left after attach --
 if grep -h 'ctrl: \|libublk' "$LAB_WORK"/unit*.log "$LAB_WORK"/{all,stop,list}.log; then
 	fail "libublk log lines leaked into ublk-host's output"
 fi
-log "unit lines: start, kill -9, restart-takeover, stop; stable name followed the device; --all ok"
+log "unit lines: start, kill -9, restart-takeover, reload-handover-takeover, stop; stable name followed the device; --all ok"

@@ -1,5 +1,6 @@
 //! What every Multilane daemon does, whether it created its device or took it over: the
-//! options, finding the partition, serving the device until it stops, signals.
+//! options, finding the partition, serving the device until it stops or is handed over,
+//! signals.
 
 use std::sync::Arc;
 
@@ -9,12 +10,14 @@ use wire::PartitionInfo;
 
 use crate::client::{ClientConfig, Discovery, EngineConfig};
 use crate::error::{HostError, Result};
+use crate::ublk::handover::{hand_over, Handover, HANDOVER_SIGNAL};
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::names;
 use crate::ublk::params::{device_params, io_buf_bytes};
 use crate::ublk::path_report;
 use crate::ublk::queue::serve_queue;
 use crate::ublk::resize;
+use crate::ublk::run::{run_device, Ended};
 use crate::ublk::state::{Saved, TargetData};
 
 /// The ublk target name of Multilane devices.
@@ -178,18 +181,25 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
     format!("{}, daemon pid {}{serving}", info.state, info.daemon_pid)
 }
 
-/// The flags a new device is created with: user recovery, and zero copy with automatic
-/// buffer registration when the driver offers it (asked with `GET_FEATURES`, never
-/// inferred from the kernel version) and `copy` does not forbid it.
+/// The flags a new device is created with: user recovery; zero copy with automatic buffer
+/// registration when the driver offers it (asked with `GET_FEATURES`, never inferred from
+/// the kernel version) and `copy` does not forbid it; `UBLK_F_QUIESCE` when the driver
+/// offers it (a planned handover then drains the queues, see [`mod@crate::ublk::handover`]).
 pub(crate) fn device_flags(copy: bool) -> u64 {
     let auto_buf_reg = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
+    let quiesce = u64::from(libublk::sys::UBLK_F_QUIESCE);
     let offered = UblkCtrl::get_features().unwrap_or(0);
     let zero_copy = !copy && offered & auto_buf_reg != 0;
     log::info!(
-        "ublk driver features {offered:#x}: {} mode",
-        if zero_copy { "zero-copy" } else { "copy" }
+        "ublk driver features {offered:#x}: {} mode, handover by {}",
+        if zero_copy { "zero-copy" } else { "copy" },
+        if offered & quiesce != 0 {
+            "quiesce"
+        } else {
+            "recovery"
+        }
     );
-    RECOVERY_FLAGS | if zero_copy { auto_buf_reg } else { 0 }
+    RECOVERY_FLAGS | (offered & quiesce) | if zero_copy { auto_buf_reg } else { 0 }
 }
 
 /// Whether a device with driver flags `flags` runs in zero-copy mode.
@@ -230,15 +240,17 @@ pub(crate) fn saved_state(
     }
 }
 
-/// Serves the device `ctrl` controls (adds it, or ends its recovery) until it stops.
+/// Serves the device `ctrl` controls (adds it, or ends its recovery) until it stops or is
+/// handed over (`handover`, from [`stop_on_signals`]).
 pub(crate) fn serve(
     ctrl: &UblkCtrl,
     options: &AttachOptions,
     partition: PartitionInfo,
     buf_bytes: u32,
     recovered: bool,
+    handover: Arc<Handover>,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
-) -> Result<()> {
+) -> Result<Ended> {
     let params = device_params(&partition, buf_bytes);
     let zero_copy = is_zero_copy(ctrl.dev_info().flags);
     let target_json = serde_json::to_value(target_data(options, &partition, zero_copy))
@@ -264,9 +276,14 @@ pub(crate) fn serve(
         link: None,
     };
     let watched = (config.clone(), shared_partition.clone());
-    ctrl.run_target(
-        tgt_init,
-        move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
+    let dev = UblkDev::new(ctrl.get_name(), tgt_init, ctrl)?;
+    let queues_handover = handover.clone();
+    run_device(
+        ctrl,
+        dev,
+        move |qid, dev: &UblkDev| {
+            serve_queue(qid, dev, &config, &shared_partition, &queues_handover)
+        },
         move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
                 log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
@@ -278,21 +295,25 @@ pub(crate) fn serve(
             attached.link = link.map(|path| path.display().to_string());
             ready(&attached)
         },
-    )?;
-    Ok(())
+        &handover,
+    )
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts later) and
-/// starts a thread that stops device `dev_id` when one arrives; the queues then wind down
-/// and `attach` returns.
-pub fn stop_on_signals(dev_id: u32) -> Result<()> {
-    let set = termination_signals();
+/// Blocks SIGINT, SIGTERM and [`HANDOVER_SIGNAL`] in this thread (and so in every thread
+/// it starts later) and starts a thread that waits for them: SIGINT or SIGTERM stops device
+/// `dev_id` (the queues then wind down and `attach` returns), the handover signal hands it
+/// over to a new daemon ([`mod@crate::ublk::handover`]). The returned flag tells `serve`
+/// and the queues about a handover.
+pub fn stop_on_signals(dev_id: u32) -> Result<Arc<Handover>> {
+    let set = daemon_signals();
     // SAFETY: `set` is an initialised sigset; a null old-mask pointer is allowed.
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if blocked != 0 {
         let error = std::io::Error::from_raw_os_error(blocked);
-        return Err(HostError::io("blocking SIGINT/SIGTERM", error));
+        return Err(HostError::io("blocking SIGINT/SIGTERM/SIGUSR1", error));
     }
+    let handover = Arc::new(Handover::default());
+    let shared = handover.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -301,22 +322,27 @@ pub fn stop_on_signals(dev_id: u32) -> Result<()> {
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 return;
             }
+            if signal == HANDOVER_SIGNAL {
+                hand_over(dev_id, &shared);
+                return;
+            }
             log::info!("signal {signal}: stopping /dev/ublkb{dev_id}");
             if let Err(error) = stop_device(dev_id) {
                 log::error!("cannot stop /dev/ublkb{dev_id}: {error}");
             }
         })
         .map_err(|e| HostError::io("starting the signal thread", e))?;
-    Ok(())
+    Ok(handover)
 }
 
-fn termination_signals() -> libc::sigset_t {
+fn daemon_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the zeroed set; sigaddset takes valid signals.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, HANDOVER_SIGNAL);
         set
     }
 }

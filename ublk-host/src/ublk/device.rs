@@ -12,13 +12,15 @@ use crate::ublk::daemon::{
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::path_report;
 use crate::ublk::progress::Progress;
+use crate::ublk::run::Ended;
 use crate::ublk::state::{self, Claim, IdsLock};
 use crate::ublk::{names, recover};
 
 /// Discovers the partition, creates `/dev/ublkbN` for it (with ublk user recovery, so a
 /// new process can take it over if this one dies) and serves it until the device is
 /// stopped (by [`detach`], or by [`stop_on_signals`] on SIGINT/SIGTERM); then removes it.
-/// `ready` runs once the device is live.
+/// `ready` runs once the device is live. A device handed over to a new daemon
+/// (`ublk-host upgrade`) is left in place with its state file and stable name.
 ///
 /// If a quiesced device of the same server, host and partition exists (its daemon died:
 /// a supervisor runs the same command again), this takes that device over instead of
@@ -27,7 +29,7 @@ use crate::ublk::{names, recover};
 pub fn attach(
     options: &AttachOptions,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
-) -> Result<()> {
+) -> Result<Ended> {
     let (partition, buf_bytes) = discover(options)?;
     let ids = IdsLock::take()?;
     if let Some(id) = recover::takeover_candidate(options)? {
@@ -61,14 +63,17 @@ pub fn attach(
             options.queues
         );
     }
-    stop_on_signals(dev_id)?;
-    serve(&ctrl, options, partition, buf_bytes, false, ready)?;
-    // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created.
+    let handover = stop_on_signals(dev_id)?;
+    let ended = serve(&ctrl, options, partition, buf_bytes, false, handover, ready)?;
+    // Dropping `ctrl` (made with ADD_DEV) deletes the device this process created, unless
+    // it was handed over (then `serve` disowned it).
     drop(ctrl);
-    names::withdraw(dev_id);
-    path_report::remove(dev_id);
-    claim.remove();
-    Ok(())
+    if ended == Ended::Stopped {
+        names::withdraw(dev_id);
+        path_report::remove(dev_id);
+        claim.remove();
+    }
+    Ok(ended)
 }
 
 /// Fails with [`HostError::DeviceInUse`] if ublk device `id` exists: asking the driver for

@@ -12,6 +12,7 @@ use wire::{Op, PartitionInfo};
 use crate::client::uring::init_thread_ring;
 use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
+use crate::ublk::handover::{Drain, Handover};
 use crate::ublk::params::SECTOR_SHIFT;
 
 /// Ring operations each lane may have in flight (send, receive, reconnect wait + timer).
@@ -21,9 +22,20 @@ const IDLE_SECS: u64 = 20;
 /// The low byte of a ublk descriptor's `op_flags` is the operation.
 const OP_MASK: u32 = 0xff;
 
-/// Serves queue `qid` of `dev` until the device stops: opens the queue's own lanes and
-/// answers every tag's I/O through them.
-pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &PartitionInfo) {
+/// Serves queue `qid` of `dev` until the device stops or is handed over: opens the queue's
+/// own lanes and answers every tag's I/O through them.
+///
+/// The queue ends once every tag's task has ended (the driver aborted its fetch command:
+/// the device stops), or, in a handover (`handover`: the driver has quiesced the device and
+/// dispatches nothing more), once no tag holds a request; a tag whose commit was submitted
+/// waits for a fetch the driver will not complete, and is let go. Then the lanes close.
+pub fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    config: &EngineConfig,
+    partition: &PartitionInfo,
+    handover: &Handover,
+) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let lanes = u32::from(config.lanes_per_queue);
     if let Err(error) = init_thread_ring(depth * 2 + lanes * RING_OPS_PER_LANE) {
@@ -49,12 +61,13 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
         }
     };
     let tag_executor = smol::LocalExecutor::new();
+    let busy = Rc::new(Cell::new(0_u32));
     let tasks: Vec<_> = queue
         .tags()
         .map(|tag| {
-            let (queue, engine) = (queue.clone(), engine.clone());
+            let (queue, engine, busy) = (queue.clone(), engine.clone(), busy.clone());
             tag_executor.spawn(async move {
-                match serve_tag(&queue, tag, engine.as_deref()).await {
+                match serve_tag(&queue, tag, engine.as_deref(), &busy).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(error) => log::error!("queue {qid} tag {tag}: {error}"),
                 }
@@ -62,9 +75,11 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
         })
         .collect();
     let closing = Cell::new(false);
+    let drain = Drain::default();
     let run_ops = || while tag_executor.try_tick() | lane_executor.try_tick() {};
     let is_done = || {
-        if !tasks.iter().all(|task| task.is_finished()) {
+        let handed_over = drain.drained(handover.requested(), busy.get());
+        if !handed_over && !tasks.iter().all(|task| task.is_finished()) {
             return false;
         }
         let Some(engine) = &engine else {
@@ -85,10 +100,13 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
 /// tag's own buffer, in zero-copy mode through the request's pages, which the driver
 /// registers in the queue's ring at index `tag` for as long as the request is ours
 /// (automatic buffer registration).
+///
+/// `busy` counts the queue's tags that hold a request (fetched, not yet committed).
 async fn serve_tag(
     queue: &UblkQueue<'_>,
     tag: u16,
     engine: Option<&QueueEngine>,
+    busy: &Cell<u32>,
 ) -> Result<(), UblkError> {
     if queue.support_auto_buf_zc() {
         let reg = sys::ublk_auto_buf_reg {
@@ -104,10 +122,12 @@ async fn serve_tag(
             .submit_io_prep_cmd(tag, BufDesc::AutoReg(reg), 0, None)
             .await?;
         loop {
+            busy.set(busy.get() + 1);
             let result = match engine {
                 Some(engine) => handle(queue, tag, engine, fixed, room).await,
                 None => Errno::EIO.to_ublk_result(),
             };
+            busy.set(busy.get() - 1);
             queue
                 .submit_io_commit_cmd(tag, BufDesc::AutoReg(reg), result)
                 .await?;
@@ -118,12 +138,14 @@ async fn serve_tag(
         .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
+        busy.set(busy.get() + 1);
         let result = match engine {
             Some(engine) => {
                 handle(queue, tag, engine, BufRef::Ptr(buf.as_mut_ptr()), buf.len()).await
             }
             None => Errno::EIO.to_ublk_result(),
         };
+        busy.set(busy.get() - 1);
         queue
             .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
             .await?;

@@ -12,6 +12,8 @@
 //! Ownership: the process serving a device owns it. A recovering process that fails before
 //! the device is live leaves it quiesced for another attempt; once it serves the device, a
 //! normal stop (detach, SIGINT/SIGTERM) removes the device as the creator's would have.
+//! A planned handover from a live daemon (`ublk-host upgrade`, [`mod@crate::ublk::upgrade`])
+//! ends in the same takeover.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use crate::ublk::inspect::{self, ctrl_id, DeviceState};
 use crate::ublk::names;
 use crate::ublk::path_report;
 use crate::ublk::progress::Progress;
+use crate::ublk::run::Ended;
 use crate::ublk::state::{self, Claim, IdsLock};
 
 /// How long a recovering process waits for the driver to quiesce a device whose daemon
@@ -43,7 +46,7 @@ pub fn recover(
     id: u32,
     options: &AttachOptions,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
-) -> Result<()> {
+) -> Result<Ended> {
     if !inspect::exists(id) {
         return Err(HostError::Config {
             what: "device",
@@ -51,6 +54,16 @@ pub fn recover(
         });
     }
     let (partition, _) = discover(options)?;
+    claim_and_take_over(id, options, partition, ready)
+}
+
+/// Claims device `id`, which must have lost its daemon, and takes it over for `partition`.
+pub(crate) fn claim_and_take_over(
+    id: u32,
+    options: &AttachOptions,
+    partition: PartitionInfo,
+    ready: impl FnOnce(&Attached) + Send + Sync + 'static,
+) -> Result<Ended> {
     let ids = IdsLock::take()?;
     let info = inspect::inspect(id)?;
     if !info.state.recoverable() {
@@ -93,7 +106,7 @@ pub(crate) fn take_over(
     options: &AttachOptions,
     partition: PartitionInfo,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
-) -> Result<()> {
+) -> Result<Ended> {
     let lanes_per_queue = check_identity(id, options, &partition)?;
     let options = &with_lanes(options, lanes_per_queue);
     wait_quiesced(id)?;
@@ -117,15 +130,19 @@ pub(crate) fn take_over(
         .ctrl_flags(RECOVERY_FLAGS)
         .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
         .build()?;
-    stop_on_signals(id)?;
-    serve(
+    let handover = stop_on_signals(id)?;
+    let ended = serve(
         &ctrl,
         options,
         partition,
         info.max_io_buf_bytes,
         true,
+        handover,
         ready,
     )?;
+    if ended == Ended::HandedOver {
+        return Ok(ended);
+    }
     // This process owns the device now; a recovery control does not delete on drop.
     if let Err(error) = ctrl.del_dev() {
         log::debug!("deleting /dev/ublkb{id}: {error} (already gone?)");
@@ -133,7 +150,7 @@ pub(crate) fn take_over(
     names::withdraw(id);
     path_report::remove(id);
     claim.remove();
-    Ok(())
+    Ok(ended)
 }
 
 /// The device must serve this very partition: same server, host, name, id and size.
