@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use libublk::ctrl::UblkCtrl;
+use libublk::ctrl::{UblkCtrl, UblkQueueAffinity};
 use libublk::io::UblkDev;
 use wire::PartitionInfo;
 
@@ -264,9 +264,13 @@ pub(crate) fn serve(
         link: None,
     };
     let watched = (config.clone(), shared_partition.clone());
+    let cpus = queue_cpus(ctrl);
     ctrl.run_target(
         tgt_init,
-        move |qid, dev: &UblkDev| serve_queue(qid, dev, &config, &shared_partition),
+        move |qid, dev: &UblkDev| {
+            let cpus = cpus.get(usize::from(qid)).copied();
+            serve_queue(qid, dev, cpus, &config, &shared_partition)
+        },
         move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {
                 log::warn!("/dev/ublkb{}: no live resize: {error}", attached.id);
@@ -280,6 +284,22 @@ pub(crate) fn serve(
         },
     )?;
     Ok(())
+}
+
+/// The CPUs the driver maps to each hardware queue (the CPUs that submit to it).
+fn queue_cpus(ctrl: &UblkCtrl) -> Arc<Vec<UblkQueueAffinity>> {
+    let queues = u32::from(ctrl.dev_info().nr_hw_queues);
+    let affinity = |queue| {
+        let mut cpus = UblkQueueAffinity::new();
+        match ctrl.get_queue_affinity(queue, &mut cpus) {
+            Ok(_) => cpus,
+            Err(error) => {
+                log::warn!("queue {queue}: no CPU affinity from the driver: {error}");
+                UblkQueueAffinity::new()
+            }
+        }
+    };
+    Arc::new((0..queues).map(affinity).collect())
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts later) and

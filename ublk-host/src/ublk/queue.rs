@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use libublk::ctrl::UblkQueueAffinity;
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys, BufDesc, UblkError};
@@ -21,9 +22,18 @@ const IDLE_SECS: u64 = 20;
 /// The low byte of a ublk descriptor's `op_flags` is the operation.
 const OP_MASK: u32 = 0xff;
 
-/// Serves queue `qid` of `dev` until the device stops: opens the queue's own lanes and
-/// answers every tag's I/O through them.
-pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &PartitionInfo) {
+/// Serves queue `qid` of `dev` until the device stops: moves to the queue's `cpus` (when
+/// known), opens the queue's own lanes and answers every tag's I/O through them.
+pub fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    cpus: Option<UblkQueueAffinity>,
+    config: &EngineConfig,
+    partition: &PartitionInfo,
+) {
+    if let Some(cpus) = cpus {
+        run_on(qid, &cpus);
+    }
     let depth = u32::from(dev.dev_info.queue_depth);
     let lanes = u32::from(config.lanes_per_queue);
     if let Err(error) = init_thread_ring(depth * 2 + lanes * RING_OPS_PER_LANE) {
@@ -78,6 +88,29 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, config: &EngineConfig, partition: &P
     let served = libublk::wait_and_handle_io_events(&queue, Some(IDLE_SECS), run_ops, is_done);
     if let Err(error) = smol::block_on(served) {
         log::error!("queue {qid}: event loop failed: {error}");
+    }
+}
+
+/// Moves the calling queue thread to `cpus` before its lanes connect.
+///
+/// libublk pins a queue thread to its queue's CPUs too, but from the main thread once the
+/// queue thread runs, which may be after the lanes dialled. Dialling from the queue's own
+/// CPU matters: a server that steers connections by incoming CPU (array-server's default,
+/// see its `net/placement.rs`) then serves the lane on a thread on that CPU when it runs on
+/// this machine, and a reconnect helper thread started from here inherits the affinity.
+fn run_on(qid: u16, cpus: &UblkQueueAffinity) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: `cpus` is a live bitmap of `buf_len()` bytes laid out as a cpu_set_t prefix;
+    // pid 0 is the calling thread.
+    let done = unsafe { libc::sched_setaffinity(0, cpus.buf_len(), cpus.addr().cast()) };
+    if done != 0 {
+        let error = std::io::Error::last_os_error();
+        log::warn!(
+            "queue {qid}: cannot move to CPUs {:?}: {error}",
+            cpus.to_bits_vec()
+        );
     }
 }
 
