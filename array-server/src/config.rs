@@ -52,6 +52,8 @@ pub struct ServerSection {
     pub announce: Option<Vec<String>>,
     /// Runtime threads (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Pin the threads to CPUs and steer connections by incoming CPU (default true).
+    pub pin_threads: Option<bool>,
     /// Most live connections.
     pub max_connections: Option<usize>,
     /// Requests one data connection runs at once.
@@ -100,6 +102,8 @@ pub struct ServeOverrides {
     pub announce: Vec<String>,
     /// `--threads`.
     pub threads: Option<usize>,
+    /// `--no-pin-threads`.
+    pub no_pin_threads: bool,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--max-in-flight`.
@@ -201,6 +205,8 @@ impl ConfigFile {
                 .threads
                 .or(file.threads)
                 .unwrap_or(defaults.threads),
+            pin_threads: !overrides.no_pin_threads
+                && file.pin_threads.unwrap_or(defaults.pin_threads),
             max_connections: overrides
                 .max_connections
                 .or(file.max_connections)

@@ -95,6 +95,11 @@ struct ServeCommand {
     /// runtime threads (default: number of CPUs)
     #[argh(option)]
     threads: Option<usize>,
+    /// leave the threads unpinned and let the kernel hash new connections over them
+    /// (default: with 2..N threads on N CPUs, thread i runs on CPU i and takes the
+    /// connections whose packets arrive on that CPU)
+    #[argh(switch)]
+    no_pin_threads: bool,
     /// most live connections (default 4096)
     #[argh(option)]
     max_connections: Option<usize>,
@@ -644,6 +649,7 @@ fn overrides(command: &ServeCommand) -> ServeOverrides {
         also_listen: command.listen.iter().skip(1).copied().collect(),
         announce: command.announce.clone(),
         threads: command.threads,
+        no_pin_threads: command.no_pin_threads,
         max_connections: command.max_connections,
         max_in_flight: command.max_in_flight,
         handshake_timeout_ms: command.handshake_timeout_ms,

@@ -60,6 +60,7 @@ pub fn sessions_json(sessions: &dyn LiveSessions) -> Value {
                 "lane": s.lane,
                 "peer": s.peer,
                 "local": s.local,
+                "cpu": s.cpu,
                 "age_seconds": s.age.as_secs_f64(),
                 "ops": s.traffic.ops(),
                 "reads": s.traffic.reads,

@@ -42,6 +42,8 @@ pub struct SessionSnapshot {
     pub peer: String,
     /// The server's address the connection came in on (per-path traffic).
     pub local: String,
+    /// The CPU of the server thread serving it (see `Session::cpu`).
+    pub cpu: Option<u32>,
     /// How long the session has been up.
     pub age: Duration,
     /// Its requests so far.
@@ -110,6 +112,7 @@ impl LiveSessions for Shared {
                     lane,
                     peer: session.peer.to_string(),
                     local: session.local.to_string(),
+                    cpu: session.cpu,
                     age: now.duration_since(session.since).unwrap_or_default(),
                     traffic: session.counters.snapshot(),
                 }

@@ -26,6 +26,7 @@ mod frames;
 mod handshake;
 mod live;
 mod liveness;
+mod placement;
 mod sessions;
 
 use std::cell::RefCell;
@@ -84,6 +85,10 @@ pub struct ServerConfig {
     pub announce: Vec<String>,
     /// Runtime threads, each with its own listener and io_uring.
     pub threads: usize,
+    /// Pin thread `i` to the `i`-th CPU and hand each new connection to the thread on the
+    /// CPU its SYN arrived on (see `net/placement.rs`); applies with 2 to N threads on N
+    /// usable CPUs.
+    pub pin_threads: bool,
     /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,
     /// Most connections still in their handshake (see `net/admission.rs`).
@@ -106,6 +111,7 @@ impl Default for ServerConfig {
             also_listen: Vec::new(),
             announce: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_threads: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_io: wire::DEFAULT_MAX_IO,
@@ -293,6 +299,14 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
         }
         addrs.push(bound);
     }
+    let placement = Arc::new(placement::Placement::plan(
+        config.pin_threads,
+        threads,
+        &placement::allowed_cpus(),
+    ));
+    for listener in &listeners[0] {
+        placement.steer(listener)?;
+    }
     let local_addr = addrs[0];
     let also_addrs = addrs[1..].to_vec();
     let fd_limit = admission::raise_fd_limit();
@@ -316,9 +330,15 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
         let shared = shared.clone();
         let shutdown_rx = shutdown_rx.clone();
         let ready = ready_tx.clone();
+        let placement = placement.clone();
         let handle = std::thread::Builder::new()
             .name(format!("array-net-{index}"))
-            .spawn(move || tokio_uring::start(run_thread(listener, shared, shutdown_rx, ready)))
+            .spawn(move || {
+                if let Err(error) = placement.pin_current_thread(index) {
+                    log::warn!("{error}; the thread runs unpinned");
+                }
+                tokio_uring::start(run_thread(listener, shared, shutdown_rx, ready))
+            })
             .map_err(|e| Error::io("starting a server thread", e))?;
         handles.push(handle);
     }
@@ -344,7 +364,15 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
             }
         }
     }
-    log::info!("serving on {addrs:?} with {threads} threads");
+    if placement.is_pinned() {
+        log::info!(
+            "serving on {addrs:?} with {threads} threads pinned to CPUs {:?}, connections \
+             steered to the thread on their incoming CPU",
+            placement.cpus
+        );
+    } else {
+        log::info!("serving on {addrs:?} with {threads} threads");
+    }
     Ok(server)
 }
 

@@ -175,6 +175,9 @@ pub struct Session {
     pub local: SocketAddr,
     /// Control, or data with partition, queue and lane.
     pub purpose: Purpose,
+    /// The CPU the server thread serving it ran on when it registered (the thread's own
+    /// CPU when threads are pinned; see `net/placement.rs`); `None` if unknown.
+    pub cpu: Option<u32>,
     /// When the handshake completed.
     pub since: SystemTime,
     /// What the connection carried.
@@ -188,6 +191,13 @@ pub struct Session {
     changed: Notify,
     /// Whether the session left the registry.
     left: AtomicBool,
+}
+
+/// The CPU the calling thread runs on.
+fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments; a negative result is an error.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).ok()
 }
 
 /// Counts one admitted request until it is finished (dropped).
@@ -215,6 +225,8 @@ pub struct SessionView {
     pub local: String,
     /// Control or data (partition, queue, lane).
     pub purpose: Purpose,
+    /// The CPU of the server thread serving it (see [`Session::cpu`]).
+    pub cpu: Option<u32>,
     /// Seconds since the Unix epoch when it connected.
     pub connected_since: u64,
     /// Counters.
@@ -277,6 +289,7 @@ impl Session {
             host: self.host.clone(),
             peer: self.peer.to_string(),
             local: self.local.to_string(),
+            cpu: self.cpu,
             purpose: self.purpose,
             connected_since: self
                 .since
@@ -440,6 +453,7 @@ impl Sessions {
             peer,
             local,
             purpose,
+            cpu: current_cpu(),
             since: SystemTime::now(),
             counters: LaneCounters::default(),
             admitted: AtomicU64::new(0),

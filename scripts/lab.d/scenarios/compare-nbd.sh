@@ -10,6 +10,7 @@ need_bin array-server ublk-host nbdkit nbd-client fio
 Q=$(nproc)
 SIZE_MB=128
 RUNTIME=${COMPARE_RUNTIME:-3}
+ROUNDS=${COMPARE_ROUNDS:-3} # medians of this many runs per job and device
 PORT=7700
 NBD_PORT=10809
 store=/dev/shm/compare
@@ -56,17 +57,28 @@ fio_figure() {
 		awk -F';' 'END { print $8 + $49, $7 + $48 }'
 }
 
-table=$(printf '%-18s %10s %10s %7s %10s %10s %7s' job nbd-iops ublk-iops ratio nbd-MiB/s ublk-MiB/s ratio)
+# median of the numbers given
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+table=$(printf '%-18s %10s %10s %7s %10s %10s' job nbd-iops ublk-iops ratio nbd-MiB/s ublk-MiB/s)
 for job in "${JOBS[@]}"; do
 	read -r name rw bs depth <<<"$job"
-	read -r peer_iops peer_kib < <(fio_figure /dev/nbd0 "$rw" "$bs" "$depth")
-	read -r our_iops our_kib < <(fio_figure "$ours" "$rw" "$bs" "$depth")
-	[ "${our_iops%.*}" -gt 0 ] || fail "$name: no I/O completed on $ours"
-	[ "${peer_iops%.*}" -gt 0 ] || fail "$name: no I/O completed on /dev/nbd0"
-	ratio=$(awk -v a="$our_iops" -v b="$peer_iops" 'BEGIN { printf "%.2f", a / b }')
-	row=$(awk -v n="$name" -v pi="$peer_iops" -v oi="$our_iops" -v pk="$peer_kib" -v ok="$our_kib" -v r="$ratio" \
-		'BEGIN { printf "%-18s %10.0f %10.0f %6sx %10.1f %10.1f %6sx", n, pi, oi, r, pk / 1024, ok / 1024, r }')
-	log "$row"
+	peer_iops=() peer_kib=() our_iops=() our_kib=()
+	# rounds alternate between the two devices, so load drift hits both alike
+	for ((round = 1; round <= ROUNDS; round++)); do
+		read -r i k < <(fio_figure /dev/nbd0 "$rw" "$bs" "$depth")
+		[ "${i%.*}" -gt 0 ] || fail "$name: no I/O completed on /dev/nbd0"
+		peer_iops+=("$i") peer_kib+=("$k")
+		read -r i k < <(fio_figure "$ours" "$rw" "$bs" "$depth")
+		[ "${i%.*}" -gt 0 ] || fail "$name: no I/O completed on $ours"
+		our_iops+=("$i") our_kib+=("$k")
+	done
+	pi=$(median "${peer_iops[@]}") oi=$(median "${our_iops[@]}")
+	pk=$(median "${peer_kib[@]}") ok=$(median "${our_kib[@]}")
+	ratio=$(awk -v a="$oi" -v b="$pi" 'BEGIN { printf "%.2f", a / b }')
+	row=$(awk -v n="$name" -v pi="$pi" -v oi="$oi" -v pk="$pk" -v ok="$ok" -v r="$ratio" \
+		'BEGIN { printf "%-18s %10.0f %10.0f %6sx %10.1f %10.1f", n, pi, oi, r, pk / 1024, ok / 1024 }')
+	log "$row   (nbd: ${peer_iops[*]}; ours: ${our_iops[*]})"
 	table+=$'\n'"$row"
 	metric "ratio_$name" "$ratio" x
 done
@@ -75,5 +87,5 @@ cat <<REPORT
 
 ======== ublk (Multilane, $Q queues x 1 lane) vs kernel NBD (nbd-client -C $Q, nbdkit memory) ========
 $table
-(fio io_uring direct, numjobs=$Q, ${RUNTIME}s each; both RAM-backed; TCG guest: only ratios mean anything)
+(fio io_uring direct, numjobs=$Q, medians of $ROUNDS alternating runs of ${RUNTIME}s; both RAM-backed; TCG guest: only ratios mean anything)
 REPORT

@@ -54,6 +54,11 @@ where
 
 /// One thread per hardware queue; each reports its thread id, which gets the queue's CPU
 /// affinity and is told to the driver (`configure_queue`) before `queue_fn` runs on it.
+///
+/// A queue thread waits for that before it starts: its lanes dial from the queue's own CPUs
+/// then, which lets a server that steers connections by incoming CPU (array-server's
+/// default, see its `net/placement.rs`) serve each lane on that CPU when it runs on this
+/// machine; a reconnect helper thread a queue starts inherits the affinity too.
 fn spawn_queues<Q>(
     ctrl: &UblkCtrl,
     dev: &Arc<UblkDev>,
@@ -64,18 +69,21 @@ where
 {
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
+    let mut go = Vec::new();
     for qid in 0..dev.dev_info.nr_hw_queues {
         let (dev, tx, queue_fn) = (dev.clone(), tx.clone(), queue_fn.clone());
+        let (placed, wait_placed) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("queue-{qid}"))
             .spawn(move || {
                 let tid = UblkCtrl::init_queue_thread();
-                if tx.send((qid, tid)).is_ok() {
+                if tx.send((qid, tid)).is_ok() && wait_placed.recv().is_ok() {
                     queue_fn(qid, &dev);
                 }
             })
             .map_err(|e| HostError::io("starting a queue thread", e))?;
         threads.push(thread);
+        go.push(placed);
     }
     drop(tx);
     for (qid, tid) in rx.iter().take(threads.len()) {
@@ -86,6 +94,8 @@ where
                 dev.dev_info.dev_id
             );
         }
+        // A thread that is gone already ends on its own; nothing to tell it.
+        let _ = go[usize::from(qid)].send(());
     }
     Ok(threads)
 }
