@@ -1,0 +1,70 @@
+# shellcheck shell=bash
+# lab-desc: 4k random reads at QD1 (2 jobs) on kernel NBD and on two of our devices in one guest: array-server with pinned, CPU-steered threads (the default) and with --no-pin-threads; medians of alternating rounds
+# lab-optional: benchmark of the CPU placement (array-server/src/net/placement.rs): scripts/lab qd1-placement
+# lab-smp: 2
+need_dev /dev/ublk-control /dev/nbd0
+need_bin array-server ublk-host nbdkit nbd-client fio jq
+
+ROUNDS=${QD1_ROUNDS:-3}
+RUNTIME=${QD1_RUNTIME:-3}
+KEY=$LAB_WORK/host.key
+
+# start_device NAME PORT [serve args...] -> prints the device path (last line)
+start_device() {
+	local name=$1 port=$2
+	shift 2
+	local store=/dev/shm/$name
+	rm -rf "$store" && mkdir -p "$store"
+	local disks=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
+	{
+		array-server format "${disks[@]}" --size 32M --chunk 64K --admin-token-file "$LAB_WORK/token-$name"
+		array-server host create bench --secret-file "$KEY-$name" "${disks[@]}"
+		array-server partition create vol 64M "${disks[@]}"
+		array-server assign bench vol "${disks[@]}"
+	} >/dev/null 2>&1 || fail "setting up the $name array"
+	bg_start "server-$name" array-server serve "${disks[@]}" --listen "127.0.0.1:$port" --threads 2 --no-admin "$@"
+	local conn=(--server "127.0.0.1:$port" --host bench --secret-file "$KEY-$name")
+	wait_for "ublk-host discover ${conn[*]} >/dev/null 2>&1" 30 "the $name array-server"
+	bg_start "host-$name" ublk-host attach "${conn[@]}" --partition vol --queues 2 --lanes-per-queue 1
+	wait_for "grep -q ' ready ' $LAB_WORK/host-$name.log" 60 "the $name device"
+	local dev
+	dev=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/host-$name.log" | head -n1)
+	on_cleanup "ublk-host detach ${dev#/dev/ublkb} 2>/dev/null || true"
+	echo "$dev"
+}
+
+pinned=$(start_device pinned 7700 | tail -n1)
+free=$(start_device free 7701 --no-pin-threads | tail -n1)
+grep -q 'pinned to CPUs' "$LAB_WORK/server-pinned.log" || fail "the default server did not pin its threads"
+grep -q 'pinned to CPUs' "$LAB_WORK/server-free.log" && fail "--no-pin-threads still pinned"
+
+bg_start nbdkit nbdkit -f -i 127.0.0.1 -p 10809 memory 64M
+wait_for "ss -ltn | grep -q :10809" 30 "nbdkit"
+nbd-client -N '' 127.0.0.1 10809 /dev/nbd0 -C 2 -b 512 >/dev/null
+on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
+wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+
+# qd1 DEV -> IOPS (2 jobs, QD1 each)
+qd1() {
+	fio --output-format=json --name=qd1 --filename="$1" --rw=randread --bs=4k --direct=1 \
+		--ioengine=io_uring --iodepth=1 --numjobs=2 --group_reporting --runtime="$RUNTIME" \
+		--time_based --size=32M | jq -r '.jobs[0].read.iops | floor'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+declare -A runs=([nbd]="" [pinned]="" [free]="")
+for ((round = 1; round <= ROUNDS; round++)); do
+	nbd=$(qd1 /dev/nbd0) p=$(qd1 "$pinned") f=$(qd1 "$free")
+	log "round $round: nbd $nbd  pinned $p  unpinned $f IOPS"
+	runs[nbd]+=" $nbd" runs[pinned]+=" $p" runs[free]+=" $f"
+done
+# shellcheck disable=SC2086 # lists of numbers
+nbd=$(median ${runs[nbd]}) p=$(median ${runs[pinned]}) f=$(median ${runs[free]})
+[ "$p" -gt 0 ] && [ "$f" -gt 0 ] && [ "$nbd" -gt 0 ] || fail "no I/O completed"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+metric nbd_qd1_iops "$nbd" IOPS
+metric pinned_qd1_iops "$p" IOPS
+metric unpinned_qd1_iops "$f" IOPS
+metric ratio_pinned_vs_nbd "$(ratio "$p" "$nbd")" x
+metric ratio_unpinned_vs_nbd "$(ratio "$f" "$nbd")" x
+log "4k randread QD1 x2, medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x), unpinned $f ($(ratio "$f" "$nbd")x)"
