@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # lab-desc: the same fio jobs on our ublk device and on kernel NBD (nbd-client -C Q) against nbdkit, both RAM-backed, in one guest; prints ratios
 # lab-optional: benchmark, not a test (performance lives in benchmarks): scripts/lab compare-nbd, or --kernel 7.3
+# lab-timeout: 900
 # Ours: array-server on 3 tmpfs files, ublk-host attach with Q queues x 1 lane.
 # Peer: nbdkit's memory plugin, kernel nbd with Q connections. Same Q, same fio jobs.
 

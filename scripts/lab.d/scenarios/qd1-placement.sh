@@ -15,6 +15,8 @@ start_device() {
 	shift 2
 	local store=/dev/shm/$name
 	rm -rf "$store" && mkdir -p "$store"
+	# tmpfs pages are guest RAM: leave none behind for the next scenario of a --batch boot
+	on_cleanup "rm -rf $store"
 	local disks=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
 	{
 		array-server format "${disks[@]}" --size 32M --chunk 64K --admin-token-file "$LAB_WORK/token-$name"

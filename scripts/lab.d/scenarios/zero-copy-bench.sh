@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # lab-desc: 1 MiB sequential read and write QD8, zero copy vs --copy (2 queues x 1 lane, array-server on tmpfs files), alternating devices, medians of ZC_ROUNDS (3) runs of ZC_RUNTIME (3) s; prints the ratios
 # lab-optional: benchmark; needs a kernel whose ublk driver offers automatic buffer registration (7.3: scripts/lab --kernel 7.3 zero-copy-bench)
+# lab-timeout: 900
 # shellcheck source=../multilane.sh
 . /lab/multilane.sh
 
