@@ -89,6 +89,25 @@ pub enum HostError {
         /// Its state and owner.
         state: String,
     },
+    /// This host already serves the partition from the same server as another device, whose
+    /// daemon is alive: a second device's lanes would carry the same identity (host,
+    /// partition, queue, lane) and the server would fence the two devices' connections
+    /// against each other. Nothing was created.
+    #[error(
+        "partition {partition:?} of {server} is already attached on this host as \
+         /dev/ublkb{id} (daemon pid {pid}): use that device, or detach it first (a second \
+         device of one partition from one host would have its lanes fenced by the first's)"
+    )]
+    PartitionAttached {
+        /// The partition's name.
+        partition: String,
+        /// The server (path 0).
+        server: String,
+        /// The device that serves it.
+        id: u32,
+        /// Its daemon.
+        pid: i32,
+    },
     /// The device cannot be taken over: it has a live daemon, is dead, or serves something
     /// else.
     #[error("/dev/ublkb{id} cannot be recovered: {state}")]
@@ -145,7 +164,9 @@ impl HostError {
             }
             HostError::Closed => libc_errno::ECONNRESET,
             HostError::UnknownPartition(_) => libc_errno::ENXIO,
-            HostError::DeviceInUse { .. } | HostError::NotRecoverable { .. } => libc_errno::EBUSY,
+            HostError::DeviceInUse { .. }
+            | HostError::NotRecoverable { .. }
+            | HostError::PartitionAttached { .. } => libc_errno::EBUSY,
             HostError::Config { .. } => libc_errno::EINVAL,
             HostError::Ublk(libublk::UblkError::OtherError(e))
             | HostError::Ublk(libublk::UblkError::UringIOError(e)) => e.abs(),

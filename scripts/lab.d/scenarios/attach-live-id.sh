@@ -30,6 +30,17 @@ second_attach() { # PARTITION LOG
 second_attach other "$LAB_WORK/second-other.log"
 second_attach vol "$LAB_WORK/second-same.log"
 
+# A second device of the same partition (no --id): refused, because its lanes would share
+# the first device's identity on the server and the two would fence each other's lanes.
+rc=0
+timeout 60 ublk-host attach --server "$ML_ADDR" --host h1 --secret-file "$LAB_WORK/h1.key" \
+	--partition vol --queues 2 >"$LAB_WORK/second-device.log" 2>&1 || rc=$?
+cat "$LAB_WORK/second-device.log"
+[ "$rc" != 124 ] || fail "the second device of vol hung"
+[ "$rc" != 0 ] || fail "a second device of vol was attached"
+grep -q 'already attached on this host as /dev/ublkb0' "$LAB_WORK/second-device.log" ||
+	fail "the second device of vol was not refused as attached: $(tail -n 2 "$LAB_WORK/second-device.log")"
+
 # The first device is untouched and still serves.
 [ -b "$dev" ] || fail "$dev is gone after the refused attaches"
 bg_alive first || fail "the first daemon exited: $(tail -n 3 "$LAB_WORK/first.log")"
@@ -44,5 +55,5 @@ dd if=/dev/urandom of="$LAB_WORK/more" bs=4K count=64 status=none
 dd if="$LAB_WORK/more" of="$dev" bs=4K seek=1024 oflag=direct status=none
 dd if="$dev" of="$LAB_WORK/more.back" bs=4K skip=1024 count=64 iflag=direct status=none
 cmp "$LAB_WORK/more" "$LAB_WORK/more.back" || fail "write + read back after the refused attaches differs"
-log "two refused attaches of the live id 0; /dev/ublkb0 still live, data intact, writes work"
+log "two refused attaches of the live id 0 and one of a second device of vol; /dev/ublkb0 still live, data intact, writes work"
 ml_detach first "$dev"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# lab-desc: 4k random reads at QD1 (2 jobs) on kernel NBD and on two of our devices in one guest: array-server with pinned, CPU-steered threads (the default) and with --no-pin-threads; medians of alternating rounds
+# lab-desc: 4k random reads at QD1 and QD32 and 1 MiB reads at QD8 (2 jobs) on kernel NBD and on two of our devices in one guest: array-server with pinned, CPU-steered threads (the default) and with --no-pin-threads; medians of alternating rounds
 # lab-optional: benchmark of the CPU placement (array-server/src/net/placement.rs): scripts/lab qd1-placement
 # lab-smp: 2
+# lab-timeout: 900
 need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host nbdkit nbd-client fio jq
 
@@ -46,27 +47,32 @@ nbd-client -N '' 127.0.0.1 10809 /dev/nbd0 -C 2 -b 512 >/dev/null
 on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
 wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
 
-# qd1 DEV -> IOPS (2 jobs, QD1 each)
-qd1() {
-	fio --output-format=json --name=qd1 --filename="$1" --rw=randread --bs=4k --direct=1 \
-		--ioengine=io_uring --iodepth=1 --numjobs=2 --group_reporting --runtime="$RUNTIME" \
+# figure DEV BS DEPTH RW -> IOPS (2 jobs)
+figure() {
+	fio --output-format=json --name=cmp --filename="$1" --rw="$4" --bs="$2" --direct=1 \
+		--ioengine=io_uring --iodepth="$3" --numjobs=2 --group_reporting --runtime="$RUNTIME" \
 		--time_based --size=32M | jq -r '.jobs[0].read.iops | floor'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
-declare -A runs=([nbd]="" [pinned]="" [free]="")
-for ((round = 1; round <= ROUNDS; round++)); do
-	nbd=$(qd1 /dev/nbd0) p=$(qd1 "$pinned") f=$(qd1 "$free")
-	log "round $round: nbd $nbd  pinned $p  unpinned $f IOPS"
-	runs[nbd]+=" $nbd" runs[pinned]+=" $p" runs[free]+=" $f"
-done
-# shellcheck disable=SC2086 # lists of numbers
-nbd=$(median ${runs[nbd]}) p=$(median ${runs[pinned]}) f=$(median ${runs[free]})
-[ "$p" -gt 0 ] && [ "$f" -gt 0 ] && [ "$nbd" -gt 0 ] || fail "no I/O completed"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-metric nbd_qd1_iops "$nbd" IOPS
-metric pinned_qd1_iops "$p" IOPS
-metric unpinned_qd1_iops "$f" IOPS
-metric ratio_pinned_vs_nbd "$(ratio "$p" "$nbd")" x
-metric ratio_unpinned_vs_nbd "$(ratio "$f" "$nbd")" x
-log "4k randread QD1 x2, medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x), unpinned $f ($(ratio "$f" "$nbd")x)"
+
+# name bs depth rw
+JOBS=("qd1 4k 1 randread" "qd32 4k 32 randread" "1m_qd8 1M 8 read")
+for job in "${JOBS[@]}"; do
+	read -r name bs depth rw <<<"$job"
+	declare -A runs=([nbd]="" [pinned]="" [free]="")
+	for ((round = 1; round <= ROUNDS; round++)); do
+		nbd=$(figure /dev/nbd0 "$bs" "$depth" "$rw") p=$(figure "$pinned" "$bs" "$depth" "$rw")
+		f=$(figure "$free" "$bs" "$depth" "$rw")
+		log "$name round $round: nbd $nbd  pinned $p  unpinned $f IOPS"
+		runs[nbd]+=" $nbd" runs[pinned]+=" $p" runs[free]+=" $f"
+	done
+	# shellcheck disable=SC2086 # lists of numbers
+	nbd=$(median ${runs[nbd]}) p=$(median ${runs[pinned]}) f=$(median ${runs[free]})
+	[ "$p" -gt 0 ] && [ "$f" -gt 0 ] && [ "$nbd" -gt 0 ] || fail "$name: no I/O completed"
+	metric "${name}_nbd_iops" "$nbd" IOPS
+	metric "${name}_pinned_iops" "$p" IOPS
+	metric "${name}_unpinned_iops" "$f" IOPS
+	metric "${name}_pinned_vs_unpinned" "$(ratio "$p" "$f")" x
+	log "$name ($bs $rw QD$depth x2), medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x NBD), unpinned $f ($(ratio "$f" "$nbd")x NBD); pinned/unpinned $(ratio "$p" "$f")x"
+done

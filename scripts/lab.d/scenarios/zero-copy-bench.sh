@@ -9,19 +9,22 @@ need_dev /dev/ublk-control
 
 # 1 MiB sequential read and write, zero copy vs copy, alternating devices; medians. A
 # second server on tmpfs files (as in compare-nbd): the virtio disks under TCG would be the
-# bottleneck and hide the copy.
+# bottleneck and hide the copy. One partition per device: two devices of one partition from
+# one host would share lane keys and fence each other's lanes (see README, "Noticed").
 RUNTIME=${ZC_RUNTIME:-3}
 ROUNDS=${ZC_ROUNDS:-3}
 store=/dev/shm/zc
 mkdir -p "$store"
 RAM=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
-array-server format "${RAM[@]}" --size 64M --chunk 64K --admin-token-file "$LAB_WORK/ram.token" >/dev/null
+array-server format "${RAM[@]}" --size 96M --chunk 64K --admin-token-file "$LAB_WORK/ram.token" >/dev/null
 array-server host create bench --secret-file "$LAB_WORK/bench.key" "${RAM[@]}" >/dev/null
-array-server partition create fast 128M "${RAM[@]}" >/dev/null
-array-server assign bench fast "${RAM[@]}" >/dev/null
+for partition in fast-zc fast-cp; do
+	array-server partition create "$partition" 128M "${RAM[@]}" >/dev/null
+	array-server assign bench "$partition" "${RAM[@]}" >/dev/null
+done
 bg_start ram array-server serve "${RAM[@]}" --listen 127.0.0.1:7131 --threads 2 --no-admin
-CONN=(--server 127.0.0.1:7131 --host bench --secret-file "$LAB_WORK/bench.key" --partition fast)
-wait_for "ublk-host discover ${CONN[*]:0:6} >/dev/null 2>&1" 30 "the tmpfs array-server"
+CONN=(--server 127.0.0.1:7131 --host bench --secret-file "$LAB_WORK/bench.key")
+wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "the tmpfs array-server"
 # bw_of DEV RW -> MiB/s (a run that hangs fails the scenario with the daemons' logs)
 bw_of() {
 	timeout 60 fio --minimal --name=zc --filename="$1" --rw="$2" --bs=1M --iodepth=8 --direct=1 \
@@ -40,9 +43,9 @@ attach_ram() { # NAME ARGS... -> ML_DEV
 	on_cleanup "[ ! -e $ML_DEV ] || ublk-host detach ${ML_DEV#/dev/ublkb}"
 	wait_for "$ML_DEV" 30
 }
-attach_ram zc2
+attach_ram zc2 --partition fast-zc
 zc=$ML_DEV
-attach_ram cp2 --copy
+attach_ram cp2 --partition fast-cp --copy
 cp=$ML_DEV
 for rw in read write; do
 	zs=() cs=()

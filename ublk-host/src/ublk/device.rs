@@ -24,8 +24,9 @@ use crate::ublk::{names, recover};
 ///
 /// If a quiesced device of the same server, host and partition exists (its daemon died:
 /// a supervisor runs the same command again), this takes that device over instead of
-/// creating a new one (see [`mod@crate::ublk::recover`]). An `options.id` in use by anything
-/// else is refused before anything is created.
+/// creating a new one (see [`mod@crate::ublk::recover`]). A second device for a partition a
+/// live daemon of this host already serves from that server, or an `options.id` in use by
+/// anything else, is refused before anything is created.
 pub fn attach(
     options: &AttachOptions,
     ready: impl FnOnce(&Attached) + Send + Sync + 'static,
@@ -41,6 +42,7 @@ pub fn attach(
     if let Some(id) = options.id {
         refuse_if_in_use(id)?;
     }
+    recover::refuse_if_served(options)?;
     let id = options.id.map_or(Ok(-1), ctrl_id)?;
     let ctrl = UblkCtrlBuilder::default()
         .name(TARGET_NAME)

@@ -99,6 +99,29 @@ pub(crate) fn takeover_candidate(options: &AttachOptions) -> Result<Option<u32>>
     Ok(None)
 }
 
+/// Fails with [`HostError::PartitionAttached`] if a device served by a live daemon already
+/// serves the server, host and partition of `options`: the two devices' lanes would share
+/// their identity on the server and fence each other. Must be called under [`IdsLock`].
+pub(crate) fn refuse_if_served(options: &AttachOptions) -> Result<()> {
+    for id in inspect::device_ids() {
+        let same = state::target_data(id).is_some_and(|t| {
+            t.server == options.engine.client.server
+                && t.host == options.engine.client.host
+                && t.partition == options.partition
+        });
+        if same && state::is_claimed(id) {
+            let pid = inspect::inspect(id).map_or(-1, |info| info.daemon_pid);
+            return Err(HostError::PartitionAttached {
+                partition: options.partition.clone(),
+                server: options.engine.client.server.clone(),
+                id,
+                pid,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Recovers device `id` (claimed by `claim`) for `partition` and serves it.
 pub(crate) fn take_over(
     id: u32,
