@@ -411,6 +411,20 @@ mod tests {
     }
 
     #[test]
+    fn thread_pinning_is_on_unless_the_file_or_the_flag_turns_it_off() {
+        let defaults = parse("").unwrap();
+        let none = ServeOverrides::default();
+        assert!(defaults.settings(&none).unwrap().server.pin_threads);
+        let off = parse("[server]\npin_threads = false\n").unwrap();
+        assert!(!off.settings(&none).unwrap().server.pin_threads);
+        let flag = ServeOverrides {
+            no_pin_threads: true,
+            ..ServeOverrides::default()
+        };
+        assert!(!defaults.settings(&flag).unwrap().server.pin_threads);
+    }
+
+    #[test]
     fn an_empty_file_gives_the_built_in_defaults() {
         let settings = parse("")
             .unwrap()
