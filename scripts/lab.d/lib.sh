@@ -202,6 +202,11 @@ power_cut() {
 	fail "still running 60 s after sysrq b"
 }
 
+# median NUMBER... -> the middle value (the lower middle of an even count)
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
 fio_iops() {
 	local out
 	out=$(fio --minimal --group_reporting "$@") || fail "fio failed: fio $*"

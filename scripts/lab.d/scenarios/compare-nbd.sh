@@ -58,9 +58,6 @@ fio_figure() {
 		awk -F';' 'END { print $8 + $49, $7 + $48 }'
 }
 
-# median of the numbers given
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 table=$(printf '%-18s %10s %10s %7s %10s %10s' job nbd-iops ublk-iops ratio nbd-MiB/s ublk-MiB/s)
 for job in "${JOBS[@]}"; do
 	read -r name rw bs depth <<<"$job"

@@ -53,7 +53,6 @@ figure() {
 		--ioengine=io_uring --iodepth="$3" --numjobs=2 --group_reporting --runtime="$RUNTIME" \
 		--time_based --size=32M | jq -r '.jobs[0].read.iops | floor'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # name bs depth rw

@@ -46,7 +46,6 @@ fio_cell() {
 		>"$out" || fail "fio $3 $4 QD$5 on $1 did not finish within $((RUNTIME + FIO_GRACE)) s"
 	awk -F';' 'END { printf "%.0f %.1f\n", $8, $7 / 1024 }' "$out"
 }
-median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # cell DEV Q NAME RW BS DEPTH FIELD: median over ROUNDS of FIELD (1 = IOPS, 2 = MiB/s)
 cell() {
@@ -56,7 +55,7 @@ cell() {
 		runs+=("$(cut -d' ' -f"$field" <<<"$figures")")
 		[ "${figures%% *}" -gt 0 ] || fail "$name: no I/O completed on $dev (round $r)"
 	done
-	echo "${runs[*]}" | median
+	median "${runs[@]}"
 }
 
 ZC_OFFERED=unknown

@@ -32,7 +32,6 @@ bw_of() {
 		fail "fio $2 on $1 did not finish: $(tail -n 5 "$LAB_WORK"/zc2.log "$LAB_WORK"/cp2.log)"
 	awk -F';' '{ printf "%.1f", ($7 + $48) / 1024 }' "$LAB_WORK/bw.out"
 }
-median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 attach_ram() { # NAME ARGS... -> ML_DEV
 	local name=$1
 	shift
@@ -54,8 +53,8 @@ for rw in read write; do
 		c=$(bw_of "$cp" "$rw")
 		zs+=("$z") cs+=("$c")
 	done
-	z=$(echo "${zs[*]}" | median)
-	c=$(echo "${cs[*]}" | median)
+	z=$(median "${zs[@]}")
+	c=$(median "${cs[@]}")
 	ratio=$(awk -v a="$z" -v b="$c" 'BEGIN { printf "%.2f", a / b }')
 	log "1M $rw QD8 (2 queues x 1 lane, tmpfs server): zero copy ${zs[*]} MiB/s (median $z), copy ${cs[*]} (median $c): ${ratio}x"
 	metric "zc_vs_copy_1m_$rw" "$ratio" x

@@ -87,12 +87,10 @@ pub(crate) fn takeover_candidate(options: &AttachOptions) -> Result<Option<u32>>
         None => inspect::device_ids(),
     };
     for id in ids {
-        let same = state::target_data(id).is_some_and(|t| {
-            t.server == options.engine.client.server
-                && t.host == options.engine.client.host
-                && t.partition == options.partition
-        });
-        if same && !state::is_claimed(id) && inspect::inspect(id)?.state.recoverable() {
+        if serves_same(id, options)
+            && !state::is_claimed(id)
+            && inspect::inspect(id)?.state.recoverable()
+        {
             return Ok(Some(id));
         }
     }
@@ -104,12 +102,7 @@ pub(crate) fn takeover_candidate(options: &AttachOptions) -> Result<Option<u32>>
 /// their identity on the server and fence each other. Must be called under [`IdsLock`].
 pub(crate) fn refuse_if_served(options: &AttachOptions) -> Result<()> {
     for id in inspect::device_ids() {
-        let same = state::target_data(id).is_some_and(|t| {
-            t.server == options.engine.client.server
-                && t.host == options.engine.client.host
-                && t.partition == options.partition
-        });
-        if same && state::is_claimed(id) {
+        if serves_same(id, options) && state::is_claimed(id) {
             let pid = inspect::inspect(id).map_or(-1, |info| info.daemon_pid);
             return Err(HostError::PartitionAttached {
                 partition: options.partition.clone(),
@@ -120,6 +113,16 @@ pub(crate) fn refuse_if_served(options: &AttachOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether device `id` serves the server, host and partition `options` names (the identity
+/// its lanes carry on the server).
+fn serves_same(id: u32, options: &AttachOptions) -> bool {
+    state::target_data(id).is_some_and(|t| {
+        t.server == options.engine.client.server
+            && t.host == options.engine.client.host
+            && t.partition == options.partition
+    })
 }
 
 /// Recovers device `id` (claimed by `claim`) for `partition` and serves it.
