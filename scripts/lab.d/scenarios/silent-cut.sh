@@ -54,6 +54,8 @@ recover_ms=$(($(now_ms) - heal_ms))
 stall_ms=$(($(now_ms) - cut_ms))
 log "reconnected ${recover_ms} ms after the heal (stall ${stall_ms} ms)"
 wait_for "[ \"\$(ml_bytes_written h1 vol)\" -gt 0 ]" 30 "writes flowing again on the new lanes"
+# Each lane reconnects on its own backoff: wait (bounded) for the second before counting.
+wait_for "[ \"\$(ml_lane_count h1 vol)\" = 2 ]" 30 "both lanes back on the server"
 assert_eq "$(ml_lane_count h1 vol)" 2 "data lanes the server holds for h1 after the heal (the new ones only)"
 
 wait_for "! bg_alive fio" 240 "fio to finish"
