@@ -304,3 +304,79 @@ fn refused_writes_on_ram_disks_do_not_touch_them() {
     let back = reader.read_ok(CHUNK / 2, payload.len() as u32);
     assert!(back == payload);
 }
+
+/// The server receives on readiness (non-blocking `recvmsg` when epoll says readable):
+/// frames cut into pieces of a few bytes, with pauses, and many frames in one burst must
+/// both be assembled whole, for writes received into mapped pages and into buffers.
+#[test]
+fn frames_in_pieces_and_in_bursts_are_assembled() {
+    trickled_and_burst(temp_disks(3, DISK_SIZE));
+    if let Some(disks) = ram_disks(3) {
+        trickled_and_burst(disks);
+    }
+}
+
+fn trickled_and_burst(disks: Disks) {
+    use std::io::Write;
+
+    let array = format(&disks, CHUNK);
+    let p = array.create_partition("p", 4 << 20, false).unwrap();
+    let secret = array.create_host("h").unwrap().secret;
+    array.assign("h", "p", Access::ReadWrite).unwrap();
+    let server = serve(array);
+    let mut client = Client::data(server.local_addr(), "h", &secret, p.id);
+    let block = 96 << 10; // spans chunks, so a write lands in several mapped pieces
+    let frame = |tag: u32, op: Op, data: &[u8]| {
+        let request = wire::Request {
+            tag,
+            op,
+            offset: u64::from(tag) * block as u64,
+            len: block as u32,
+            flags: 0,
+        };
+        let mut bytes = Vec::new();
+        let payload_len = if op == Op::Write { block as u32 } else { 0 };
+        wire::frame::encode_head(&request, payload_len, &mut bytes).unwrap();
+        bytes.extend_from_slice(data);
+        bytes
+    };
+    // Trickled: each write's frame in pieces of 1..=7 bytes for its head and first bytes,
+    // the rest in 3 KiB pieces, each piece its own segment (TCP_NODELAY).
+    for tag in 0..3u32 {
+        let bytes = frame(tag, Op::Write, &pattern(u64::from(tag), block));
+        let (head, rest) = bytes.split_at(64);
+        for (i, piece) in head.chunks(1 + tag as usize * 3).enumerate() {
+            client.stream.write_all(piece).unwrap();
+            if i % 8 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        for piece in rest.chunks(3 << 10) {
+            client.stream.write_all(piece).unwrap();
+        }
+        let (reply, _) = client.recv_reply().unwrap();
+        assert_eq!((reply.tag, reply.status), (tag, Status::Ok));
+    }
+    // Burst: writes for tags 3..8 and reads of every tag in one send.
+    let mut burst = Vec::new();
+    for tag in 3..8u32 {
+        burst.extend(frame(tag, Op::Write, &pattern(u64::from(tag), block)));
+    }
+    client.stream.write_all(&burst).unwrap();
+    for _ in 3..8 {
+        assert_eq!(client.recv_reply().unwrap().0.status, Status::Ok);
+    }
+    let reads: Vec<u8> = (0..8u32)
+        .flat_map(|tag| frame(tag, Op::Read, &[]))
+        .collect();
+    client.stream.write_all(&reads).unwrap();
+    for _ in 0..8 {
+        let (reply, data) = client.recv_reply().unwrap();
+        assert_eq!(reply.status, Status::Ok);
+        assert!(
+            data == pattern(u64::from(reply.tag), block),
+            "tag {} read back different bytes",
+            reply.tag
+        );
+    }
+}
