@@ -5,7 +5,7 @@ use argh::FromArgs;
 use std::time::Duration;
 
 use ublk_host::client::config::{
-    parse_size, read_secret_file, DEFAULT_DEAD_AFTER, DEFAULT_WAIT_BOUND,
+    parse_size, read_secret_file, DEFAULT_DEAD_AFTER, DEFAULT_POLL, DEFAULT_WAIT_BOUND,
 };
 use ublk_host::client::{ClientConfig, EngineConfig};
 
@@ -71,6 +71,10 @@ pub struct Args {
     /// seconds of silence, with I/O outstanding, after which a lane is dead (default 5)
     #[argh(option, default = "DEFAULT_DEAD_AFTER.as_secs()")]
     pub dead_after: u64,
+    /// microseconds each queue thread polls for completions before it sleeps (default
+    /// 50; 0 sleeps at once)
+    #[argh(option, default = "DEFAULT_POLL.as_micros() as u64")]
+    pub poll_us: u64,
 }
 
 impl Args {
@@ -126,6 +130,7 @@ impl Args {
         config.split = plan.split;
         config.wait_bound = Duration::from_secs(self.wait_bound);
         config.fail_fast = self.fail_fast.map(Duration::from_secs);
+        config.poll = Duration::from_micros(self.poll_us);
         config
     }
 }

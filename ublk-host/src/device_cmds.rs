@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use argh::FromArgs;
-use ublk_host::client::config::{DEFAULT_DEAD_AFTER, DEFAULT_WAIT_BOUND};
+use ublk_host::client::config::{DEFAULT_DEAD_AFTER, DEFAULT_POLL, DEFAULT_WAIT_BOUND};
 use ublk_host::client::{EngineConfig, PathPolicy};
 use ublk_host::ublk::device::parse_device;
 use ublk_host::ublk::namespace::enter_private_mount_namespace;
@@ -76,6 +76,10 @@ pub struct AttachArgs {
     /// handshake deadline in seconds (default 5)
     #[argh(option, default = "5")]
     timeout: u64,
+    /// microseconds a queue thread polls for completions before it sleeps (default 50;
+    /// 0 sleeps at once: less CPU while idle, more latency per request)
+    #[argh(option, default = "DEFAULT_POLL.as_micros() as u64")]
+    poll_us: u64,
     /// copy mode even where the ublk driver offers zero copy (for comparisons)
     #[argh(switch)]
     copy: bool,
@@ -198,6 +202,7 @@ fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<Attach
     engine.split = size_option(&args.split)?;
     engine.wait_bound = Duration::from_secs(args.wait_bound);
     engine.fail_fast = args.fail_fast.map(Duration::from_secs);
+    engine.poll = Duration::from_micros(args.poll_us);
     Ok(AttachOptions {
         engine,
         partition: args.partition.clone(),

@@ -102,6 +102,8 @@ pub struct PartitionEntry {
     pub dead_after: Option<u64>,
     /// `--timeout`: handshake deadline in seconds.
     pub timeout: Option<u64>,
+    /// `--poll-us`: microseconds a queue thread polls for completions before it sleeps.
+    pub poll_us: Option<u64>,
 }
 
 impl PartitionEntry {
@@ -121,6 +123,7 @@ impl PartitionEntry {
             ("--fail-fast", text(&self.fail_fast)),
             ("--dead-after", text(&self.dead_after)),
             ("--timeout", text(&self.timeout)),
+            ("--poll-us", text(&self.poll_us)),
         ]
         .into_iter()
         .filter_map(|(flag, value)| Some((flag, value?)))
@@ -141,6 +144,7 @@ impl PartitionEntry {
             fail_fast: self.fail_fast.or(defaults.fail_fast),
             dead_after: self.dead_after.or(defaults.dead_after),
             timeout: self.timeout.or(defaults.timeout),
+            poll_us: self.poll_us.or(defaults.poll_us),
         }
     }
 }
@@ -317,6 +321,7 @@ mod tests {
             partition = "vol0"
             lanes_per_queue = 3
             fail_fast = 10
+            poll_us = 0
         "#;
         let config = HostConfig::parse(text, "test").unwrap();
         assert_eq!(config.partition_names(), ["b-vol0", "vol0"]);
@@ -356,6 +361,8 @@ mod tests {
                 "128K",
                 "--fail-fast",
                 "10",
+                "--poll-us",
+                "0",
             ])
         );
         assert!(config.attach_argv("nope").unwrap_err().contains("vol0"));

@@ -404,9 +404,9 @@ where
         executor.clone(),
     )?);
     let task = executor.spawn(body(engine.clone()));
-    let result = uring::run_until(&executor, task)?;
+    let result = uring::run_until(&executor, task, config.poll)?;
     engine.close();
     let closing = executor.spawn(async move { engine.closed().await });
-    uring::run_until(&executor, closing)?;
+    uring::run_until(&executor, closing, config.poll)?;
     Ok(result)
 }

@@ -3,13 +3,15 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
 use libublk::{sys, BufDesc, UblkError};
 use wire::{Op, PartitionInfo};
 
-use crate::client::uring::init_thread_ring;
+use crate::client::uring::{init_thread_ring, poll_completions};
 use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
 use crate::ublk::handover::{Drain, Handover};
@@ -90,10 +92,34 @@ pub fn serve_queue(
         }
         engine.lanes_closed()
     };
-    let served = libublk::wait_and_handle_io_events(&queue, Some(IDLE_SECS), run_ops, is_done);
+    let served = serve_ring(&queue, config.poll, run_ops, is_done);
     if let Err(error) = smol::block_on(served) {
         log::error!("queue {qid}: event loop failed: {error}");
     }
+}
+
+/// The queue's event loop: libublk's `wait_and_handle_io_events` with a poll of the ring
+/// (up to `poll`, see [`poll_completions`]) before each sleep in `io_uring_enter`. A sleep
+/// ends after [`IDLE_SECS`] without completions, which lets libublk mark the queue idle.
+async fn serve_ring(
+    queue: &UblkQueue<'_>,
+    poll: Duration,
+    run_ops: impl Fn(),
+    is_done: impl Fn() -> bool,
+) -> Result<(), UblkError> {
+    let wait = || async {
+        if !queue.is_stopping() && poll_completions(poll) {
+            return Ok(false); // completions to reap; no timeout
+        }
+        let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
+        libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1)
+    };
+    let reap = |timed_out| {
+        ublk_reap_io_events_with_update_queue(queue, timed_out, None, |cqe| {
+            ublk_wake_task(cqe.user_data(), cqe)
+        })
+    };
+    libublk::run_uring_tasks(wait, reap, run_ops, is_done).await
 }
 
 /// Fetches and completes one tag's I/O until the queue goes down: in copy mode through the
