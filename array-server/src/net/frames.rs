@@ -87,23 +87,8 @@ impl FrameReader {
 
     /// Receives into `parts` (in order) what the socket holds, at least one byte, waiting
     /// until it is readable; `Ok(0)` at end of stream. Nothing stays in flight between
-    /// calls (see the module docs). Errors say they happened `what`.
-    async fn receive(&self, parts: &mut [libc::iovec], what: &'static str) -> Result<usize> {
-        self.receive_parts(parts)
-            .await
-            .map_err(|error| Error::io(what, error))
-    }
-
-    /// [`FrameReader::receive`] into the `len` bytes at `base`.
-    async fn receive_into(&self, base: *mut u8, len: usize, what: &'static str) -> Result<usize> {
-        let mut part = [libc::iovec {
-            iov_base: base.cast(),
-            iov_len: len,
-        }];
-        self.receive(&mut part, what).await
-    }
-
-    async fn receive_parts(&self, parts: &mut [libc::iovec]) -> io::Result<usize> {
+    /// calls (see the module docs).
+    async fn receive(&self, parts: &mut [libc::iovec]) -> io::Result<usize> {
         let wanted: usize = parts.iter().map(|part| part.iov_len).sum();
         loop {
             let mut ready = self.readiness.readable().await?;
@@ -136,10 +121,14 @@ impl FrameReader {
             self.start = 0;
         }
         let spare = self.staging.spare_capacity_mut();
-        let (base, room) = (spare.as_mut_ptr().cast(), spare.len());
+        let mut part = [libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        }];
         let received = self
-            .receive_into(base, room, "receiving from the peer")
-            .await?;
+            .receive(&mut part)
+            .await
+            .map_err(|e| Error::io("receiving from the peer", e))?;
         let filled = self.staging.len() + received;
         // SAFETY: the receive initialised `received` bytes of the spare capacity.
         unsafe { self.staging.set_len(filled) };
@@ -184,9 +173,14 @@ impl FrameReader {
         while self.decoder.payload_remaining() > 0 {
             let received = len - self.decoder.payload_remaining();
             let rest = &mut buffer.data_mut()[received..len];
+            let mut part = [libc::iovec {
+                iov_base: rest.as_mut_ptr().cast(),
+                iov_len: rest.len(),
+            }];
             let read = self
-                .receive_into(rest.as_mut_ptr(), rest.len(), "receiving a write payload")
-                .await?;
+                .receive(&mut part)
+                .await
+                .map_err(|e| Error::io("receiving a write payload", e))?;
             self.decoder.payload_received(read)?;
         }
         buffer.set_len(DATA_OFFSET + len);
@@ -212,8 +206,9 @@ impl FrameReader {
             parts.clear();
             parts.extend(pending.iter_mut().map(MappedTarget::unfilled));
             let read = self
-                .receive(&mut parts, "receiving a write payload")
-                .await?;
+                .receive(&mut parts)
+                .await
+                .map_err(|e| Error::io("receiving a write payload", e))?;
             self.decoder.payload_received(read)?;
             let mut left = read;
             for target in &mut pending {
