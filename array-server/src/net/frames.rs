@@ -1,26 +1,12 @@
 //! Frames over a tokio-uring socket: a staging buffer for heads, write payloads received
 //! into their aligned buffer, and whole-frame sends.
-//!
-//! # Receiving: readiness, not ring reads
-//!
-//! Receives are plain non-blocking `recvmsg` calls made when tokio's reactor (epoll) says
-//! the socket is readable, not receive operations on the ring. A ring receive completes
-//! through task work, which interrupts the thread's `epoll_wait` on the ring (EINTR, then
-//! a second `epoll_wait`), and is submitted by one more `io_uring_enter`: at queue depth 1
-//! that was six system calls per request where a readiness loop needs four
-//! (`epoll_wait`, `recvmsg`, the reply's `sendmsg`, the runtime's `io_uring_enter` at park).
-//! A receive that returns less than asked drained the socket, so readiness is cleared
-//! without a `recvmsg` that would only say `EAGAIN` (tokio's own `TcpStream` does the same).
-//! Nothing is left in flight when a receiving future is dropped, so an abandoned receive
-//! (a handshake timeout) holds no buffer and no descriptor.
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::fs::File;
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, FrameDecoder, FrameHeader, FramePrefix, Limits, Progress};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
@@ -39,24 +25,14 @@ const STAGING_LEN: usize = PREFIX_LEN + MAX_HEADER_LEN as usize + (64 << 10);
 /// already took is copied (at most one staging read's worth), the rest is received from
 /// the socket straight into its destination.
 pub struct FrameReader {
-    /// The socket's registration with tokio's reactor. Declared first so that it is
-    /// dropped (deregistered) before `stream` may close the descriptor.
-    readiness: AsyncFd<SocketFd>,
-    /// Keeps the descriptor open while this reader lives.
-    _stream: Rc<TcpStream>,
+    stream: Rc<TcpStream>,
     staging: Vec<u8>,
     start: usize,
     /// Where the stream is: between frames, or inside a payload (and how much is owed).
     decoder: FrameDecoder,
-}
-
-/// A socket descriptor borrowed from a [`TcpStream`] the reader keeps alive.
-struct SocketFd(RawFd);
-
-impl AsRawFd for SocketFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
+    /// A duplicate of the socket's descriptor as a ring file, for vectored receives
+    /// (`readv` into several mapped pieces at once); made on first use.
+    vectored: Option<File>,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -68,42 +44,14 @@ impl std::fmt::Debug for FrameReader {
 }
 
 impl FrameReader {
-    /// A reader on `stream`, registered with the thread's reactor.
-    pub fn new(stream: Rc<TcpStream>) -> Result<FrameReader> {
-        let socket = SocketFd(stream.as_raw_fd());
-        // SAFETY: the descriptor is `stream`'s, which the reader keeps (`_stream`) and which
-        // is only closed when its last `Rc` goes; `readiness` is declared before `_stream`,
-        // so it is deregistered first. `SocketFd` always returns that same descriptor.
-        let readiness = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-            .map_err(|e| Error::io("registering a connection with the reactor", e.into()))?;
-        Ok(FrameReader {
-            readiness,
-            _stream: stream,
+    /// A reader on `stream`.
+    pub fn new(stream: Rc<TcpStream>) -> FrameReader {
+        FrameReader {
+            stream,
             staging: Vec::with_capacity(STAGING_LEN),
             start: 0,
             decoder: FrameDecoder::new(Limits::HANDSHAKE),
-        })
-    }
-
-    /// Receives into `parts` (in order) what the socket holds, at least one byte, waiting
-    /// until it is readable; `Ok(0)` at end of stream. Nothing stays in flight between
-    /// calls (see the module docs).
-    async fn receive(&self, parts: &mut [libc::iovec]) -> io::Result<usize> {
-        let wanted: usize = parts.iter().map(|part| part.iov_len).sum();
-        loop {
-            let mut ready = self.readiness.readable().await?;
-            match receive_now(self.readiness.get_ref().0, parts) {
-                Ok(received) => {
-                    if received > 0 && received < wanted {
-                        // Short: the socket is drained; the next edge wakes us.
-                        ready.clear_ready();
-                    }
-                    return Ok(received);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
+            vectored: None,
         }
     }
 
@@ -120,19 +68,11 @@ impl FrameReader {
             self.staging.drain(..self.start);
             self.start = 0;
         }
-        let spare = self.staging.spare_capacity_mut();
-        let mut part = [libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        }];
-        let received = self
-            .receive(&mut part)
-            .await
-            .map_err(|e| Error::io("receiving from the peer", e))?;
-        let filled = self.staging.len() + received;
-        // SAFETY: the receive initialised `received` bytes of the spare capacity.
-        unsafe { self.staging.set_len(filled) };
-        Ok(received)
+        let staging = std::mem::take(&mut self.staging);
+        let filled = staging.len();
+        let (result, slice) = self.stream.read(staging.slice(filled..)).await;
+        self.staging = slice.into_inner();
+        result.map_err(|e| Error::io("receiving from the peer", e))
     }
 
     /// Waits for the next frame's prefix and header; `Ok(None)` on a clean end of stream.
@@ -172,15 +112,10 @@ impl FrameReader {
         self.start += copied;
         while self.decoder.payload_remaining() > 0 {
             let received = len - self.decoder.payload_remaining();
-            let rest = &mut buffer.data_mut()[received..len];
-            let mut part = [libc::iovec {
-                iov_base: rest.as_mut_ptr().cast(),
-                iov_len: rest.len(),
-            }];
-            let read = self
-                .receive(&mut part)
-                .await
-                .map_err(|e| Error::io("receiving a write payload", e))?;
+            let range = DATA_OFFSET + received..DATA_OFFSET + len;
+            let (result, slice) = self.stream.read(buffer.slice(range)).await;
+            buffer = slice.into_inner();
+            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
             self.decoder.payload_received(read)?;
         }
         buffer.set_len(DATA_OFFSET + len);
@@ -201,20 +136,15 @@ impl FrameReader {
                 pending.push(target);
             }
         }
-        let mut parts = Vec::with_capacity(pending.len());
         while !pending.is_empty() {
-            parts.clear();
-            parts.extend(pending.iter_mut().map(MappedTarget::unfilled));
-            let read = self
-                .receive(&mut parts)
-                .await
-                .map_err(|e| Error::io("receiving a write payload", e))?;
+            let file = self.vectored_file()?;
+            // Offset 0: a socket has no position; this is a plain `readv`, which advances
+            // each target's filled part (see `MappedTarget`).
+            let (result, mut targets) = file.readv_at(pending, 0).await;
+            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
             self.decoder.payload_received(read)?;
-            let mut left = read;
-            for target in &mut pending {
-                left -= target.advance(left);
-            }
-            pending.retain(|target| target.remaining() > 0);
+            targets.retain(|target| target.remaining() > 0);
+            pending = targets;
         }
         Ok(())
     }
@@ -230,6 +160,19 @@ impl FrameReader {
             .into());
         }
         Ok(())
+    }
+
+    fn vectored_file(&mut self) -> Result<&File> {
+        if self.vectored.is_none() {
+            // SAFETY: the socket's descriptor is open while `self.stream` lives, which
+            // outlives this borrow; it is only duplicated here.
+            let socket = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+            let owned = socket
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("duplicating a socket descriptor", e))?;
+            self.vectored = Some(File::from_std(std::fs::File::from(owned)));
+        }
+        Ok(self.vectored.as_ref().expect("set just above"))
     }
 
     /// Reads one payload-less message; `Ok(None)` on a clean end of stream. (Errors name
@@ -267,24 +210,4 @@ pub async fn send_message<M: Serialize>(stream: &TcpStream, message: &M) -> Resu
     send_bytes(stream, frame::encode_message(message)?)
         .await
         .map(drop)
-}
-
-/// Most parts one receive fills (a mapped write payload has at most
-/// [`crate::array::io::MAX_MAPPED_PIECES`]; `IOV_MAX` is 1024).
-const MAX_RECEIVE_PARTS: usize = 1024;
-
-/// One non-blocking `recvmsg` into `parts`.
-fn receive_now(fd: RawFd, parts: &mut [libc::iovec]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = parts.as_mut_ptr();
-    message.msg_iovlen = parts.len().min(MAX_RECEIVE_PARTS);
-    // SAFETY: every part points at writable memory the caller holds borrowed (a staging
-    // buffer's spare capacity, a payload buffer, or a mapped target's unfilled part) for
-    // this synchronous call; the kernel writes at most `iov_len` bytes into each.
-    let received = unsafe { libc::recvmsg(fd, &mut message, libc::MSG_DONTWAIT) };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(received as usize)
 }

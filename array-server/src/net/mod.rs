@@ -508,13 +508,7 @@ async fn connection(
     }
     let local =
         liveness::local_addr(&stream).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut reader = match FrameReader::new(stream.clone()) {
-        Ok(reader) => reader,
-        Err(error) => {
-            note_failure(&shared, peer, &error);
-            return;
-        }
-    };
+    let mut reader = FrameReader::new(stream.clone());
     let busy = shared.live.load(Ordering::Relaxed) >= shared.session_room;
     let deadline = shared.config.handshake_timeout;
     let handshake = handshake::run(&stream, &mut reader, &shared, peer, busy);
@@ -527,6 +521,7 @@ async fn connection(
                 .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             log::info!("{peer}: handshake not done within {deadline:?}; closing");
+            // The abandoned receive holds the socket until it completes.
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }

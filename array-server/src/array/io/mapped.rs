@@ -12,7 +12,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
-use tokio_uring::buf::IoBuf;
+use tokio_uring::buf::{IoBuf, IoBufMut};
 
 use super::buffer::BufPart;
 use super::file::{DiskFile, DiskRange};
@@ -228,25 +228,34 @@ impl MappedTarget {
         self.filled += take;
         take
     }
+}
 
-    /// The unfilled part, as one entry of a vectored receive's list. The mapping is
-    /// writable (`PROT_WRITE`): a receive into it writes file pages, which is the point. A
-    /// read reply in flight over an overlapping range may show some of the new bytes, as a
-    /// read concurrent with an overlapping write may on any block device.
-    pub fn unfilled(&mut self) -> libc::iovec {
-        libc::iovec {
-            // SAFETY: `filled <= len`: at most one past the view's end.
-            iov_base: unsafe { self.view.ptr.add(self.filled) }.cast(),
-            iov_len: self.remaining(),
-        }
+// SAFETY: `view.ptr..view.ptr + view.len` lies inside the mapping, which the view keeps
+// mapped; `filled <= len` bytes count as initialised (mapped file pages always are).
+unsafe impl IoBuf for MappedTarget {
+    fn stable_ptr(&self) -> *const u8 {
+        self.view.ptr
     }
 
-    /// Counts `received` more bytes (at most [`MappedTarget::remaining`]) as filled, after a
-    /// receive into [`MappedTarget::unfilled`]; returns how many it took.
-    pub fn advance(&mut self, received: usize) -> usize {
-        let take = received.min(self.remaining());
-        self.filled += take;
-        take
+    fn bytes_init(&self) -> usize {
+        self.filled
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.view.len
+    }
+}
+
+// SAFETY: the mapping is writable (`PROT_WRITE`); a receive into it writes file pages,
+// which is the point. A read reply in flight over an overlapping range may show some of
+// the new bytes, as a read concurrent with an overlapping write may on any block device.
+unsafe impl IoBufMut for MappedTarget {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.view.ptr
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        self.filled = self.filled.max(pos.min(self.view.len));
     }
 }
 
