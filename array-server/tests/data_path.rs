@@ -305,9 +305,10 @@ fn refused_writes_on_ram_disks_do_not_touch_them() {
     assert!(back == payload);
 }
 
-/// The server receives on readiness (non-blocking `recvmsg` when epoll says readable):
-/// frames cut into pieces of a few bytes, with pauses, and many frames in one burst must
-/// both be assembled whole, for writes received into mapped pages and into buffers.
+/// Frames cut into pieces of a few bytes, with pauses, and many frames in one burst must
+/// both be assembled whole, for writes received into mapped pages and into buffers: a
+/// receive path that stops reading a socket with a burst still in it (as a readiness-based
+/// receive that clears readiness after a full receive does) stalls here.
 #[test]
 fn frames_in_pieces_and_in_bursts_are_assembled() {
     trickled_and_burst(temp_disks(3, DISK_SIZE));
