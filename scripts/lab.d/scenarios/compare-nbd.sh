@@ -28,7 +28,8 @@ array-server assign bench vol "${DISKS[@]}" >/dev/null
 bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q" --no-admin
 CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
 wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
-bg_start host ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1 ${COMPARE_ATTACH_EXTRA:+"$COMPARE_ATTACH_EXTRA"}
+# shellcheck disable=SC2086 # COMPARE_ATTACH_EXTRA holds whole flags (with their values)
+bg_start host ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1 $COMPARE_ATTACH_EXTRA
 wait_for "grep -q ' ready ' $LAB_WORK/host.log" 60 "the ublk device"
 ours=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/host.log" | head -n1)
 on_cleanup "ublk-host detach ${ours#/dev/ublkb} 2>/dev/null || true"
