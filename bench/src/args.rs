@@ -75,6 +75,11 @@ pub struct Args {
     /// 50; 0 sleeps at once)
     #[argh(option, default = "DEFAULT_POLL.as_micros() as u64")]
     pub poll_us: u64,
+    /// register the slots' buffers as fixed buffers of each queue's io_uring and run the
+    /// lanes in zero-copy mode: the socket path a ublk device takes with zero copy (7.x
+    /// kernels), measurable on any kernel
+    #[argh(switch)]
+    pub fixed_buffers: bool,
 }
 
 impl Args {
@@ -109,6 +114,7 @@ impl Args {
             ops_per_slot: self.ops,
             region: size.unwrap_or(u64::MAX),
             verify: self.verify,
+            fixed_buffers: self.fixed_buffers,
         })
     }
 
@@ -131,6 +137,7 @@ impl Args {
         config.wait_bound = Duration::from_secs(self.wait_bound);
         config.fail_fast = self.fail_fast.map(Duration::from_secs);
         config.poll = Duration::from_micros(self.poll_us);
+        config.zero_copy = plan.fixed_buffers;
         config
     }
 }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ublk_host::client::{run_queue_thread, Discovery, QueueEngine};
+use ublk_host::client::{run_queue_thread, uring, Discovery, QueueEngine};
 
 use crate::args::Args;
 use crate::report::{QueueResult, Summary};
@@ -85,10 +85,25 @@ fn main() -> Result<()> {
 /// One queue thread's work: `iodepth` tasks until the deadline, then (with verification)
 /// a read-back of every block this queue wrote.
 async fn run_queue(engine: Rc<QueueEngine>, plan: Plan, queue: u16) -> Result<QueueResult> {
+    let block_size = plan.block_size as usize;
+    let mut arena = plan
+        .fixed_buffers
+        .then(|| vec![0u8; block_size * plan.iodepth as usize]);
+    if let Some(arena) = &mut arena {
+        // SAFETY: `arena` lives until after the buffers are unregistered below, and the
+        // process touches a slot's part only between that slot's operations.
+        unsafe { uring::register_buffer(arena.as_mut_ptr(), arena.len()) }?;
+    }
+    let base = arena.as_mut().map(|arena| arena.as_mut_ptr());
     let deadline = Instant::now() + Duration::from_secs_f64(plan.runtime_secs);
     let tasks: Vec<_> = (0..plan.iodepth)
         .map(|index| {
-            let mut slot = Slot::new(&plan, queue, index);
+            // SAFETY: slot `index` gets its own `block_size` bytes of the registered arena,
+            // which outlives every slot (the tasks are awaited before it is unregistered).
+            let mut slot = unsafe {
+                let region = base.map(|base| base.add(index as usize * block_size));
+                Slot::new(&plan, queue, index, region)
+            };
             let engine = engine.clone();
             engine.clone().spawn(async move {
                 slot.run_until(&engine, deadline).await;
@@ -103,6 +118,10 @@ async fn run_queue(engine: Rc<QueueEngine>, plan: Plan, queue: u16) -> Result<Qu
     for task in tasks {
         result.merge(task.await);
     }
+    if arena.is_some() {
+        uring::unregister_buffers()?;
+    }
+    drop(arena);
     let stats = engine.lane_stats();
     result.lanes = stats.iter().map(|stats| stats.requests).collect();
     for lane in &stats {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use ublk_host::client::{BlockIo, QueueEngine};
+use ublk_host::client::{BlockIo, BufRef, QueueEngine};
 use wire::{Op, PartitionInfo};
 
 use crate::histogram::Histogram;
@@ -82,6 +82,8 @@ pub struct Plan {
     pub region: u64,
     /// Verifiable data and read-back.
     pub verify: bool,
+    /// Slot buffers are fixed buffers of the queue's ring (zero-copy lanes).
+    pub fixed_buffers: bool,
 }
 
 impl Plan {
@@ -123,12 +125,22 @@ enum Cursor {
     Own { first: u64, count: u64, next: u64 },
 }
 
+/// Where a slot's data lives between operations.
+#[derive(Debug)]
+enum SlotBuffer {
+    /// Its own memory, lent to the engine for each operation.
+    Owned(Vec<u8>),
+    /// Its `block_size` bytes of the queue's arena, registered as fixed buffer 0 of the
+    /// queue's ring (`--fixed-buffers`).
+    Fixed(*mut u8),
+}
+
 /// One in-flight position of a queue: issues an operation, waits for it, issues the next.
 #[derive(Debug)]
 pub struct Slot {
     plan: Plan,
     rng: u64,
-    buffer: Vec<u8>,
+    buffer: SlotBuffer,
     cursor: Cursor,
     written: HashMap<u64, u64>,
     result: QueueResult,
@@ -139,8 +151,15 @@ thread_local! {
 }
 
 impl Slot {
-    /// Slot `index` of queue `queue`.
-    pub fn new(plan: &Plan, queue: u16, index: u32) -> Slot {
+    /// Slot `index` of queue `queue`; with `fixed`, its data lives there instead of in
+    /// memory of its own.
+    ///
+    /// # Safety
+    ///
+    /// `fixed` (if given) must point at `plan.block_size` bytes of a buffer registered as
+    /// fixed buffer 0 of this thread's ring, used by nothing else, that stay allocated
+    /// and registered while the slot is used.
+    pub unsafe fn new(plan: &Plan, queue: u16, index: u32, fixed: Option<*mut u8>) -> Slot {
         let slices = u64::from(plan.queues) * u64::from(plan.iodepth);
         let slice_index = u64::from(queue) * u64::from(plan.iodepth) + u64::from(index);
         let slice_len = plan.blocks() / slices;
@@ -163,7 +182,10 @@ impl Slot {
         Slot {
             plan: plan.clone(),
             rng: seed(queue, index),
-            buffer: vec![0; plan.block_size as usize],
+            buffer: match fixed {
+                Some(region) => SlotBuffer::Fixed(region),
+                None => SlotBuffer::Owned(vec![0; plan.block_size as usize]),
+            },
             cursor,
             written: HashMap::new(),
             result: QueueResult::default(),
@@ -199,7 +221,7 @@ impl Slot {
         let offset = block * u64::from(self.plan.block_size);
         let seed = self.random();
         if op == Op::Write && self.plan.verify {
-            pattern::fill(&mut self.buffer, offset, seed);
+            pattern::fill(self.data(), offset, seed);
         }
         let io = BlockIo {
             op,
@@ -208,11 +230,23 @@ impl Slot {
             fua: false,
         };
         let started = Instant::now();
-        let (outcome, buffer) = engine
-            .execute_owned(io, std::mem::take(&mut self.buffer))
-            .await;
+        let outcome = match &mut self.buffer {
+            SlotBuffer::Owned(buffer) => {
+                let (outcome, back) = engine.execute_owned(io, std::mem::take(buffer)).await;
+                *buffer = back;
+                outcome
+            }
+            SlotBuffer::Fixed(region) => {
+                let buf = BufRef::Fixed {
+                    index: 0,
+                    addr: *region as u64,
+                };
+                // SAFETY: the region is registered and this slot's alone (`Slot::new`'s
+                // contract), and the future is awaited to completion here.
+                unsafe { engine.execute(io, buf) }.await
+            }
+        };
         let latency = started.elapsed();
-        self.buffer = buffer;
         if let Err(errno) = outcome {
             log::warn!("{op:?} at {offset} failed: {errno}");
             self.result.errors += 1;
@@ -235,12 +269,24 @@ impl Slot {
             }
             _ => {
                 if let Some(&expected) = self.written.get(&block) {
-                    if !pattern::matches(&self.buffer, offset, expected) {
+                    if !pattern::matches(self.data(), offset, expected) {
                         log::error!("block at offset {offset} read back wrong");
                         self.result.mismatches += 1;
                     }
                 }
             }
+        }
+    }
+
+    /// The slot's data, between operations.
+    fn data(&mut self) -> &mut [u8] {
+        match &mut self.buffer {
+            SlotBuffer::Owned(buffer) => buffer,
+            // SAFETY: `block_size` bytes that are this slot's alone (`Slot::new`'s
+            // contract), and no operation is using them between operations.
+            SlotBuffer::Fixed(region) => unsafe {
+                std::slice::from_raw_parts_mut(*region, self.plan.block_size as usize)
+            },
         }
     }
 

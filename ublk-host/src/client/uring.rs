@@ -52,6 +52,36 @@ pub fn init_thread_ring(entries: u32) -> Result<()> {
     .map_err(|e| HostError::Ring(format!("cannot create the queue's io_uring: {e}")))
 }
 
+/// Registers `len` bytes at `base` as fixed buffer 0 of the thread's ring (which must
+/// have no buffer table yet): what the ublk driver does with a request's pages in zero-copy
+/// mode, done by a process for its own memory (`bench --fixed-buffers`, tests), so the
+/// zero-copy lane path runs without a ublk device. [`BufRef::Fixed`] addresses into it are
+/// user addresses.
+///
+/// # Safety
+///
+/// `[base, base + len)` must stay allocated until [`unregister_buffers`] returns (or the
+/// ring is gone), and be accessed by the process only while no operation uses it.
+///
+/// [`BufRef::Fixed`]: crate::client::BufRef::Fixed
+pub unsafe fn register_buffer(base: *mut u8, len: usize) -> Result<()> {
+    let iovec = libc::iovec {
+        iov_base: base.cast(),
+        iov_len: len,
+    };
+    libublk::io::with_task_io_ring_mut(|ring| {
+        // SAFETY: the caller keeps the memory allocated while it is registered.
+        unsafe { ring.submitter().register_buffers(&[iovec]) }
+    })
+    .map_err(|e| HostError::Ring(format!("cannot register a fixed buffer: {e}")))
+}
+
+/// Drops the thread's ring's buffer table (see [`register_buffer`]).
+pub fn unregister_buffers() -> Result<()> {
+    libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
+        .map_err(|e| HostError::Ring(format!("cannot unregister fixed buffers: {e}")))
+}
+
 /// Submits one operation on the thread's ring; resolves to its CQE result (`-errno` on
 /// failure).
 ///
