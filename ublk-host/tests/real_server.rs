@@ -398,6 +398,39 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
                 first_bad.is_none(),
                 "concurrent fixed writes read back: first bad byte {first_bad:?}"
             );
+            // Many 4 KiB writes in flight at once: the sender corks and chains heads and
+            // fixed payloads, the receiver takes many payload-less replies at once.
+            const SMALL: usize = 96;
+            let small = pattern(8 * MIB as u64, SMALL * 4096, 11);
+            // SAFETY: `source` holds ROOM >= SMALL * 4 KiB bytes, idle now.
+            unsafe { std::ptr::copy_nonoverlapping(small.as_ptr(), source, small.len()) };
+            let writes: Vec<_> = (0..SMALL)
+                .map(|i| {
+                    let engine = engine.clone();
+                    // SAFETY: see above; each write has its own 4 KiB of `source`.
+                    let at = unsafe { source.add(i * 4096) } as u64;
+                    engine.clone().spawn(async move {
+                        let write = io(Op::Write, 8 * MIB as u64 + (i * 4096) as u64, 4096);
+                        let buf = BufRef::Fixed { index: 0, addr: at };
+                        // SAFETY: registered, 4 KiB of its own, awaited to completion.
+                        unsafe { engine.execute(write, buf) }.await
+                    })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap();
+            }
+            let read = io(Op::Read, 8 * MIB as u64, small.len() as u32);
+            // SAFETY: as above.
+            unsafe { engine.execute(read, fixed(1, dest)) }
+                .await
+                .unwrap();
+            // SAFETY: the read completed.
+            let back = unsafe { std::slice::from_raw_parts(dest, small.len()) };
+            assert!(
+                back == &small[..],
+                "concurrent small fixed writes read back"
+            );
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
                 .unwrap();
             drop(buffers);

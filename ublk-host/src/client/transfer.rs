@@ -8,18 +8,60 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 
 use crate::client::slot::{BufRef, Slot};
-use crate::client::uring::submit;
+use crate::client::uring::{linked_room, submit, submit_linked};
 use crate::error::{HostError, Result};
 
 fn os_error(context: &'static str, result: i32) -> HostError {
     HostError::io(context, io::Error::from_raw_os_error(-result))
 }
 
-/// Sends the frames of `batch` (head, then a write's payload from the caller's buffer)
-/// with as few `sendmsg` calls as the socket allows; a payload in a fixed buffer goes out
-/// with fixed-buffer writes after the frames before it (their last `sendmsg` says
-/// `MSG_MORE`, so the head waits for its payload).
+/// A batch with a payload below this size in a fixed buffer is sent corked (see
+/// `send_batch`). Measured with `bench --fixed-buffers` on loopback, random writes at
+/// depth 32, corked against not: 4k 1.4-1.9x, 16k 1.05-1.1x, 32k 0.7x, 64k 0.6-0.8x
+/// (larger payloads fill segments by themselves; the cork only delays them).
+const CORK_BELOW: usize = 32 * 1024;
+
+/// One step of sending a batch: frames (with any payloads in ordinary memory) by
+/// `sendmsg`, or a payload in a fixed buffer by a fixed-buffer write.
+#[derive(Debug)]
+enum Piece {
+    /// Heads and payloads gathered from ordinary memory.
+    Frames(Vec<libc::iovec>),
+    /// `len` bytes of fixed buffer `index` from `addr`.
+    Fixed { index: u16, addr: u64, len: usize },
+}
+
+impl Piece {
+    /// Bytes still to send.
+    fn len(&self) -> usize {
+        match self {
+            Piece::Frames(iovecs) => iovecs.iter().map(|iovec| iovec.iov_len).sum(),
+            Piece::Fixed { len, .. } => *len,
+        }
+    }
+
+    /// Drops the first `sent` bytes (fewer than [`Piece::len`]).
+    fn advance(&mut self, sent: usize) {
+        match self {
+            Piece::Frames(iovecs) => {
+                let first = advance(iovecs, 0, sent);
+                iovecs.drain(..first);
+            }
+            Piece::Fixed { addr, len, .. } => {
+                *addr += sent as u64;
+                *len -= sent;
+            }
+        }
+    }
+}
+
+/// Sends the frames of `batch` (head, then a write's payload from the caller's buffer).
+/// Without fixed buffers that is one `sendmsg` (more only if the socket takes part of
+/// it); a payload in a fixed buffer goes out with a fixed-buffer write between the
+/// `sendmsg`s of the frames around it, all submitted as one linked chain (see
+/// [`send_chain`]).
 pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
+    let mut pieces = Vec::new();
     let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
     for slot in batch {
         iovecs.push(libc::iovec {
@@ -36,12 +78,12 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
                 iov_len: payload,
             }),
             BufRef::Fixed { index, addr } => {
-                send_iovecs(fd, &mut iovecs, libc::MSG_MORE).await?;
-                iovecs.clear();
-                // SAFETY: the slot's fixed buffer holds `payload` bytes from `addr` and
-                // stays registered while the slot is unfinished (`Slot::new`'s contract);
-                // the caller marked the slot busy.
-                unsafe { write_fixed(fd, index, addr, payload).await? };
+                pieces.push(Piece::Frames(std::mem::take(&mut iovecs)));
+                pieces.push(Piece::Fixed {
+                    index,
+                    addr,
+                    len: payload,
+                });
             }
             BufRef::None => {
                 return Err(HostError::Protocol(format!(
@@ -51,7 +93,116 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
             }
         }
     }
-    send_iovecs(fd, &mut iovecs, 0).await
+    if pieces.is_empty() {
+        return send_iovecs(fd, &mut iovecs, 0).await;
+    }
+    if !iovecs.is_empty() {
+        pieces.push(Piece::Frames(iovecs));
+    }
+    let cork = pieces
+        .iter()
+        .any(|piece| matches!(piece, Piece::Fixed { len, .. } if *len < CORK_BELOW));
+    // A fixed-buffer write has no MSG_MORE: without the cork each payload would leave
+    // as a segment of its own (a 4k payload, then a head of a few bytes), and the TCP
+    // work per segment on both ends, not system calls, then bounds small writes.
+    if cork {
+        set_cork(fd, true);
+    }
+    // SAFETY: every piece points at a slot's head (owned by the slot, which the caller's
+    // batch keeps alive) or payload (valid and, for a fixed buffer, registered while the
+    // slot is unfinished, by `Slot::new`'s contract; the caller marked the slots busy).
+    let sent = unsafe { send_chain(fd, pieces).await };
+    if cork {
+        set_cork(fd, false);
+    }
+    sent
+}
+
+/// Corks or uncorks the socket (`TCP_CORK`): while corked, only full segments leave;
+/// uncorking sends what is queued. A failure is logged: it costs speed, not data.
+fn set_cork(fd: RawFd, cork: bool) {
+    let value = libc::c_int::from(cork);
+    // SAFETY: passes a live c_int and its size; the call is synchronous.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        log::debug!("TCP_CORK {cork}: {}", io::Error::last_os_error());
+    }
+}
+
+/// Sends `pieces` in order as linked chains of ring operations: one submission (one
+/// system call) for many pieces, where awaiting each fixed-buffer write in turn cost an
+/// event-loop round trip per write (4k writes at depth 32 from fixed buffers ran at 0.3x
+/// of copy mode that way). A short send or write ends its chain (the kernel cancels the
+/// rest); the next chain resumes at the first unsent byte, so the stream stays in order.
+///
+/// # Safety
+///
+/// Every piece's memory must stay valid (fixed buffers: registered) and unmodified until
+/// the returned future completes; it must be polled to completion.
+async unsafe fn send_chain(fd: RawFd, mut pieces: Vec<Piece>) -> Result<()> {
+    pieces.retain(|piece| piece.len() > 0);
+    let room = linked_room();
+    let mut next = 0;
+    while next < pieces.len() {
+        let end = (next + room).min(pieces.len());
+        let chain = &pieces[next..end];
+        // The headers the sendmsg entries point at: allocated in full before any
+        // pointer is taken, and kept until every completion is in.
+        let mut messages: Vec<libc::msghdr> = Vec::with_capacity(chain.len());
+        let mut sqes = Vec::with_capacity(chain.len());
+        for (i, piece) in chain.iter().enumerate() {
+            // MSG_MORE until the batch's last byte: the frames wait for their payloads.
+            let more = if next + i + 1 < pieces.len() {
+                libc::MSG_MORE
+            } else {
+                0
+            };
+            sqes.push(match piece {
+                Piece::Frames(iovecs) => {
+                    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+                    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+                    message.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
+                    message.msg_iovlen = iovecs.len();
+                    messages.push(message);
+                    let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL | more;
+                    opcode::SendMsg::new(types::Fd(fd), messages.last().expect("pushed"))
+                        .flags(flags as u32)
+                        .build()
+                }
+                Piece::Fixed { index, addr, len } => {
+                    let len = (*len).min(u32::MAX as usize) as u32;
+                    opcode::WriteFixed::new(types::Fd(fd), *addr as *const u8, len, *index).build()
+                }
+            });
+        }
+        // SAFETY: the pieces' memory is the caller's promise; `messages` (never grown
+        // after a pointer was taken) and the iovecs they point at live in this frame
+        // until every result is in.
+        let results = unsafe { submit_linked(sqes) }.await;
+        drop(messages);
+        for result in results {
+            let piece = &mut pieces[next];
+            match result {
+                0 => return Err(HostError::Closed),
+                n if n < 0 => return Err(os_error("sending requests", n)),
+                n if n as usize >= piece.len() => next += 1,
+                n => {
+                    // Short: the rest of this chain was cancelled, unsent.
+                    piece.advance(n as usize);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sends everything `iovecs` points at (nothing if empty), resuming short sends.
@@ -100,29 +251,6 @@ async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Resul
             return Err(HostError::Closed);
         }
         first = advance(iovecs, first, sent as usize);
-    }
-    Ok(())
-}
-
-/// Writes `len` bytes of fixed buffer `index` from `addr` to the socket (a stream socket's
-/// write is a send), resuming short writes.
-///
-/// # Safety
-///
-/// Buffer `index` of the thread's ring must hold `[addr, addr + len)` and stay registered
-/// and unmodified until the returned future completes; it must be polled to completion.
-async unsafe fn write_fixed(fd: RawFd, index: u16, addr: u64, len: usize) -> Result<()> {
-    let mut done = 0;
-    while done < len {
-        let chunk = (len - done).min(u32::MAX as usize) as u32;
-        let at = (addr + done as u64) as *const u8;
-        let sqe = opcode::WriteFixed::new(types::Fd(fd), at, chunk, index).build();
-        // SAFETY: the caller vouches for the fixed buffer and for polling to completion.
-        match unsafe { submit(sqe) }.await {
-            0 => return Err(HostError::Closed),
-            n if n < 0 => return Err(os_error("sending a fixed buffer", n)),
-            n => done += n as usize,
-        }
     }
     Ok(())
 }

@@ -97,6 +97,51 @@ pub async unsafe fn submit(sqe: squeue::Entry) -> i32 {
     op.await
 }
 
+/// Most operations [`submit_linked`] takes at once.
+pub const MAX_LINKED: usize = 32;
+
+/// Submits `sqes` (at most [`MAX_LINKED`], and no more than the ring holds) as one
+/// chain: each starts once the one before has completed in full; a failed or short one
+/// cancels the rest, which complete with `-ECANCELED`. Resolves to every result, in
+/// order. One system call for the lot, where awaiting each in turn costs a round trip
+/// of the event loop per operation.
+///
+/// # Safety
+///
+/// As for [`submit`], for every entry.
+pub async unsafe fn submit_linked(sqes: Vec<squeue::Entry>) -> Vec<i32> {
+    let ops: Vec<UblkUringOpFuture> = sqes
+        .iter()
+        .map(|_| UblkUringOpFuture::new(TARGET_IO))
+        .collect();
+    let last = sqes.len().saturating_sub(1);
+    let chain: Vec<squeue::Entry> = sqes
+        .into_iter()
+        .zip(&ops)
+        .enumerate()
+        .map(|(i, (sqe, op))| {
+            let sqe = sqe.user_data(op.user_data);
+            // The last entry must not link: it would chain whatever is pushed next.
+            if i < last {
+                sqe.flags(squeue::Flags::IO_LINK)
+            } else {
+                sqe
+            }
+        })
+        .collect();
+    push(&chain);
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(op.await);
+    }
+    results
+}
+
+/// How many linked operations fit in the thread's submission queue at once.
+pub fn linked_room() -> usize {
+    libublk::io::with_task_io_ring_mut(|ring| ring.submission().capacity()).min(MAX_LINKED)
+}
+
 /// Submits `sqe` linked to a timeout: if it has not completed after `timeout`, the kernel
 /// cancels it and it resolves to `-ECANCELED`.
 ///
