@@ -96,9 +96,10 @@ impl RecvBuf {
         // passes no more than the free room), which is not touched until the receive
         // completes (awaited here).
         let ptr = unsafe { self.data.as_mut_ptr().add(self.end) };
-        // SAFETY: as above, for both receives.
+        // SAFETY: `[ptr, ptr + len)` is free room of the buffer (see above).
         let peeked = match unsafe { recv_direct(fd, ptr, len, libc::MSG_PEEK) } {
             Some(peeked) => peeked,
+            // SAFETY: as above; the receive is awaited here.
             None => unsafe { recv_into(fd, BufRef::Ptr(ptr), len, libc::MSG_PEEK).await },
         };
         let peeked = match peeked {
