@@ -19,6 +19,7 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -527,25 +528,70 @@ async fn receiver(lane: &Lane, generation: u64, fd: RawFd) {
     lane.lost(generation, &error);
 }
 
+/// A reply's slot taken ahead of its head: a zero-copy lane saw the reply in the socket
+/// ([`RecvBuf::peek_ahead`]) and received part of it early ([`RecvBuf::receive_chain`]).
+struct TakenAhead {
+    tag: u32,
+    slot: Rc<Slot>,
+    /// Payload bytes already in the slot's buffer.
+    received: usize,
+}
+
 /// Runs the receive side until the connection fails; returns why it stopped.
 async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
     let limits = wire::Limits::data(lane.max_io);
     let mut buf = RecvBuf::new(limits);
+    let mut ahead = VecDeque::new();
+    let error = receive_loop(lane, fd, &mut buf, &mut ahead).await;
+    // Requests whose replies were seen but not finished are reissued like any other.
+    for taken in ahead {
+        lane.restore(taken.tag, taken.slot);
+    }
+    error
+}
+
+async fn receive_loop(
+    lane: &Lane,
+    fd: RawFd,
+    buf: &mut RecvBuf,
+    ahead: &mut VecDeque<TakenAhead>,
+) -> HostError {
     loop {
         let reply = match buf.next_reply(fd, lane.config.zero_copy).await {
             Ok(reply) => reply,
             Err(error) => return error,
         };
-        let taken = lane.core.borrow_mut().reply(reply.tag, Instant::now());
-        let Some(slot) = taken else {
-            return HostError::Protocol(format!("reply for unknown tag {}", reply.tag));
+        let (slot, mut received) = match ahead.pop_front() {
+            Some(taken) if taken.tag == reply.tag => (taken.slot, taken.received),
+            Some(taken) => {
+                let seen = taken.tag;
+                ahead.push_front(taken);
+                return HostError::Protocol(format!(
+                    "reply for tag {} where the stream showed tag {seen}",
+                    reply.tag
+                ));
+            }
+            None => match lane.core.borrow_mut().reply(reply.tag, Instant::now()) {
+                Some(slot) => (slot, 0),
+                None => return HostError::Protocol(format!("reply for unknown tag {}", reply.tag)),
+            },
         };
         if let Err(error) = check_reply(&slot, &reply) {
             lane.restore(reply.tag, slot);
             return error;
         }
         if reply.len > 0 {
-            if let Err(error) = buf.receive_payload(fd, &slot, reply.len as usize).await {
+            let len = reply.len as usize;
+            if ahead.is_empty() && received == 0 && slot.buf.is_fixed() {
+                match receive_with_ahead(lane, fd, buf, &slot, ahead).await {
+                    Ok(first) => received = first,
+                    Err(error) => {
+                        lane.restore(reply.tag, slot);
+                        return error;
+                    }
+                }
+            }
+            if let Err(error) = buf.receive_payload(fd, &slot, len, received).await {
                 lane.restore(reply.tag, slot);
                 return error;
             }
@@ -556,4 +602,50 @@ async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
             Status::Errno(e) => Err(Errno(e)),
         });
     }
+}
+
+/// On a zero-copy lane, receives `slot`'s payload together with the replies that follow
+/// it in the socket, if any are there (one chain of ring operations for all of them);
+/// their slots are taken now and wait in `ahead` until their heads are decoded. Returns
+/// how much of `slot`'s payload arrived (0 when there was nothing ahead: the caller
+/// receives it alone).
+async fn receive_with_ahead(
+    lane: &Lane,
+    fd: RawFd,
+    buf: &mut RecvBuf,
+    slot: &Slot,
+    ahead: &mut VecDeque<TakenAhead>,
+) -> Result<usize> {
+    if lane.core.borrow().outstanding() == 0 {
+        return Ok(0); // nothing else is in flight, so nothing can be ahead: save the peek
+    }
+    let mut chain = Vec::new();
+    for seen in buf.peek_ahead(fd) {
+        let tag = seen.reply.tag;
+        let Some(next) = lane.core.borrow_mut().reply(tag, Instant::now()) else {
+            break; // its head reports the unknown tag when it is decoded
+        };
+        ahead.push_back(TakenAhead {
+            tag,
+            slot: next.clone(),
+            received: 0,
+        });
+        // Only what the chain can put in place: a payload to a fixed buffer, of the
+        // length its request expects; anything else waits for the usual path (which
+        // reports what is wrong with it).
+        let fits =
+            check_reply(&next, &seen.reply).is_ok() && (seen.reply.len == 0 || next.buf.is_fixed());
+        if !fits {
+            break;
+        }
+        chain.push((seen, next));
+    }
+    if chain.is_empty() {
+        return Ok(0);
+    }
+    let (first, received) = buf.receive_chain(fd, slot, &chain).await?;
+    for (taken, received) in ahead.iter_mut().zip(received) {
+        taken.received = received;
+    }
+    Ok(first)
 }

@@ -169,7 +169,6 @@ impl<S: Clone> LaneCore<S> {
     }
 
     /// Requests (and probes) outstanding.
-    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.inflight.len()
     }

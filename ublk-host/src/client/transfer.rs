@@ -11,7 +11,7 @@ use crate::client::slot::{BufRef, Slot};
 use crate::client::uring::{linked_room, submit, submit_linked};
 use crate::error::{HostError, Result};
 
-fn os_error(context: &'static str, result: i32) -> HostError {
+pub(crate) fn os_error(context: &'static str, result: i32) -> HostError {
     HostError::io(context, io::Error::from_raw_os_error(-result))
 }
 
