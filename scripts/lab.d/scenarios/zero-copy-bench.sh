@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: 1 MiB sequential read and write QD8, zero copy vs --copy (2 queues x 1 lane, array-server on tmpfs files), alternating devices, medians of ZC_ROUNDS (3) runs of ZC_RUNTIME (3) s; prints the ratios
+# lab-desc: 1 MiB sequential read and write QD8 and 4k random read and write QD32, zero copy vs --copy (2 queues x 1 lane, array-server on tmpfs files), alternating devices, medians of ZC_ROUNDS (3) runs of ZC_RUNTIME (3) s; prints the ratios
 # lab-optional: benchmark; needs a kernel whose ublk driver offers automatic buffer registration (7.3: scripts/lab --kernel 7.3 zero-copy-bench)
 # lab-timeout: 900
 # shellcheck source=../multilane.sh
@@ -25,12 +25,17 @@ done
 bg_start ram array-server serve "${RAM[@]}" --listen 127.0.0.1:7131 --threads 2 --no-admin
 CONN=(--server 127.0.0.1:7131 --host bench --secret-file "$LAB_WORK/bench.key")
 wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "the tmpfs array-server"
-# bw_of DEV RW -> MiB/s (a run that hangs fails the scenario with the daemons' logs)
-bw_of() {
-	timeout 60 fio --minimal --name=zc --filename="$1" --rw="$2" --bs=1M --iodepth=8 --direct=1 \
+# rate_of DEV RW BS DEPTH -> MiB/s at 1M, IOPS otherwise (a run that hangs fails the
+# scenario with the daemons' logs)
+rate_of() {
+	timeout 60 fio --minimal --name=zc --filename="$1" --rw="$2" --bs="$3" --iodepth="$4" --direct=1 \
 		--ioengine=io_uring --runtime="$RUNTIME" --time_based --size=96M >"$LAB_WORK/bw.out" ||
 		fail "fio $2 on $1 did not finish: $(tail -n 5 "$LAB_WORK"/zc2.log "$LAB_WORK"/cp2.log)"
-	awk -F';' '{ printf "%.1f", ($7 + $48) / 1024 }' "$LAB_WORK/bw.out"
+	if [ "$3" = 1M ]; then
+		awk -F';' '{ printf "%.1f", ($7 + $48) / 1024 }' "$LAB_WORK/bw.out"
+	else
+		awk -F';' '{ printf "%.0f", $8 + $49 }' "$LAB_WORK/bw.out"
+	fi
 }
 attach_ram() { # NAME ARGS... -> ML_DEV
 	local name=$1
@@ -46,18 +51,20 @@ attach_ram zc2 --partition fast-zc
 zc=$ML_DEV
 attach_ram cp2 --partition fast-cp --copy
 cp=$ML_DEV
-for rw in read write; do
+for job in "read 1M 8 1m_read MiB/s" "write 1M 8 1m_write MiB/s" \
+	"randread 4k 32 4k_randread_qd32 IOPS" "randwrite 4k 32 4k_randwrite_qd32 IOPS"; do
+	read -r rw bs depth name unit <<<"$job"
 	zs=() cs=()
 	for _ in $(seq "$ROUNDS"); do
-		z=$(bw_of "$zc" "$rw")
-		c=$(bw_of "$cp" "$rw")
+		z=$(rate_of "$zc" "$rw" "$bs" "$depth")
+		c=$(rate_of "$cp" "$rw" "$bs" "$depth")
 		zs+=("$z") cs+=("$c")
 	done
 	z=$(median "${zs[@]}")
 	c=$(median "${cs[@]}")
 	ratio=$(awk -v a="$z" -v b="$c" 'BEGIN { printf "%.2f", a / b }')
-	log "1M $rw QD8 (2 queues x 1 lane, tmpfs server): zero copy ${zs[*]} MiB/s (median $z), copy ${cs[*]} (median $c): ${ratio}x"
-	metric "zc_vs_copy_1m_$rw" "$ratio" x
+	log "$bs $rw QD$depth (2 queues x 1 lane, tmpfs server): zero copy ${zs[*]} $unit (median $z), copy ${cs[*]} (median $c): ${ratio}x"
+	metric "zc_vs_copy_$name" "$ratio" x
 done
 ml_detach zc2 "$zc"
 ml_detach cp2 "$cp"
