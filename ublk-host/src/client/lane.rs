@@ -528,8 +528,9 @@ async fn receiver(lane: &Lane, generation: u64, fd: RawFd) {
     lane.lost(generation, &error);
 }
 
-/// A reply's slot taken ahead of its head: a zero-copy lane saw the reply in the socket
-/// ([`RecvBuf::peek_ahead`]) and received part of it early ([`RecvBuf::receive_chain`]).
+/// A reply's slot taken ahead of its head: a zero-copy lane saw the reply's whole frame in
+/// the socket ([`RecvBuf::peek_frames`]) and received it in a chain with others
+/// ([`RecvBuf::receive_chain`]); the head waits in the lane's buffer.
 struct TakenAhead {
     tag: u32,
     slot: Rc<Slot>,
@@ -557,11 +558,16 @@ async fn receive_loop(
     ahead: &mut VecDeque<TakenAhead>,
 ) -> HostError {
     loop {
+        if lane.config.zero_copy && ahead.is_empty() {
+            if let Err(error) = receive_ahead(lane, fd, buf, ahead).await {
+                return error;
+            }
+        }
         let reply = match buf.next_reply(fd, lane.config.zero_copy).await {
             Ok(reply) => reply,
             Err(error) => return error,
         };
-        let (slot, mut received) = match ahead.pop_front() {
+        let (slot, received) = match ahead.pop_front() {
             Some(taken) if taken.tag == reply.tag => (taken.slot, taken.received),
             Some(taken) => {
                 let seen = taken.tag;
@@ -582,15 +588,6 @@ async fn receive_loop(
         }
         if reply.len > 0 {
             let len = reply.len as usize;
-            if ahead.is_empty() && received == 0 && slot.buf.is_fixed() {
-                match receive_with_ahead(lane, fd, buf, &slot, ahead).await {
-                    Ok(first) => received = first,
-                    Err(error) => {
-                        lane.restore(reply.tag, slot);
-                        return error;
-                    }
-                }
-            }
             if let Err(error) = buf.receive_payload(fd, &slot, len, received).await {
                 lane.restore(reply.tag, slot);
                 return error;
@@ -604,23 +601,19 @@ async fn receive_loop(
     }
 }
 
-/// On a zero-copy lane, receives `slot`'s payload together with the replies that follow
-/// it in the socket, if any are there (one chain of ring operations for all of them);
-/// their slots are taken now and wait in `ahead` until their heads are decoded. Returns
-/// how much of `slot`'s payload arrived (0 when there was nothing ahead: the caller
-/// receives it alone).
-async fn receive_with_ahead(
+/// On a zero-copy lane, between replies: waits for the next bytes, and receives every
+/// whole frame in view in one chain of ring operations, their data straight into their
+/// slots' fixed buffers; the slots are taken now and wait in `ahead` until their heads
+/// are decoded. Receives nothing (the usual path then takes the next reply) when the
+/// first frame is not whole yet, carries a large payload, or does not fit the chain.
+async fn receive_ahead(
     lane: &Lane,
     fd: RawFd,
     buf: &mut RecvBuf,
-    slot: &Slot,
     ahead: &mut VecDeque<TakenAhead>,
-) -> Result<usize> {
-    if lane.core.borrow().outstanding() == 0 {
-        return Ok(0); // nothing else is in flight, so nothing can be ahead: save the peek
-    }
+) -> Result<()> {
     let mut chain = Vec::new();
-    for seen in buf.peek_ahead(fd) {
+    for seen in buf.peek_frames(fd).await? {
         let tag = seen.reply.tag;
         let Some(next) = lane.core.borrow_mut().reply(tag, Instant::now()) else {
             break; // its head reports the unknown tag when it is decoded
@@ -641,11 +634,11 @@ async fn receive_with_ahead(
         chain.push((seen, next));
     }
     if chain.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
-    let (first, received) = buf.receive_chain(fd, slot, &chain).await?;
+    let received = buf.receive_chain(fd, &chain).await?;
     for (taken, received) in ahead.iter_mut().zip(received) {
         taken.received = received;
     }
-    Ok(first)
+    Ok(())
 }

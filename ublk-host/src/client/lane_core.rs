@@ -169,6 +169,7 @@ impl<S: Clone> LaneCore<S> {
     }
 
     /// Requests (and probes) outstanding.
+    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.inflight.len()
     }

@@ -1,106 +1,86 @@
-//! Look-ahead of a zero-copy lane: after a small read's head, a peek shows the replies
-//! behind its data ([`RecvBuf::peek_ahead`]), and one linked chain of ring operations
-//! receives that data, the heads that follow into the lane's buffer and their data into
-//! their own fixed buffers ([`RecvBuf::receive_chain`]). A fixed buffer has no user
-//! mapping, so without this every read reply costs its own receives; see the README's
-//! "Design decisions" for the measurements.
+//! Look-ahead of a zero-copy lane. Between replies, a peek shows what the socket holds
+//! ([`RecvBuf::peek_frames`]); the lane takes the slots of the replies whose frames are
+//! whole in view, and one linked chain of ring operations receives their heads into the
+//! lane's buffer and their data into their own fixed buffers ([`RecvBuf::receive_chain`]).
+//! The lane then decodes those heads as usual, their data already in place. A fixed
+//! buffer has no user mapping, so without this every read reply costs its own receives
+//! (the head, then the data); see the README's "Design decisions" for the measurements.
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use io_uring::{opcode, squeue, types};
-use wire::{FrameDecoder, Progress, Reply};
+use wire::{FrameDecoder, FramePrefix, Progress, Reply, PREFIX_LEN};
 
 use super::{recv_direct, RecvBuf};
 use crate::client::slot::{BufRef, Slot};
-use crate::client::transfer::os_error;
+use crate::client::transfer::{os_error, recv_into};
 use crate::client::uring::{linked_room, submit_linked};
 use crate::error::{HostError, Result};
 
-/// Largest payload after which [`RecvBuf::peek_ahead`] looks for more replies: the chain
-/// pays off for small reads, where system calls, not bytes, are the cost.
+/// Largest payload the look-ahead takes: it pays off for small reads, where system calls,
+/// not bytes, are the cost. After a larger one the lane peeks only [`SMALL_PEEK`] bytes,
+/// so big reads are not copied twice.
 const AHEAD_MAX_PAYLOAD: usize = 16 * 1024;
-/// Bytes [`RecvBuf::peek_ahead`] looks at (copied by the peek: at 4 KiB reads, a window
-/// shows about fifteen replies).
+/// Bytes a peek looks at while replies are small (all copied by the peek: at 4 KiB reads,
+/// about fifteen replies).
 const AHEAD_WINDOW: usize = 64 * 1024;
-/// Most replies one chain takes ahead.
-const AHEAD_MAX_REPLIES: usize = 15;
+/// Bytes a peek looks at after a large reply: a head and a small read's data.
+const SMALL_PEEK: usize = 4096 + 64;
+/// Most replies one chain takes.
+const AHEAD_MAX_REPLIES: usize = 16;
 
 impl RecvBuf {
-    /// Looks past the payload owed now (at most [`AHEAD_MAX_PAYLOAD`] bytes, none of it
-    /// taken yet) at the replies that follow it, with a non-blocking peek: returns those
-    /// whose frames (head and data) are whole in view, in stream order, as many as one
-    /// [`RecvBuf::receive_chain`] takes. Empty when nothing more is there.
-    pub fn peek_ahead(&mut self, fd: RawFd) -> Vec<Ahead> {
-        let owed = self.decoder.payload_remaining();
-        if owed == 0 || owed > AHEAD_MAX_PAYLOAD || !self.bytes().is_empty() {
-            return Vec::new();
+    /// At a frame boundary with nothing buffered, waits for bytes in the socket and looks
+    /// at them without taking them (`MSG_PEEK`): returns the replies whose frames (head
+    /// and data) are whole in view, in stream order, as many as one
+    /// [`RecvBuf::receive_chain`] takes (none when the first frame is not whole yet or
+    /// its payload is large: the usual path takes it).
+    pub async fn peek_frames(&mut self, fd: RawFd) -> Result<Vec<Ahead>> {
+        if !self.bytes().is_empty() || self.decoder.payload_remaining() > 0 {
+            return Ok(Vec::new());
         }
         if self.ahead.is_empty() {
             self.ahead = vec![0; AHEAD_WINDOW]; // only zero-copy lanes ever look ahead
         }
-        let window = self.ahead.len();
-        // SAFETY: the scratch buffer holds `window` bytes, untouched during the call.
-        let peeked =
-            match unsafe { recv_direct(fd, self.ahead.as_mut_ptr(), window, libc::MSG_PEEK) } {
-                Some(Ok(peeked)) => peeked,
-                _ => return Vec::new(),
-            };
+        let window = self.peek_len.min(self.ahead.len());
+        let scratch = self.ahead.as_mut_ptr();
+        // SAFETY: the scratch buffer holds `window >= 1` bytes, untouched until the
+        // receive completes (awaited here).
+        let peeked = match unsafe { recv_direct(fd, scratch, window, libc::MSG_PEEK) } {
+            Some(peeked) => peeked,
+            // SAFETY: as above.
+            None => unsafe { recv_into(fd, BufRef::Ptr(scratch), window, libc::MSG_PEEK).await },
+        }?;
         let seen = &self.ahead[..peeked];
-        // Operations one chain may hold: the owed payload's read, then a head and a
-        // payload per reply ahead.
-        let most = (linked_room().saturating_sub(1) / 2).min(AHEAD_MAX_REPLIES);
-        let mut found = Vec::new();
-        let mut at = owed;
-        while found.len() < most && at < seen.len() {
-            // A decoder of its own: the lane's own decoder meets these heads again when
-            // they are received, so the stream is checked exactly as without the peek.
-            let mut decoder = FrameDecoder::new(self.limits);
-            let Ok(Progress::Ready(head)) = decoder.next_head::<Reply>(&seen[at..]) else {
-                break;
-            };
-            let payload_len = head.prefix.payload_len as usize;
-            let frame_end = at + head.prefix.head_len() + payload_len;
-            if frame_end > seen.len() {
-                // Only whole frames: then no operation of the chain waits for the peer.
-                // A reply taken ahead is out of the lane's in-flight set, so a chain that
-                // waited on a stalled server would escape dead-lane detection.
-                break;
+        if let Some(prefix) = seen.first_chunk::<PREFIX_LEN>() {
+            let large = FramePrefix::decode(prefix, self.limits)
+                .is_ok_and(|prefix| prefix.payload_len as usize > AHEAD_MAX_PAYLOAD);
+            self.peek_len = if large { SMALL_PEEK } else { AHEAD_WINDOW };
+            if large {
+                return Ok(Vec::new());
             }
-            found.push(Ahead {
-                reply: head.message,
-                head_len: head.prefix.head_len(),
-                payload_len,
-            });
-            at = frame_end;
         }
-        found
+        // Operations one chain may hold: a head and a payload per reply.
+        let most = (linked_room() / 2).min(AHEAD_MAX_REPLIES);
+        Ok(whole_frames(seen, self.limits, most))
     }
 
-    /// Receives, as one linked chain of ring operations (one system call), the payload
-    /// owed now into `first` and, for each of `next` in order (what [`RecvBuf::peek_ahead`]
-    /// returned, with the slot each answers), its head into this buffer and its payload
-    /// into the slot's buffer. Returns how many bytes of `first`'s payload arrived (give
-    /// them to [`RecvBuf::receive_payload`], which takes the rest, if any), and of each of
-    /// `next`'s (the same, when the lane meets its head in this buffer). A short or
-    /// cancelled operation ends the chain early; whatever it did not take is received as
-    /// usual.
-    ///
-    /// Without it a zero-copy lane spends three system calls on every read reply (a peek,
-    /// the head, the data): one chain does the next ones of a window at once.
+    /// Receives, as one linked chain of ring operations (one system call), for each of
+    /// `next` in order (what [`RecvBuf::peek_frames`] returned, with the slot each
+    /// answers) its head into this buffer and its payload into the slot's buffer. Returns
+    /// how many bytes of each payload arrived: give them to [`RecvBuf::receive_payload`]
+    /// when the head is decoded. A short or cancelled operation ends the chain early;
+    /// whatever it did not take is received as usual.
     pub async fn receive_chain(
         &mut self,
         fd: RawFd,
-        first: &Slot,
         next: &[(Ahead, Rc<Slot>)],
-    ) -> Result<(usize, Vec<usize>)> {
-        let owed = self.decoder.payload_remaining();
+    ) -> Result<Vec<usize>> {
         let heads: usize = next.iter().map(|(ahead, _)| ahead.head_len).sum();
         self.make_room(heads);
-        let mut ops = Vec::with_capacity(1 + 2 * next.len());
+        let mut ops = Vec::with_capacity(2 * next.len());
         let mut sqes = Vec::with_capacity(ops.capacity());
-        sqes.push(payload_sqe(fd, first.buf, owed)?);
-        ops.push(ChainOp::FirstPayload);
         let mut head_at = self.end;
         for (i, (ahead, slot)) in next.iter().enumerate() {
             // SAFETY: `make_room` left `heads` free bytes from `end`; `head_at` stays in them.
@@ -117,15 +97,12 @@ impl RecvBuf {
                 ops.push(ChainOp::Payload(i, ahead.payload_len));
             }
         }
-        first.set_busy(true);
         next.iter().for_each(|(_, slot)| slot.set_busy(true));
         // SAFETY: the heads go to the buffer's free tail, untouched until the chain is
         // done; the payloads to slot buffers that hold them (`check_reply` matched each
         // length to its request) and stay valid while the slots are unfinished and busy.
         let results = unsafe { submit_linked(sqes) }.await;
-        first.set_busy(false);
         next.iter().for_each(|(_, slot)| slot.set_busy(false));
-        let mut first_received = 0;
         let mut received = vec![0; next.len()];
         for (op, result) in ops.into_iter().zip(results) {
             let result = match result {
@@ -134,10 +111,6 @@ impl RecvBuf {
                 n => n as usize,
             };
             let complete = match op {
-                ChainOp::FirstPayload => {
-                    first_received = result;
-                    result == owed
-                }
                 ChainOp::Head(len) => {
                     self.end += result;
                     result == len
@@ -151,7 +124,7 @@ impl RecvBuf {
                 break; // the kernel cancelled the rest of the chain
             }
         }
-        Ok((first_received, received))
+        Ok(received)
     }
 
     /// Makes room for `more` bytes after `end`.
@@ -167,7 +140,36 @@ impl RecvBuf {
     }
 }
 
-/// A reply whose head a peek saw after the payload owed now ([`RecvBuf::peek_ahead`]).
+/// The replies of the whole frames at the start of `seen` (up to `most`, and up to the
+/// first large payload included). Only whole frames: then no operation of the chain
+/// waits for the peer. A reply taken ahead is out of the lane's in-flight set, so a chain
+/// that waited on a stalled server would escape dead-lane detection.
+fn whole_frames(seen: &[u8], limits: wire::Limits, most: usize) -> Vec<Ahead> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while found.len() < most && at < seen.len() {
+        // A decoder of its own: the lane's own decoder meets these heads again when they
+        // are received, so the stream is checked exactly as without the peek.
+        let mut decoder = FrameDecoder::new(limits);
+        let Ok(Progress::Ready(head)) = decoder.next_head::<Reply>(&seen[at..]) else {
+            break;
+        };
+        let payload_len = head.prefix.payload_len as usize;
+        let frame_end = at + head.prefix.head_len() + payload_len;
+        if frame_end > seen.len() || payload_len > AHEAD_MAX_PAYLOAD {
+            break;
+        }
+        found.push(Ahead {
+            reply: head.message,
+            head_len: head.prefix.head_len(),
+            payload_len,
+        });
+        at = frame_end;
+    }
+    found
+}
+
+/// A reply whose whole frame a peek saw ([`RecvBuf::peek_frames`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Ahead {
     /// The reply, as its head will decode when it is received.
@@ -181,11 +183,9 @@ pub(crate) struct Ahead {
 /// What each operation of a [`RecvBuf::receive_chain`] receives.
 #[derive(Debug, Clone, Copy)]
 enum ChainOp {
-    /// The rest of the payload owed now.
-    FirstPayload,
     /// A head of this many bytes, into the buffer.
     Head(usize),
-    /// The payload (this many bytes) of the `n`th reply ahead.
+    /// The payload (this many bytes) of the `n`th reply.
     Payload(usize, usize),
 }
 
@@ -243,8 +243,8 @@ mod tests {
 
     /// Three reads with fixed buffers and a write in flight; the peer's replies are all in
     /// the socket (the third read's data only in part when `cut` is set). Runs the lane's
-    /// sequence: the first head, a look ahead, one chain, then the usual path for the rest;
-    /// checks every read's data landed in its own buffer and nothing is left unread.
+    /// sequence: a peek, one chain for the whole frames, the heads decoded from the buffer
+    /// with their data already in place, the usual path for the rest; checks every read's data landed in its own buffer and nothing is left unread.
     fn replies_ahead(cut: usize) {
         std::thread::spawn(move || {
             init_thread_ring(64).unwrap();
@@ -287,13 +287,11 @@ mod tests {
             let later = later.to_vec();
             let task = executor.spawn(async move {
                 let mut buf = RecvBuf::new(Limits::data(1 << 20));
-                let first = buf.next_reply(fd, true).await.unwrap();
-                assert_eq!(first.tag, 0);
-                let seen: Vec<u32> = buf.peek_ahead(fd).iter().map(|a| a.reply.tag).collect();
-                let whole: &[u32] = if cut == 0 { &[1, 9, 2] } else { &[1, 9] };
-                assert_eq!(seen, whole, "every whole frame in view is seen ahead");
-                let next: Vec<(Ahead, Rc<Slot>)> = buf
-                    .peek_ahead(fd)
+                let seen = buf.peek_frames(fd).await.unwrap();
+                let tags: Vec<u32> = seen.iter().map(|a| a.reply.tag).collect();
+                let whole: &[u32] = if cut == 0 { &[0, 1, 9, 2] } else { &[0, 1, 9] };
+                assert_eq!(tags, whole, "every whole frame in view is seen");
+                let next: Vec<(Ahead, Rc<Slot>)> = seen
                     .into_iter()
                     .map(|ahead| {
                         let op = if ahead.payload_len > 0 {
@@ -305,18 +303,15 @@ mod tests {
                         (ahead, next)
                     })
                     .collect();
-                let slot0 = slot(0, Op::Read);
-                let (got, ahead) = buf.receive_chain(fd, &slot0, &next).await.unwrap();
-                assert_eq!(got, BLOCK);
+                let received = buf.receive_chain(fd, &next).await.unwrap();
                 let expected: &[usize] = if cut == 0 {
-                    &[BLOCK, 0, BLOCK]
+                    &[BLOCK, BLOCK, 0, BLOCK]
                 } else {
-                    &[BLOCK, 0]
+                    &[BLOCK, BLOCK, 0]
                 };
-                assert_eq!(ahead, expected, "one chain took every frame seen");
-                buf.receive_payload(fd, &slot0, BLOCK, got).await.unwrap();
+                assert_eq!(received, expected, "one chain took every frame seen");
                 peer.write_all(&later).unwrap();
-                for ((ahead, next), received) in next.iter().zip(ahead) {
+                for ((ahead, next), received) in next.iter().zip(received) {
                     let reply = buf.next_reply(fd, true).await.unwrap();
                     assert_eq!(reply.tag, ahead.reply.tag);
                     if reply.len > 0 {

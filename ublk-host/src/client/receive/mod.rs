@@ -33,8 +33,10 @@ pub(crate) struct RecvBuf {
     end: usize,
     decoder: FrameDecoder,
     limits: Limits,
-    /// Scratch for [`RecvBuf::peek_ahead`] (allocated on first use).
+    /// Scratch for [`RecvBuf::peek_frames`] (allocated on first use).
     ahead: Vec<u8>,
+    /// Bytes the next [`RecvBuf::peek_frames`] looks at.
+    peek_len: usize,
 }
 
 impl RecvBuf {
@@ -47,6 +49,7 @@ impl RecvBuf {
             decoder: FrameDecoder::new(limits),
             limits,
             ahead: Vec::new(),
+            peek_len: usize::MAX,
         }
     }
 
