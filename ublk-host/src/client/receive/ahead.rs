@@ -27,8 +27,8 @@ const AHEAD_MAX_PAYLOAD: usize = 16 * 1024;
 const AHEAD_WINDOW: usize = 64 * 1024;
 /// Bytes a peek looks at after a large reply: a head and a small read's data.
 const SMALL_PEEK: usize = 4096 + 64;
-/// Most replies one chain takes.
-const AHEAD_MAX_REPLIES: usize = 16;
+/// Most replies one chain takes (the lane holds their slots meanwhile).
+const AHEAD_MAX_REPLIES: usize = 256;
 
 impl RecvBuf {
     /// At a frame boundary with nothing buffered, waits for bytes in the socket and looks
@@ -61,9 +61,7 @@ impl RecvBuf {
                 return Ok(Vec::new());
             }
         }
-        // Operations one chain may hold: a head and a payload per reply.
-        let most = (linked_room() / 2).min(AHEAD_MAX_REPLIES);
-        Ok(whole_frames(seen, self.limits, most))
+        Ok(whole_frames(seen, self.limits, linked_room()))
     }
 
     /// Receives, as one linked chain of ring operations (one system call), for each of
@@ -82,16 +80,26 @@ impl RecvBuf {
         let mut ops = Vec::with_capacity(2 * next.len());
         let mut sqes = Vec::with_capacity(ops.capacity());
         let mut head_at = self.end;
+        // Heads are received in runs: every head up to and including the next one that
+        // announces a payload, then that payload (write replies cost no operation of
+        // their own).
+        let mut run = 0;
         for (i, (ahead, slot)) in next.iter().enumerate() {
-            // SAFETY: `make_room` left `heads` free bytes from `end`; `head_at` stays in them.
+            run += ahead.head_len;
+            let last = i + 1 == next.len();
+            if ahead.payload_len == 0 && !last {
+                continue;
+            }
+            // SAFETY: `make_room` left `heads` free bytes from `end`; the run ends inside.
             let dest = unsafe { self.data.as_mut_ptr().add(head_at) };
             sqes.push(
-                opcode::Recv::new(types::Fd(fd), dest, ahead.head_len as u32)
+                opcode::Recv::new(types::Fd(fd), dest, run as u32)
                     .flags(libc::MSG_WAITALL)
                     .build(),
             );
-            ops.push(ChainOp::Head(ahead.head_len));
-            head_at += ahead.head_len;
+            ops.push(ChainOp::Heads(run));
+            head_at += run;
+            run = 0;
             if ahead.payload_len > 0 {
                 sqes.push(payload_sqe(fd, slot.buf, ahead.payload_len)?);
                 ops.push(ChainOp::Payload(i, ahead.payload_len));
@@ -111,7 +119,7 @@ impl RecvBuf {
                 n => n as usize,
             };
             let complete = match op {
-                ChainOp::Head(len) => {
+                ChainOp::Heads(len) => {
                     self.end += result;
                     result == len
                 }
@@ -140,14 +148,17 @@ impl RecvBuf {
     }
 }
 
-/// The replies of the whole frames at the start of `seen` (up to `most`, and up to the
-/// first large payload included). Only whole frames: then no operation of the chain
-/// waits for the peer. A reply taken ahead is out of the lane's in-flight set, so a chain
-/// that waited on a stalled server would escape dead-lane detection.
-fn whole_frames(seen: &[u8], limits: wire::Limits, most: usize) -> Vec<Ahead> {
+/// The replies of the whole frames at the start of `seen`, up to the first large payload
+/// and as many as a chain of at most `max_ops` operations receives (two per frame with a
+/// payload, one for a run of heads after the last). Only whole frames: then no operation
+/// of the chain waits for the peer. A reply taken ahead is out of the lane's in-flight
+/// set, so a chain that waited on a stalled server would escape dead-lane detection.
+fn whole_frames(seen: &[u8], limits: wire::Limits, max_ops: usize) -> Vec<Ahead> {
     let mut found = Vec::new();
     let mut at = 0;
-    while found.len() < most && at < seen.len() {
+    // Frames with a payload so far: each costs its run of heads and its payload.
+    let mut payloads = 0;
+    while found.len() < AHEAD_MAX_REPLIES && at < seen.len() {
         // A decoder of its own: the lane's own decoder meets these heads again when they
         // are received, so the stream is checked exactly as without the peek.
         let mut decoder = FrameDecoder::new(limits);
@@ -159,6 +170,12 @@ fn whole_frames(seen: &[u8], limits: wire::Limits, most: usize) -> Vec<Ahead> {
         if frame_end > seen.len() || payload_len > AHEAD_MAX_PAYLOAD {
             break;
         }
+        let with_payload = payloads + usize::from(payload_len > 0);
+        let ops = 2 * with_payload + usize::from(payload_len == 0);
+        if ops > max_ops {
+            break;
+        }
+        payloads = with_payload;
         found.push(Ahead {
             reply: head.message,
             head_len: head.prefix.head_len(),
@@ -183,8 +200,8 @@ pub(crate) struct Ahead {
 /// What each operation of a [`RecvBuf::receive_chain`] receives.
 #[derive(Debug, Clone, Copy)]
 enum ChainOp {
-    /// A head of this many bytes, into the buffer.
-    Head(usize),
+    /// Heads of this many bytes in all, into the buffer.
+    Heads(usize),
     /// The payload (this many bytes) of the `n`th reply.
     Payload(usize, usize),
 }
@@ -353,5 +370,33 @@ mod tests {
     #[test]
     fn a_reply_whose_data_is_not_all_there_is_left_to_the_usual_path() {
         replies_ahead(1000);
+    }
+
+    #[test]
+    fn whole_frames_fit_the_chain_and_stop_at_a_cut_frame() {
+        let limits = Limits::data(1 << 20);
+        let stream = [
+            write_reply_frame(1),
+            write_reply_frame(2),
+            read_reply_frame(3, 0),
+            write_reply_frame(4),
+            read_reply_frame(5, 0),
+            write_reply_frame(6),
+        ]
+        .concat();
+        let tags = |max_ops: usize, bytes: &[u8]| -> Vec<u32> {
+            whole_frames(bytes, limits, max_ops)
+                .iter()
+                .map(|ahead| ahead.reply.tag)
+                .collect()
+        };
+        // Receives: [1 2 3] heads, 3's data, [4 5] heads, 5's data, [6] head.
+        assert_eq!(tags(5, &stream), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(tags(4, &stream), [1, 2, 3, 4, 5]);
+        assert_eq!(tags(3, &stream), [1, 2, 3, 4]);
+        assert_eq!(tags(32, &stream[..stream.len() - 1]), [1, 2, 3, 4, 5]);
+        let two_heads = 2 * write_reply_frame(1).len();
+        let cut = &stream[..two_heads + 30];
+        assert_eq!(tags(32, cut), [1, 2], "the read's data is cut");
     }
 }
