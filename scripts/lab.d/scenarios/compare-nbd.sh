@@ -17,6 +17,7 @@ NBD_PORT=10809
 store=/dev/shm/compare
 rm -rf "$store" # a --batch boot may have run compare-nbd or compare-nbd-copy before
 mkdir -p "$store"
+on_cleanup "rm -rf $store" # tmpfs pages are guest RAM: none left for the next scenario of a --batch boot
 DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
 KEY=$LAB_WORK/host.key
 

@@ -12,6 +12,7 @@ ml_serve 7190 7198
 # The second server: an array on two tmpfs files, its own partition "vol" and host "h1".
 store=/dev/shm/second
 mkdir -p "$store"
+on_cleanup "rm -rf $store" # tmpfs pages are guest RAM: none left for the next scenario of a --batch boot
 second=(--disk "$store/d0" --disk "$store/d1")
 array-server format "${second[@]}" --size 48M --chunk 64K --admin-token-file "$LAB_WORK/token2" >/dev/null
 array-server host create h1 --secret-file "$LAB_WORK/h1-second.key" "${second[@]}" >/dev/null

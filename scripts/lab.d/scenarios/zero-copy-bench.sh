@@ -15,6 +15,7 @@ RUNTIME=${ZC_RUNTIME:-3}
 ROUNDS=${ZC_ROUNDS:-3}
 store=/dev/shm/zc
 mkdir -p "$store"
+on_cleanup "rm -rf $store" # tmpfs pages are guest RAM: none left for the next scenario of a --batch boot
 RAM=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
 array-server format "${RAM[@]}" --size 96M --chunk 64K --admin-token-file "$LAB_WORK/ram.token" >/dev/null
 array-server host create bench --secret-file "$LAB_WORK/bench.key" "${RAM[@]}" >/dev/null
