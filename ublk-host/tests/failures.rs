@@ -92,6 +92,32 @@ fn silent_server_is_detected_and_the_request_reissued() {
 }
 
 #[test]
+fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
+    within(LIMIT, || {
+        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
+        options.stall_mid_reply_at = Some(2);
+        let server = FakeServer::start(options);
+        let config = config(&server);
+        let part = server.shared.options.partition.clone();
+        let (stats, waited) = run_queue_thread(&config, &part, 0, |engine| async move {
+            let data = pattern(0, 64 * 1024, 3);
+            write(&engine, 0, data.clone()).await.unwrap();
+            let started = Instant::now();
+            // The only request in flight: its head and half its data arrive, then nothing.
+            assert!(read(&engine, 0, 64 * 1024).await.unwrap() == data);
+            (engine.lane_stats(), started.elapsed())
+        })
+        .unwrap();
+        assert!(
+            waited <= DEAD_AFTER + SLACK,
+            "detected within the bound: {waited:?}"
+        );
+        assert_eq!(stats[0].dead_detections, 1, "{stats:?}");
+        assert_eq!(stats[0].reconnects, 1, "{stats:?}");
+    });
+}
+
+#[test]
 fn busy_lane_with_a_live_server_is_not_declared_dead() {
     within(LIMIT, || {
         let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));

@@ -588,7 +588,10 @@ async fn receive_loop(
         }
         if reply.len > 0 {
             let len = reply.len as usize;
-            if let Err(error) = buf.receive_payload(fd, &slot, len, received).await {
+            lane.core.borrow_mut().set_receiving(true);
+            let outcome = buf.receive_payload(fd, &slot, len, received).await;
+            lane.core.borrow_mut().set_receiving(false);
+            if let Err(error) = outcome {
                 lane.restore(reply.tag, slot);
                 return error;
             }

@@ -126,6 +126,9 @@ pub(crate) struct LaneCore<S> {
     /// Payload bytes of the requests in flight (the multipath queue-depth policy's
     /// measure).
     bytes: u64,
+    /// A reply's data is being received: its request has left `inflight` with its head,
+    /// but a server that stalls now must still be detected.
+    receiving: bool,
     stats: LaneStats,
 }
 
@@ -143,8 +146,15 @@ impl<S: Clone> LaneCore<S> {
             quiet_since: now,
             probe: None,
             bytes: 0,
+            receiving: false,
             stats: LaneStats::default(),
         }
+    }
+
+    /// Marks whether a reply's data is being received (see `tick`): the lane is busy as
+    /// long as it is, even with no request in flight.
+    pub fn set_receiving(&mut self, receiving: bool) {
+        self.receiving = receiving;
     }
 
     /// The link state.
@@ -212,8 +222,8 @@ impl<S: Clone> LaneCore<S> {
     /// Records the request `begin` admitted as `tag`, with `bytes` of payload; returns
     /// whether it was queued for sending (the sender must be woken).
     pub fn track(&mut self, tag: u32, slot: S, kind: Kind, bytes: u64, now: Instant) -> bool {
-        if self.inflight.is_empty() {
-            self.quiet_since = now;
+        if self.inflight.is_empty() && !self.receiving {
+            self.quiet_since = now; // became busy
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -325,6 +335,7 @@ impl<S: Clone> LaneCore<S> {
         self.link = Link::Up;
         self.quiet_since = now;
         self.probe = None;
+        self.receiving = false;
         let probes: Vec<u32> = self
             .inflight
             .iter()
@@ -371,7 +382,7 @@ impl<S: Clone> LaneCore<S> {
     /// Advances the timers to `now`.
     pub fn tick(&mut self, now: Instant) -> Action<S> {
         match self.link {
-            Link::Up if !self.inflight.is_empty() => {
+            Link::Up if !self.inflight.is_empty() || self.receiving => {
                 let silent = now.saturating_duration_since(self.quiet_since);
                 if silent >= self.timers.dead_after {
                     self.stats.dead_detections += 1;
@@ -453,6 +464,27 @@ mod tests {
         let (mut core, t0) = up();
         assert_eq!(core.tick(t0 + 1000 * SEC), Action::Idle);
         assert_eq!(core.link(), Link::Up);
+    }
+
+    #[test]
+    fn a_server_that_stalls_in_the_middle_of_a_reply_is_dead() {
+        let (mut core, t0) = up();
+        let tag = start(&mut core, 1, t0);
+        assert_eq!(core.reply(tag, t0), Some(1), "the head arrived");
+        assert_eq!(
+            core.tick(t0 + 100 * SEC),
+            Action::Idle,
+            "nothing owed: idle"
+        );
+        let t1 = t0 + 100 * SEC;
+        let tag = start(&mut core, 2, t1);
+        assert_eq!(core.reply(tag, t1), Some(2));
+        core.set_receiving(true); // its data is still coming
+        let Action::Heartbeat(probe) = core.tick(t1 + SEC) else {
+            panic!("expected a heartbeat after 1 s of silence mid-reply");
+        };
+        core.track(probe, 99, Kind::Probe, 0, t1 + SEC);
+        assert_eq!(core.tick(t1 + 5 * SEC), Action::Dead);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct Options {
     /// connection closes unanswered and data hellos are refused `NotAssigned` until
     /// `Shared::revoked` is cleared.
     pub revoke_at: Option<usize>,
+    /// When the server's request count reaches this, that request's reply is sent only
+    /// in part (its head and half its data), then the connection goes silent as with
+    /// `silent_at`: a server that stalls in the middle of a reply.
+    pub stall_mid_reply_at: Option<usize>,
 }
 
 impl Options {
@@ -87,6 +91,7 @@ impl Options {
             boot_epoch: 1,
             silent_at: None,
             revoke_at: None,
+            stall_mid_reply_at: None,
         }
     }
 }
@@ -301,6 +306,15 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
             return;
         }
         if shared.options.silent_at == Some(count) {
+            shared.silent.lock().unwrap().push(stream);
+            return;
+        }
+        if shared.options.stall_mid_reply_at == Some(count) {
+            let (reply, data) = execute(shared, &request, &payload);
+            let mut out = Vec::new();
+            encode_head(&reply, reply.len, &mut out).unwrap();
+            out.extend_from_slice(&data[..data.len() / 2]);
+            let _ = (&stream).write_all(&out);
             shared.silent.lock().unwrap().push(stream);
             return;
         }
