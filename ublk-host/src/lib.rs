@@ -24,7 +24,9 @@
 //!   offers automatic buffer registration (asked with `GET_FEATURES` at attach; `--copy`
 //!   forces copy mode): each request's pages are registered in the queue's ring at the
 //!   tag's index and the lanes send and receive them with fixed-buffer operations
-//!   ([`client::BufRef::Fixed`]); live resize (`ublk/resize.rs`: a discovery watch grows
+//!   ([`client::BufRef::Fixed`]): replies whose whole frames a peek shows are received in
+//!   one linked chain (`client/receive/ahead.rs`), writes go out as linked, corked chains
+//!   (`client/transfer.rs`); live resize (`ublk/resize.rs`: a discovery watch grows
 //!   the device with `UPDATE_SIZE`); the per-path report `list` shows
 //!   (`ublk/path_report.rs`).
 //! - [`hostconfig`]: the host configuration file (`/etc/multilane/host.toml`): servers,
