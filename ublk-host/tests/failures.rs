@@ -118,6 +118,27 @@ fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
 }
 
 #[test]
+fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
+    within(LIMIT, || {
+        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
+        // Ten pieces 400 ms apart: 4 s for one reply, twice the dead bound.
+        options.trickle_reply_at = Some((2, Duration::from_millis(400)));
+        let server = FakeServer::start(options);
+        let config = config(&server);
+        let part = server.shared.options.partition.clone();
+        let stats = run_queue_thread(&config, &part, 0, |engine| async move {
+            let data = pattern(0, 64 * 1024, 4);
+            write(&engine, 0, data.clone()).await.unwrap();
+            assert!(read(&engine, 0, 64 * 1024).await.unwrap() == data);
+            engine.lane_stats()
+        })
+        .unwrap();
+        assert_eq!(stats[0].dead_detections, 0, "{stats:?}");
+        assert_eq!(stats[0].reconnects, 0, "{stats:?}");
+    });
+}
+
+#[test]
 fn busy_lane_with_a_live_server_is_not_declared_dead() {
     within(LIMIT, || {
         let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));

@@ -11,6 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -68,6 +69,42 @@ pub fn set_liveness(stream: &TcpStream, dead_after: Duration) -> io::Result<()> 
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
     socket.set_tcp_keepalive(&keepalive)
+}
+
+/// The kernel's `struct tcp_info` up to `tcpi_bytes_received` (Linux 4.1): glibc's
+/// `tcp_info`, and so the `libc` crate's, ends before it.
+#[repr(C)]
+#[derive(Default)]
+struct TcpInfoHead {
+    /// `tcpi_state` .. the wscale and app-limited bit fields.
+    bytes: [u8; 8],
+    /// `tcpi_rto` .. `tcpi_total_retrans`.
+    words: [u32; 24],
+    pacing_rate: u64,
+    max_pacing_rate: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+}
+
+/// Bytes the connection has received in all (`TCP_INFO`'s `tcpi_bytes_received`); `None`
+/// where the socket or kernel does not say. A stream that still brings bytes is alive,
+/// however slowly a large reply arrives.
+pub fn bytes_received(stream: &TcpStream) -> Option<u64> {
+    let mut info = TcpInfoHead::default();
+    let mut len = std::mem::size_of::<TcpInfoHead>() as libc::socklen_t;
+    // SAFETY: `info` is plain old data of `len` bytes; the kernel writes at most `len`
+    // bytes and reports how many in `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut TcpInfoHead).cast(),
+            &mut len,
+        )
+    };
+    let whole = len as usize == std::mem::size_of::<TcpInfoHead>();
+    (result == 0 && whole).then_some(info.bytes_received)
 }
 
 fn is_timeout(error: &io::Error) -> bool {

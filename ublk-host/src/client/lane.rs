@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use wire::{Op, PartitionInfo, Purpose, Request, Status};
 
 use crate::client::config::{EngineConfig, HEARTBEAT_AFTER};
-use crate::client::connect::{next_lane_epoch, Connection};
+use crate::client::connect::{bytes_received, next_lane_epoch, Connection};
 use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
 use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
@@ -84,6 +84,8 @@ pub(crate) struct Lane {
     pending: RefCell<Option<(Connection, usize)>>,
     /// Requests failed at once (lane down past its bound, refused, closed).
     failures: RateLimited,
+    /// The connection's received byte count at the last tick ([`bytes_received`]).
+    received: Cell<u64>,
 }
 
 impl Lane {
@@ -131,6 +133,7 @@ impl Lane {
             homing: RefCell::new(None),
             pending: RefCell::new(None),
             failures: RateLimited::default(),
+            received: Cell::new(0),
         });
         let task = executor.spawn(run(lane.clone(), connection));
         Ok((lane, info, task))
@@ -232,6 +235,18 @@ impl Lane {
 
     fn is_closed(&self) -> bool {
         self.core.borrow().link() == Link::Closed
+    }
+
+    /// Bytes that arrived since the last tick are news from the server, even while one
+    /// large reply is still coming (the receiver only reports whole replies): a slow
+    /// stream is not a dead one.
+    fn hear_progress(&self, now: Instant) {
+        let total = self.socket.borrow().as_ref().and_then(bytes_received);
+        if let Some(total) = total {
+            if self.received.replace(total) != total {
+                self.core.borrow_mut().heard(now);
+            }
+        }
     }
 
     fn shutdown_socket(&self) {
@@ -355,6 +370,7 @@ impl Lane {
         self.publish_path();
         self.check_homing();
         let now = Instant::now();
+        self.hear_progress(now);
         let action = self.core.borrow_mut().tick(now);
         match action {
             Action::Idle => {}

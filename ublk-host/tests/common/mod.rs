@@ -76,6 +76,10 @@ pub struct Options {
     /// in part (its head and half its data), then the connection goes silent as with
     /// `silent_at`: a server that stalls in the middle of a reply.
     pub stall_mid_reply_at: Option<usize>,
+    /// When the server's request count reaches this, that request's reply trickles out:
+    /// its head, then its data in ten pieces `Duration` apart (a slow link, not a dead
+    /// server).
+    pub trickle_reply_at: Option<(usize, Duration)>,
 }
 
 impl Options {
@@ -92,6 +96,7 @@ impl Options {
             silent_at: None,
             revoke_at: None,
             stall_mid_reply_at: None,
+            trickle_reply_at: None,
         }
     }
 }
@@ -317,6 +322,23 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
             let _ = (&stream).write_all(&out);
             shared.silent.lock().unwrap().push(stream);
             return;
+        }
+        if let Some((at, gap)) = shared.options.trickle_reply_at {
+            if at == count {
+                let (reply, data) = execute(shared, &request, &payload);
+                let mut out = Vec::new();
+                encode_head(&reply, reply.len, &mut out).unwrap();
+                if (&stream).write_all(&out).is_err() {
+                    return;
+                }
+                for piece in data.chunks(data.len().div_ceil(10).max(1)) {
+                    std::thread::sleep(gap);
+                    if (&stream).write_all(piece).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         }
         if shared.options.revoke_at == Some(count) {
             shared.revoked.store(true, Ordering::SeqCst);
