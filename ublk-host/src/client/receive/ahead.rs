@@ -134,18 +134,6 @@ impl RecvBuf {
         }
         Ok(received)
     }
-
-    /// Makes room for `more` bytes after `end`.
-    fn make_room(&mut self, more: usize) {
-        if self.end + more > self.data.len() {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end + more > self.data.len() {
-            self.data.resize(self.end + more, 0);
-        }
-    }
 }
 
 /// The replies of the whole frames at the start of `seen`, up to the first large payload

@@ -57,6 +57,19 @@ impl RecvBuf {
         &self.data[self.start..self.end]
     }
 
+    /// Makes room for `more` bytes after `end` (moving the buffered bytes to the front,
+    /// growing the buffer if that is not enough).
+    fn make_room(&mut self, more: usize) {
+        if self.end + more > self.data.len() {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end + more > self.data.len() {
+            self.data.resize(self.end + more, 0);
+        }
+    }
+
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -68,14 +81,7 @@ impl RecvBuf {
     /// Receives more bytes, making room for at least `want` buffered bytes first; `exact`
     /// takes no byte of a payload ([`RecvBuf::fill_exact`]).
     async fn fill(&mut self, fd: RawFd, want: usize, exact: bool) -> Result<()> {
-        if self.start + want > self.data.len() {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if want > self.data.len() {
-            self.data.resize(want, 0);
-        }
+        self.make_room(want.saturating_sub(self.bytes().len()));
         let free = self.data.len() - self.end;
         if exact {
             return self.fill_exact(fd, free.min(PEEK_LEN.max(want))).await;
