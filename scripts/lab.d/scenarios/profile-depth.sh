@@ -1,0 +1,150 @@
+# shellcheck shell=bash
+# lab-desc: where the guest's CPU goes at 4k randread QD32 x Q jobs, on our device (array-server + ublk-host, default mode and --copy) and on kernel NBD (nbdkit): idle share (/proc/stat), interrupts and context switches per request, 200 ms of ftrace (timers, wakeups), a system-wide perf profile
+# lab-optional: diagnosis (scripts/lab profile-depth, or --kernel 7.3)
+# lab-timeout: 600
+# The setup is compare-nbd's (array-server on 3 tmpfs files, Q queues x 1 lane; nbdkit's
+# memory plugin behind nbd-client -C Q), so the profile explains that table's QD32 rows.
+# Under TCG, perf's cpu-clock samples can land in the idle loop far more often than the CPUs
+# are idle (seen on 7.3: 92 % idle by perf while ftrace showed both CPUs busy throughout):
+# take the idle share from /proc/stat, which the kernel measures at idle entry and exit.
+
+need_dev /dev/ublk-control /dev/nbd0
+need_bin array-server ublk-host nbdkit nbd-client fio perf jq
+
+Q=$(nproc)
+SIZE_MB=128
+PORT=7700
+NBD_PORT=10809
+PROFILE_RW=randread PROFILE_BS=4k PROFILE_QD=32 # edit here: the guest does not see the host environment
+store=/dev/shm/profile
+rm -rf "$store"
+mkdir -p "$store"
+on_cleanup "rm -rf $store"
+DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
+KEY=$LAB_WORK/host.key
+
+array-server format "${DISKS[@]}" --size 64M --chunk 64K --admin-token-file "$LAB_WORK/token" >/dev/null
+array-server host create bench --secret-file "$KEY" "${DISKS[@]}" >/dev/null
+array-server partition create vol "${SIZE_MB}M" "${DISKS[@]}" >/dev/null
+array-server assign bench vol "${DISKS[@]}" >/dev/null
+bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q" --no-admin
+CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
+wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
+# attach_ours TAG [FLAGS...]: our device, its path in $ours
+attach_ours() {
+	local tag=$1
+	shift
+	bg_start "$tag" ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1 "$@"
+	wait_for "grep -q ' ready ' $LAB_WORK/$tag.log" 60 "the ublk device"
+	ours=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$tag.log" | head -n1)
+	on_cleanup "ublk-host detach ${ours#/dev/ublkb} 2>/dev/null || true"
+}
+attach_ours host
+
+bg_start nbdkit nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory "${SIZE_MB}M"
+wait_for "ss -ltn | grep -q :$NBD_PORT" 30 "nbdkit"
+nbd-client -N '' 127.0.0.1 "$NBD_PORT" /dev/nbd0 -C "$Q" -b 512 >/dev/null
+on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
+wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+
+T=/sys/kernel/tracing
+[ -d $T/events ] || T=/sys/kernel/debug/tracing
+# trace_timers NAME DEV: 200 ms of ftrace during the same fio job: which timers fire, and
+# which tasks wake and sleep (a pipeline that waits on timers shows here)
+trace_timers() {
+	[ -d $T/events ] || return 0
+	local name=$1 dev=$2
+	echo 0 >$T/tracing_on
+	echo >$T/trace
+	echo 4096 >$T/buffer_size_kb
+	local e
+	for e in timer/hrtimer_expire_entry timer/timer_expire_entry sched/sched_switch sched/sched_wakeup \
+		irq_vectors/local_timer_entry irq_vectors/reschedule_entry; do
+		[ ! -e $T/events/$e/enable ] || echo 1 >$T/events/$e/enable
+	done
+	fio --name=trace --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
+		--ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting --runtime=3 \
+		--time_based --size=$((SIZE_MB / 2))M --minimal >/dev/null &
+	local fio_pid=$!
+	sleep 1
+	echo 1 >$T/tracing_on
+	sleep 0.2
+	echo 0 >$T/tracing_on
+	wait "$fio_pid"
+	echo 0 >$T/events/enable
+	cp $T/trace "$LAB_WORK/trace-$name.txt"
+	log "$name: 200 ms of ftrace: events by kind, timers by function, sleeps by task and state"
+	grep -v '^#' "$LAB_WORK/trace-$name.txt" |
+		awk '{ for (i = 1; i < NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { print $(i + 1); break } }' |
+		sort | uniq -c | sort -rn | awk 'NR <= 12'
+	grep -o 'function=[^ ]*' "$LAB_WORK/trace-$name.txt" | sort | uniq -c | sort -rn | awk 'NR <= 12'
+	grep 'sched_switch' "$LAB_WORK/trace-$name.txt" | grep -o 'prev_comm=[^ ]* .*prev_state=[^ ]*' |
+		awk '{ print $1, $NF }' | sort | uniq -c | sort -rn | awk 'NR <= 12'
+	log "$name: the first 60 lines of the trace"
+	grep -v '^#' "$LAB_WORK/trace-$name.txt" | awk 'NR <= 60'
+}
+
+# profile NAME DEV: fio for 5 s, counters (/proc/stat, /proc/interrupts) over its middle 3 s:
+# reads per second, idle share, busy CPU per request; then an ftrace and, in a run of its
+# own (sampling perturbs the pipeline), a perf profile by command and by symbol
+profile() {
+	local name=$1 dev=$2 out ios
+	fio --output-format=json --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS \
+		--direct=1 --ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting \
+		--runtime=5 --time_based --size=$((SIZE_MB / 2))M >"$LAB_WORK/fio-$name.json" &
+	local fio_pid=$!
+	sleep 1
+	local before after
+	before=$(awk '{ print $1 }' /sys/block/"${dev#/dev/}"/stat)
+	local stat0
+	stat0=$(awk '$1 == "ctxt" || $1 == "intr" { printf "%s ", $2 }' /proc/stat)
+	local cpu0
+	cpu0=$(awk '$1 == "cpu" { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
+	grep -E 'LOC|RES|CAL|TLB' /proc/interrupts >"$LAB_WORK/irq0-$name"
+	sleep 3
+	after=$(awk '{ print $1 }' /sys/block/"${dev#/dev/}"/stat)
+	local stat1
+	stat1=$(awk '$1 == "ctxt" || $1 == "intr" { printf "%s ", $2 }' /proc/stat)
+	local cpu1
+	cpu1=$(awk '$1 == "cpu" { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
+	grep -E 'LOC|RES|CAL|TLB' /proc/interrupts >"$LAB_WORK/irq1-$name"
+	wait "$fio_pid"
+	ios=$((after - before))
+	local idle cpu_us
+	idle=$(echo "$cpu0 $cpu1" | awk '{ printf "%.0f", 100 * ($3 - $1) / ($4 - $2) }')
+	cpu_us=$(awk -v i="$idle" -v n="$ios" -v q="$Q" 'BEGIN { printf "%.0f", (100 - i) / 100 * q * 3e6 / n }')
+	log "$name: $((ios / 3)) reads/s; the CPUs $idle % idle (/proc/stat); $cpu_us us of busy CPU per request"
+	metric "${name}_reads_per_s" $((ios / 3))
+	metric "${name}_idle_pct" "$idle" %
+	metric "${name}_cpu_us_per_request" "$cpu_us" us
+	log "$name: per request: $(echo "$stat0 $stat1" | awk -v n="$ios" '{ printf "%.2f interrupts, %.2f context switches", ($3 - $1) / n, ($4 - $2) / n }')"
+	# interrupts of each kind, summed over the CPUs: name, count
+	local sum_irqs='{ s = 0; for (c = 2; c <= q + 1; c++) s += $c; print $1, s }'
+	awk -v q="$Q" "$sum_irqs" "$LAB_WORK/irq0-$name" >"$LAB_WORK/irqsum0"
+	awk -v q="$Q" "$sum_irqs" "$LAB_WORK/irq1-$name" |
+		awk -v n="$ios" 'NR == FNR { was[$1] = $2; next } { printf "    %s %.2f per request\n", $1, ($2 - was[$1]) / n }' \
+			"$LAB_WORK/irqsum0" - || true
+	fio --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
+		--ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting --runtime=5 \
+		--time_based --size=$((SIZE_MB / 2))M --minimal >/dev/null &
+	fio_pid=$!
+	sleep 1
+	perf record -q -e cpu-clock -F 999 -a -g -o "$LAB_WORK/perf-$name.data" -- sleep 3 2>/dev/null || true
+	wait "$fio_pid"
+	log "$name: fio $(jq -r '.jobs[0].read | "\(.iops | floor) IOPS, completion latency p50 \(.clat_ns.percentile["50.000000"] / 1000 | floor) us, p99 \(.clat_ns.percentile["99.000000"] / 1000 | floor) us"' "$LAB_WORK/fio-$name.json")"
+	trace_timers "$name" "$dev"
+	log "$name: by command"
+	perf report -q -i "$LAB_WORK/perf-$name.data" --sort comm --stdio -g none 2>/dev/null | head -n 12 || true
+	log "$name: top symbols"
+	perf report -q -i "$LAB_WORK/perf-$name.data" --sort comm,sym --stdio -g none 2>/dev/null | head -n 45 || true
+	log "$name: top symbols with callers (children)"
+	perf report -q -i "$LAB_WORK/perf-$name.data" --children --sort sym --stdio -g none 2>/dev/null | head -n 60 || true
+}
+
+log "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource), cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)"
+profile ours "$ours"
+profile nbd /dev/nbd0
+log "ours again in copy mode (attach --copy; the same mode as above on a kernel without zero copy)"
+ublk-host detach "${ours#/dev/ublkb}"
+attach_ours host-copy --copy
+profile ours-copy "$ours"
