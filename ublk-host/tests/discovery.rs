@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::real::{any_loopback_port, RealArray};
 use common::*;
 use ublk_host::client::Discovery;
 use ublk_host::HostError;
@@ -51,63 +52,14 @@ fn watch_pings_when_quiet() {
     });
 }
 
-/// The real array server on temporary member disks, restartable on the same address.
-mod restartable {
-    use std::sync::Arc;
+/// Member files and partition size of the real arrays below (served, stopped and served
+/// again on the same address).
+const DISKS: usize = 3;
+const DISK_SIZE: u64 = 24 << 20;
+const PARTITION_SIZE: u64 = 4 << 20;
 
-    use array_server::net::{self, RunningServer, ServerConfig};
-    use array_server::{Array, FormatOptions};
-
-    const DISKS: usize = 3;
-    const DISK_SIZE: u64 = 24 << 20;
-    const CHUNK: u64 = 64 << 10;
-    pub const PARTITION_SIZE: u64 = 4 << 20;
-
-    pub struct Setup {
-        pub _dir: tempfile::TempDir,
-        pub array: Arc<Array>,
-        pub secret: wire::Secret,
-    }
-
-    /// An array with host `h1` and partition `vol` assigned to it.
-    pub fn array() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let paths: Vec<_> = (0..DISKS)
-            .map(|i| dir.path().join(format!("disk{i}.img")))
-            .collect();
-        for path in &paths {
-            std::fs::File::create(path)
-                .unwrap()
-                .set_len(DISK_SIZE)
-                .unwrap();
-        }
-        let options = FormatOptions {
-            chunk: CHUNK,
-            force: false,
-            create_size: None,
-        };
-        let array = Array::format(&paths, &options).unwrap();
-        array
-            .create_partition("vol", PARTITION_SIZE, false)
-            .unwrap();
-        let secret = array.create_host("h1").unwrap().secret;
-        array.assign("h1", "vol", wire::Access::ReadWrite).unwrap();
-        Setup {
-            _dir: dir,
-            array,
-            secret: wire::Secret::from_hex(&secret).unwrap(),
-        }
-    }
-
-    /// Serves `array` on `listen` (`127.0.0.1:0` for any port).
-    pub fn serve(array: &Arc<Array>, listen: std::net::SocketAddr) -> RunningServer {
-        let config = ServerConfig {
-            listen,
-            threads: 1,
-            ..ServerConfig::default()
-        };
-        net::start(array.clone(), config).unwrap()
-    }
+fn real_array() -> RealArray {
+    RealArray::format(DISKS, DISK_SIZE, PARTITION_SIZE, wire::Access::ReadWrite)
 }
 
 #[test]
@@ -116,8 +68,8 @@ fn watch_follows_changes_across_a_server_restart() {
     use ublk_host::client::ClientConfig;
 
     within(Duration::from_secs(60), || {
-        let setup = restartable::array();
-        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let setup = real_array();
+        let server = setup.serve(any_loopback_port(), 1);
         let addr = server.local_addr();
         let mut config = ClientConfig::new(addr.to_string(), "h1", setup.secret.clone());
         config.handshake_timeout = Duration::from_secs(2);
@@ -139,10 +91,10 @@ fn watch_follows_changes_across_a_server_restart() {
         // The server goes away; while it is down, a partition is assigned to h1.
         server.stop();
         let array = &setup.array;
-        let size = restartable::PARTITION_SIZE;
+        let size = PARTITION_SIZE;
         array.create_partition("vol2", size, false).unwrap();
         array.assign("h1", "vol2", wire::Access::ReadOnly).unwrap();
-        let server = restartable::serve(array, addr);
+        let server = setup.serve(addr, 1);
         let after_restart = received.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(names(&after_restart), ["vol", "vol2"]);
         // The reconnected watch also gets the next live push.
@@ -162,15 +114,15 @@ fn watch_gives_up_when_the_restarted_server_refuses_the_host() {
     use ublk_host::client::ClientConfig;
 
     within(Duration::from_secs(60), || {
-        let setup = restartable::array();
-        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let setup = real_array();
+        let server = setup.serve(any_loopback_port(), 1);
         let addr = server.local_addr();
         let config = ClientConfig::new(addr.to_string(), "h1", setup.secret.clone());
         let mut watch = Watch::open(&config, Duration::from_secs(10)).unwrap();
         watch.next_list().unwrap();
         server.stop();
         setup.array.delete_host_forced("h1").unwrap();
-        let server = restartable::serve(&setup.array, addr);
+        let server = setup.serve(addr, 1);
         let error = watch.next_list().unwrap_err();
         assert!(
             matches!(error, HostError::Wire(wire::WireError::Refused { .. })),
@@ -187,10 +139,10 @@ fn discover_watch_command_survives_a_server_restart() {
     use std::process::{Command, Stdio};
 
     within(Duration::from_secs(60), || {
-        let setup = restartable::array();
-        let server = restartable::serve(&setup.array, "127.0.0.1:0".parse().unwrap());
+        let setup = real_array();
+        let server = setup.serve(any_loopback_port(), 1);
         let addr = server.local_addr();
-        let key = setup._dir.path().join("h1.key");
+        let key = setup.dir().join("h1.key");
         std::fs::write(&key, hex::encode(setup.secret.0)).unwrap();
         // Secret files others can read are refused, as ssh refuses open keys.
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -225,13 +177,13 @@ fn discover_watch_command_survives_a_server_restart() {
         };
         heading(1);
         server.stop();
-        let size = restartable::PARTITION_SIZE;
+        let size = PARTITION_SIZE;
         setup.array.create_partition("vol2", size, false).unwrap();
         setup
             .array
             .assign("h1", "vol2", wire::Access::ReadWrite)
             .unwrap();
-        let server = restartable::serve(&setup.array, addr);
+        let server = setup.serve(addr, 1);
         heading(2);
         assert!(child.try_wait().unwrap().is_none(), "the watch exited");
         child.kill().unwrap();

@@ -5,6 +5,7 @@ mod common;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::engine_io::{io, read, write};
 use common::*;
 use ublk_host::client::{run_queue_thread, BlockIo, Discovery, EngineConfig, QueueEngine};
 use ublk_host::{Errno, HostError};
@@ -18,30 +19,6 @@ fn config(server: &FakeServer, lanes: u16, split: u32) -> EngineConfig {
     config.lanes_per_queue = lanes;
     config.split = split;
     config
-}
-
-fn io(op: Op, offset: u64, len: u32) -> BlockIo {
-    BlockIo {
-        op,
-        offset,
-        len,
-        fua: false,
-    }
-}
-
-async fn write(engine: &QueueEngine, offset: u64, data: Vec<u8>) -> Result<(), Errno> {
-    let len = data.len() as u32;
-    engine
-        .execute_owned(io(Op::Write, offset, len), data)
-        .await
-        .0
-}
-
-async fn read(engine: &QueueEngine, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
-    let (outcome, data) = engine
-        .execute_owned(io(Op::Read, offset, len), vec![0; len as usize])
-        .await;
-    outcome.map(|()| data)
 }
 
 fn round_trips(lanes: u16, split: u32) {

@@ -7,10 +7,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::engine_io::{flush, read, write};
 use common::*;
-use ublk_host::client::{run_queue_thread, uring, BlockIo, EngineConfig, QueueEngine};
+use ublk_host::client::{run_queue_thread, uring, EngineConfig};
 use ublk_host::Errno;
-use wire::{libc_errno, Access, Op};
+use wire::PartitionInfo;
+use wire::{libc_errno, Access};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const PART_SIZE: u64 = 8 << 20;
@@ -19,51 +21,39 @@ const DEAD_AFTER: Duration = Duration::from_secs(2);
 /// Slack on top of a bound for scheduling and the lane clock's tick.
 const SLACK: Duration = Duration::from_millis(1500);
 
-fn config(server: &FakeServer) -> EngineConfig {
+/// A fake server serving a read-write partition, misbehaving as `misbehave` sets, and an
+/// engine configuration for it (dead-lane bound [`DEAD_AFTER`]). The server stops when
+/// dropped: a test that does not use it binds it as `_server`, never `_`.
+struct Rig {
+    server: FakeServer,
+    config: EngineConfig,
+    part: PartitionInfo,
+}
+
+fn rig(misbehave: impl FnOnce(&mut Options)) -> Rig {
+    let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
+    misbehave(&mut options);
+    let server = FakeServer::start(options);
     let mut client = server.client(secret());
     client.dead_after = DEAD_AFTER;
-    EngineConfig::new(client)
-}
-
-fn io(op: Op, offset: u64, len: u32) -> BlockIo {
-    BlockIo {
-        op,
-        offset,
-        len,
-        fua: false,
+    let part = server.shared.options.partition.clone();
+    Rig {
+        server,
+        config: EngineConfig::new(client),
+        part,
     }
-}
-
-async fn write(engine: &QueueEngine, offset: u64, data: Vec<u8>) -> Result<(), Errno> {
-    let len = data.len() as u32;
-    engine
-        .execute_owned(io(Op::Write, offset, len), data)
-        .await
-        .0
-}
-
-async fn read(engine: &QueueEngine, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
-    let (outcome, data) = engine
-        .execute_owned(io(Op::Read, offset, len), vec![0; len as usize])
-        .await;
-    outcome.map(|()| data)
-}
-
-async fn flush(engine: &QueueEngine) -> Result<(), Errno> {
-    engine
-        .execute_owned(io(Op::Flush, 0, 0), Vec::new())
-        .await
-        .0
 }
 
 #[test]
 fn silent_server_is_detected_and_the_request_reissued() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.silent_at = Some(2);
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server,
+            config,
+            part,
+        } = rig(|options| {
+            options.silent_at = Some(2);
+        });
         let shared = server.shared.clone();
         let (stats, waited) = run_queue_thread(&config, &part, 0, |engine| async move {
             write(&engine, 0, pattern(0, 8192, 1)).await.unwrap();
@@ -94,11 +84,13 @@ fn silent_server_is_detected_and_the_request_reissued() {
 #[test]
 fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.stall_mid_reply_at = Some(2);
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server: _server,
+            config,
+            part,
+        } = rig(|options| {
+            options.stall_mid_reply_at = Some(2);
+        });
         let (stats, waited) = run_queue_thread(&config, &part, 0, |engine| async move {
             let data = pattern(0, 64 * 1024, 3);
             write(&engine, 0, data.clone()).await.unwrap();
@@ -120,12 +112,14 @@ fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
 #[test]
 fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        // Ten pieces 400 ms apart: 4 s for one reply, twice the dead bound.
-        options.trickle_reply_at = Some((2, Duration::from_millis(400)));
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server: _server,
+            config,
+            part,
+        } = rig(|options| {
+            // Ten pieces 400 ms apart: 4 s for one reply, twice the dead bound.
+            options.trickle_reply_at = Some((2, Duration::from_millis(400)));
+        });
         let stats = run_queue_thread(&config, &part, 0, |engine| async move {
             let data = pattern(0, 64 * 1024, 4);
             write(&engine, 0, data.clone()).await.unwrap();
@@ -141,13 +135,15 @@ fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
 #[test]
 fn busy_lane_with_a_live_server_is_not_declared_dead() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        // Eight requests are held back until the eighth arrives: with one at a time
-        // in flight the first waits; heartbeats get it answered.
-        options.reverse_window = 2;
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server,
+            config,
+            part,
+        } = rig(|options| {
+            // Eight requests are held back until the eighth arrives: with one at a time
+            // in flight the first waits; heartbeats get it answered.
+            options.reverse_window = 2;
+        });
         let shared = server.shared.clone();
         let stats = run_queue_thread(&config, &part, 0, |engine| async move {
             // A lone request waits for a partner; the heartbeat (1 s) is that partner.
@@ -164,12 +160,14 @@ fn busy_lane_with_a_live_server_is_not_declared_dead() {
 #[test]
 fn revocation_fails_io_with_eacces_at_once_and_reassignment_brings_it_back() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.revoke_at = Some(2);
-        let server = FakeServer::start(options);
-        let mut config = config(&server);
+        let Rig {
+            server,
+            mut config,
+            part,
+        } = rig(|options| {
+            options.revoke_at = Some(2);
+        });
         config.wait_bound = Duration::from_secs(120);
-        let part = server.shared.options.partition.clone();
         let shared = server.shared.clone();
         run_queue_thread(&config, &part, 0, move |engine| async move {
             read(&engine, 0, 4096).await.unwrap();
@@ -207,11 +205,13 @@ fn revocation_fails_io_with_eacces_at_once_and_reassignment_brings_it_back() {
 #[test]
 fn restart_with_unflushed_writes_fails_the_next_flush() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.drop_at = Some(2);
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server,
+            config,
+            part,
+        } = rig(|options| {
+            options.drop_at = Some(2);
+        });
         let shared = server.shared.clone();
         run_queue_thread(&config, &part, 0, move |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
@@ -232,11 +232,13 @@ fn restart_with_unflushed_writes_fails_the_next_flush() {
 #[test]
 fn restart_after_a_flush_is_invisible() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.drop_at = Some(3);
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server,
+            config,
+            part,
+        } = rig(|options| {
+            options.drop_at = Some(3);
+        });
         let shared = server.shared.clone();
         run_queue_thread(&config, &part, 0, move |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
@@ -252,11 +254,13 @@ fn restart_after_a_flush_is_invisible() {
 #[test]
 fn a_flush_on_one_queue_covers_writes_of_another() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.drop_at = Some(3);
-        let server = FakeServer::start(options);
-        let config = config(&server);
-        let part = server.shared.options.partition.clone();
+        let Rig {
+            server,
+            config,
+            part,
+        } = rig(|options| {
+            options.drop_at = Some(3);
+        });
         // Queue 0 writes and ends.
         run_queue_thread(&config, &part, 0, |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
@@ -277,14 +281,16 @@ fn a_flush_on_one_queue_covers_writes_of_another() {
 #[test]
 fn fail_fast_fails_io_within_its_bound() {
     within(LIMIT, || {
-        let mut options = Options::new(partition(PART_SIZE, Access::ReadWrite));
-        options.drop_at = Some(2);
-        options.dead_after_drop = true;
-        let server = FakeServer::start(options);
-        let mut config = config(&server);
+        let Rig {
+            server: _server,
+            mut config,
+            part,
+        } = rig(|options| {
+            options.drop_at = Some(2);
+            options.dead_after_drop = true;
+        });
         config.wait_bound = Duration::from_secs(120);
         config.fail_fast = Some(Duration::from_secs(1));
-        let part = server.shared.options.partition.clone();
         run_queue_thread(&config, &part, 0, |engine| async move {
             read(&engine, 0, 4096).await.unwrap();
             let started = Instant::now();

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use array_server::net::{self, RunningServer, ServerConfig};
-use array_server::{Array, FormatOptions};
+use array_server::net::{RunningServer, ServerConfig};
+use common::real::{any_loopback_port, RealArray};
 use common::{pattern, within, KIB};
 use ublk_host::client::{
     run_queue_thread, uring, BlockIo, ClientConfig, Discovery, EngineConfig, LanePath, PathPolicy,
     PathSnapshot, PathStats, QueueEngine,
 };
-use wire::{Access, Op, PartitionInfo, Secret};
+use wire::{Access, Op, PartitionInfo};
 
 const DISKS: usize = 2;
 const DISK_SIZE: u64 = 16 << 20;
@@ -34,45 +34,20 @@ const BLOCK: u32 = 16 * KIB;
 const PUMP_POLL: Duration = Duration::from_millis(50);
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    array: RealArray,
     server: RunningServer,
-    secret: Secret,
 }
 
+/// The array, served on two loopback addresses (the two paths).
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<_> = (0..DISKS)
-        .map(|i| dir.path().join(format!("disk{i}.img")))
-        .collect();
-    for path in &paths {
-        std::fs::File::create(path)
-            .unwrap()
-            .set_len(DISK_SIZE)
-            .unwrap();
-    }
-    let options = FormatOptions {
-        chunk: 64 << 10,
-        force: false,
-        create_size: None,
-    };
-    let array: Arc<Array> = Array::format(&paths, &options).unwrap();
-    array
-        .create_partition("vol", PARTITION_SIZE, false)
-        .unwrap();
-    let secret = array.create_host("h1").unwrap().secret;
-    array.assign("h1", "vol", Access::ReadWrite).unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    let array = RealArray::format(DISKS, DISK_SIZE, PARTITION_SIZE, Access::ReadWrite);
+    let server = array.serve_with(ServerConfig {
+        listen: any_loopback_port(),
         also_listen: vec!["127.0.0.2:0".parse().unwrap()],
         threads: 1,
         ..ServerConfig::default()
-    };
-    let server = net::start(array, config).unwrap();
-    Setup {
-        _dir: dir,
-        server,
-        secret: Secret::from_hex(&secret).unwrap(),
-    }
+    });
+    Setup { array, server }
 }
 
 /// A TCP proxy that can cut its connections silently. A connection alive across a cut
@@ -163,7 +138,7 @@ fn pump(from: &TcpStream, to: &TcpStream, era: u64, state: &Arc<ProxyState>) {
 }
 
 fn client(setup: &Setup, path0: SocketAddr) -> ClientConfig {
-    let mut config = ClientConfig::new(path0.to_string(), "h1", setup.secret.clone());
+    let mut config = ClientConfig::new(path0.to_string(), "h1", setup.array.secret.clone());
     config.more_paths = vec![setup.server.local_addrs()[1].to_string()];
     config.handshake_timeout = DEAD_AFTER;
     config.dead_after = DEAD_AFTER;

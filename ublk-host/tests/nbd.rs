@@ -7,27 +7,25 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use array_server::net::{self, RunningServer, ServerConfig};
-use array_server::{Array, FormatOptions};
+use array_server::net::RunningServer;
+use common::real::{any_loopback_port, RealArray};
 use common::{within, MIB};
-use ublk_host::client::{run_queue_thread, BlockIo, ClientConfig, Discovery, EngineConfig};
+use ublk_host::client::{run_queue_thread, BlockIo, Discovery, EngineConfig};
 use ublk_host::nbd::proto::{self, Request};
 use ublk_host::nbd::{NbdExport, DEFAULT_MAX_CONNECTIONS};
-use wire::{Access, Op, Secret};
+use wire::{Access, Op};
 
 const DISKS: usize = 3;
 const DISK_SIZE: u64 = 24 << 20;
-const ARRAY_CHUNK: u64 = 64 << 10;
 const PARTITION_SIZE: u64 = 40 << 20;
 /// A trim longer than the largest read or write (the kernel's nbd trims whole disks).
 const LONG_TRIM: u32 = 36 << 20;
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 struct Setup {
-    dir: tempfile::TempDir,
+    array: RealArray,
     server: RunningServer,
     engine: EngineConfig,
     socket: PathBuf,
@@ -38,36 +36,9 @@ struct Setup {
 /// A formatted array with partition `vol` for host `h1`, its server, and the NBD export
 /// of `vol` on a socket in the temporary directory (served by a thread of the test).
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<_> = (0..DISKS)
-        .map(|i| dir.path().join(format!("disk{i}.img")))
-        .collect();
-    for path in &paths {
-        let file = std::fs::File::create(path).unwrap();
-        file.set_len(DISK_SIZE).unwrap();
-    }
-    let options = FormatOptions {
-        chunk: ARRAY_CHUNK,
-        force: false,
-        create_size: None,
-    };
-    let array: Arc<Array> = Array::format(&paths, &options).unwrap();
-    array
-        .create_partition("vol", PARTITION_SIZE, false)
-        .unwrap();
-    let secret = array.create_host("h1").unwrap().secret;
-    array.assign("h1", "vol", Access::ReadWrite).unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
-        ..ServerConfig::default()
-    };
-    let server = net::start(array, config).unwrap();
-    let client = ClientConfig::new(
-        server.local_addr().to_string(),
-        "h1",
-        Secret::from_hex(&secret).unwrap(),
-    );
+    let array = RealArray::format(DISKS, DISK_SIZE, PARTITION_SIZE, Access::ReadWrite);
+    let server = array.serve(any_loopback_port(), 2);
+    let client = array.client(&server);
     let partition = Discovery::open(&client)
         .unwrap()
         .list()
@@ -78,7 +49,7 @@ fn setup() -> Setup {
     let mut engine = EngineConfig::new(client);
     engine.lanes_per_queue = 2;
     let size = partition.size;
-    let socket = dir.path().join("vol.sock");
+    let socket = array.dir().join("vol.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let export = NbdExport {
         engine: engine.clone(),
@@ -87,7 +58,7 @@ fn setup() -> Setup {
     };
     std::thread::spawn(move || ublk_host::nbd::serve(listener, export));
     Setup {
-        dir,
+        array,
         server,
         engine,
         socket,
@@ -187,7 +158,7 @@ fn qemu_io_data_lands_on_the_array_and_flush_reaches_the_server() {
             .unwrap();
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(info["virtual-size"], setup.size);
-        drop(setup.dir);
+        drop(setup.array);
     });
 }
 

@@ -3,67 +3,32 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use array_server::net::{self, RunningServer, ServerConfig};
-use array_server::{Array, FormatOptions};
+use common::engine_io::io;
+use common::real::{any_loopback_port, RealArray, ARRAY_CHUNK};
 use common::{pattern, within, KIB, MIB};
 use ublk_host::client::{run_queue_thread, BlockIo, BufRef, ClientConfig, Discovery, EngineConfig};
 use ublk_host::Errno;
-use wire::{libc_errno, Access, Op, Secret};
+use wire::{libc_errno, Access, Op};
 
 const DISKS: usize = 3;
 const DISK_SIZE: u64 = 24 << 20;
-const ARRAY_CHUNK: u64 = 64 << 10;
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    array: RealArray,
     server: RunningServer,
-    secret: Secret,
 }
 
 fn setup(partition_size: u64, access: Access) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<_> = (0..DISKS)
-        .map(|i| dir.path().join(format!("disk{i}.img")))
-        .collect();
-    for path in &paths {
-        std::fs::File::create(path)
-            .unwrap()
-            .set_len(DISK_SIZE)
-            .unwrap();
-    }
-    let options = FormatOptions {
-        chunk: ARRAY_CHUNK,
-        force: false,
-        create_size: None,
-    };
-    let array: Arc<Array> = Array::format(&paths, &options).unwrap();
-    array
-        .create_partition("vol", partition_size, false)
-        .unwrap();
-    let secret = array.create_host("h1").unwrap().secret;
-    array.assign("h1", "vol", access).unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
-        ..ServerConfig::default()
-    };
-    let server = net::start(array, config).unwrap();
-    Setup {
-        _dir: dir,
-        server,
-        secret: Secret::from_hex(&secret).unwrap(),
-    }
+    let array = RealArray::format(DISKS, DISK_SIZE, partition_size, access);
+    let server = array.serve(any_loopback_port(), 2);
+    Setup { array, server }
 }
 
 fn client(setup: &Setup) -> ClientConfig {
-    let mut config = ClientConfig::new(
-        setup.server.local_addr().to_string(),
-        "h1",
-        setup.secret.clone(),
-    );
+    let mut config = setup.array.client(&setup.server);
     config.handshake_timeout = Duration::from_secs(5);
     config
 }
@@ -150,15 +115,6 @@ fn read_only_assignment_refuses_writes() {
     });
 }
 
-fn io(op: Op, offset: u64, len: u32) -> BlockIo {
-    BlockIo {
-        op,
-        offset,
-        len,
-        fua: false,
-    }
-}
-
 #[test]
 fn revocation_under_io_fails_it_with_eacces_within_a_second() {
     within(Duration::from_secs(60), || {
@@ -226,9 +182,8 @@ fn restart_then_flush(flush_before: bool) -> Result<(), Errno> {
         .unwrap()
         .clone();
     let config = EngineConfig::new(client(&setup));
-    let Setup {
-        _dir: dir, server, ..
-    } = setup;
+    // `array` keeps the member files until the end.
+    let Setup { array, server } = setup;
     let server = std::cell::RefCell::new(Some(server));
     let outcome = run_queue_thread(&config, &partition, 0, move |engine| async move {
         let flush = || engine.execute_owned(io(Op::Flush, 0, 0), Vec::new());
@@ -250,7 +205,7 @@ fn restart_then_flush(flush_before: bool) -> Result<(), Errno> {
         first
     })
     .unwrap();
-    drop(dir);
+    drop(array);
     outcome
 }
 

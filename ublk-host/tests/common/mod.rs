@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod engine_io;
+pub mod real;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
