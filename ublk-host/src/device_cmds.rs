@@ -83,11 +83,6 @@ pub struct AttachArgs {
     /// copy mode even where the ublk driver offers zero copy (for comparisons)
     #[argh(switch)]
     copy: bool,
-    /// batched ublk I/O commands (UBLK_F_BATCH_IO, Linux 7.0+), in copy mode: the driver
-    /// hands requests over and takes results back a batch at a time; refused where the
-    /// driver does not offer them
-    #[argh(switch)]
-    batch_io: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -216,7 +211,6 @@ fn attach_options(args: &AttachArgs, argv: Vec<String>) -> anyhow::Result<Attach
         id: args.id,
         saved_args: with_absolute_secret_file(argv),
         copy: args.copy,
-        batch_io: args.batch_io,
     })
 }
 

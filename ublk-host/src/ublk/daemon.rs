@@ -10,7 +10,6 @@ use wire::PartitionInfo;
 
 use crate::client::{ClientConfig, Discovery, EngineConfig};
 use crate::error::{HostError, Result};
-use crate::ublk::batch::serve_queue_batch;
 use crate::ublk::handover::{hand_over, Handover, HANDOVER_SIGNAL};
 use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::names;
@@ -46,9 +45,6 @@ pub struct AttachOptions {
     pub saved_args: Vec<String>,
     /// Copy mode even where the driver offers zero copy (for comparisons).
     pub copy: bool,
-    /// Batched I/O commands (`UBLK_F_BATCH_IO`), in copy mode (see
-    /// [`crate::ublk::batch`]).
-    pub batch_io: bool,
 }
 
 /// A device that is up.
@@ -187,52 +183,23 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
 
 /// The flags a new device is created with: user recovery; zero copy with automatic buffer
 /// registration when the driver offers it (asked with `GET_FEATURES`, never inferred from
-/// the kernel version) and neither `copy` nor `batch_io` forbids it; batched I/O commands
-/// with `batch_io` (an error where the driver does not offer them); `UBLK_F_QUIESCE` when
-/// the driver offers it (a planned handover then drains the queues, see
-/// [`mod@crate::ublk::handover`]).
-pub(crate) fn device_flags(copy: bool, batch_io: bool) -> Result<u64> {
+/// the kernel version) and `copy` does not forbid it; `UBLK_F_QUIESCE` when the driver
+/// offers it (a planned handover then drains the queues, see [`mod@crate::ublk::handover`]).
+pub(crate) fn device_flags(copy: bool) -> u64 {
     let auto_buf_reg = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
     let quiesce = u64::from(libublk::sys::UBLK_F_QUIESCE);
-    let batch = u64::from(libublk::sys::UBLK_F_BATCH_IO);
     let offered = UblkCtrl::get_features().unwrap_or(0);
-    if batch_io && offered & batch == 0 {
-        return Err(HostError::Config {
-            what: "--batch-io",
-            reason: format!(
-                "this ublk driver does not offer batched I/O commands (features \
-                 {offered:#x}; they came with Linux 7.0)"
-            ),
-        });
-    }
-    let zero_copy = !copy && !batch_io && offered & auto_buf_reg != 0;
+    let zero_copy = !copy && offered & auto_buf_reg != 0;
     log::info!(
-        "ublk driver features {offered:#x}: {} mode{}, handover by {}",
+        "ublk driver features {offered:#x}: {} mode, handover by {}",
         if zero_copy { "zero-copy" } else { "copy" },
-        if batch_io {
-            ", batched I/O commands"
-        } else {
-            ""
-        },
         if offered & quiesce != 0 {
             "quiesce"
         } else {
             "recovery"
         }
     );
-    let mode = if zero_copy {
-        auto_buf_reg
-    } else if batch_io {
-        batch
-    } else {
-        0
-    };
-    Ok(RECOVERY_FLAGS | (offered & quiesce) | mode)
-}
-
-/// Whether a device with driver flags `flags` takes batched I/O commands.
-pub(crate) fn is_batched(flags: u64) -> bool {
-    flags & u64::from(libublk::sys::UBLK_F_BATCH_IO) != 0
+    RECOVERY_FLAGS | (offered & quiesce) | if zero_copy { auto_buf_reg } else { 0 }
 }
 
 /// Whether a device with driver flags `flags` runs in zero-copy mode.
@@ -315,11 +282,7 @@ pub(crate) fn serve(
         ctrl,
         dev,
         move |qid, dev: &UblkDev| {
-            if is_batched(dev.dev_info.flags) {
-                serve_queue_batch(qid, dev, &config, &shared_partition)
-            } else {
-                serve_queue(qid, dev, &config, &shared_partition, &queues_handover)
-            }
+            serve_queue(qid, dev, &config, &shared_partition, &queues_handover)
         },
         move |ctrl: &UblkCtrl| {
             if let Err(error) = resize::spawn_watch(attached.id, &watched.0, &watched.1) {

@@ -50,7 +50,7 @@ pub fn attach(
         .nr_queues(options.queues)
         .depth(options.depth)
         .io_buf_bytes(buf_bytes)
-        .ctrl_flags(device_flags(options.copy, options.batch_io)?)
+        .ctrl_flags(device_flags(options.copy))
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()?;
     let dev_id = ctrl.dev_info().dev_id;

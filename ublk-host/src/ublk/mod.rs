@@ -18,7 +18,6 @@
 //! - [`state`]: the state files under `/run/multilane` (what a recovering process needs,
 //!   and the lock that says a live process serves the device), the target JSON.
 
-pub mod batch;
 pub mod daemon;
 pub mod device;
 pub mod handover;

@@ -18,7 +18,7 @@ use crate::ublk::handover::{Drain, Handover};
 use crate::ublk::params::SECTOR_SHIFT;
 
 /// Ring operations each lane may have in flight (send, receive, reconnect wait + timer).
-pub(crate) const RING_OPS_PER_LANE: u32 = 4;
+const RING_OPS_PER_LANE: u32 = 4;
 /// Seconds of idleness after which libublk lets the queue go idle.
 const IDLE_SECS: u64 = 20;
 /// The low byte of a ublk descriptor's `op_flags` is the operation.
@@ -180,7 +180,7 @@ async fn serve_tag(
 
 /// Runs the tag's current I/O with its data at `buf` (`room` bytes); returns what it
 /// completes with (bytes, or `-errno`).
-pub(crate) async fn handle(
+async fn handle(
     queue: &UblkQueue<'_>,
     tag: u16,
     engine: &QueueEngine,

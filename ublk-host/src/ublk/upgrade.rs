@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libublk::ctrl::UblkCtrl;
 
 use crate::error::{HostError, Result};
-use crate::ublk::daemon::{describe_owner, discover, is_batched, AttachOptions, Attached};
+use crate::ublk::daemon::{describe_owner, discover, AttachOptions, Attached};
 use crate::ublk::handover::{HandoverWay, HANDOVER_SIGNAL, HANDOVER_WAIT};
 use crate::ublk::inspect::{self, ctrl_id, process_alive, DeviceState};
 use crate::ublk::progress::Progress;
@@ -45,14 +45,6 @@ pub fn upgrade(
 ) -> Result<Ended> {
     let old_pid = live_daemon(id)?;
     let flags = UblkCtrl::new_simple(ctrl_id(id)?)?.dev_info().flags;
-    if is_batched(flags) {
-        return Err(HostError::NotRecoverable {
-            id,
-            state: "its queues take batched I/O commands (--batch-io), whose queue loop \
-                     does not hand over in place: detach it and attach again"
-                .into(),
-        });
-    }
     let way = HandoverWay::for_flags(flags);
     let (partition, _) = discover(options)?;
     let asked = Instant::now();
