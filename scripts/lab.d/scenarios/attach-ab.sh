@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: two of our devices on one array-server, attached with different ublk-host flags (A: the defaults, B: AB_FLAGS, --poll-us 0 unless edited), and kernel NBD beside them; 4k random reads and writes at QD1 and QD32 in alternating rounds; medians and B/A ratios
+# lab-desc: two of our devices on one array-server, attached with different ublk-host flags (A: A_FLAGS, the defaults unless edited; B: AB_FLAGS), and kernel NBD beside them; 4k random reads and writes at QD1 and QD32 in alternating rounds; medians and B/A ratios
 # lab-optional: benchmark of one attach option against the defaults, in one boot (scripts/lab attach-ab, or --kernel 7.3)
 # lab-smp: 2
 # lab-timeout: 900
@@ -9,7 +9,7 @@
 need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host nbdkit nbd-client fio jq
 
-AB_FLAGS=(--poll-us 0) # edit here: the guest does not see the host environment
+A_FLAGS=() AB_FLAGS=(--copy) # edit here: the guest does not see the host environment
 ROUNDS=5 RUNTIME=3
 Q=$(nproc)
 KEY=$LAB_WORK/host.key
@@ -41,9 +41,9 @@ attach() {
 	on_cleanup "ublk-host detach ${dev#/dev/ublkb} 2>/dev/null || true"
 	echo "$dev"
 }
-dev_a=$(attach host-a a | tail -n1)
+dev_a=$(attach host-a a "${A_FLAGS[@]}" | tail -n1)
 dev_b=$(attach host-b b "${AB_FLAGS[@]}" | tail -n1)
-log "A: $dev_a (defaults), B: $dev_b (${AB_FLAGS[*]})"
+log "A: $dev_a (${A_FLAGS[*]:-defaults}), B: $dev_b (${AB_FLAGS[*]})"
 
 bg_start nbdkit nbdkit -f -i 127.0.0.1 -p 10809 memory 64M
 wait_for "ss -ltn | grep -q :10809" 30 "nbdkit"
@@ -76,6 +76,6 @@ for job in "randread 1" "randread 32" "randwrite 1" "randwrite 32"; do
 done
 cat <<REPORT
 
-======== A: ublk-host defaults, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $Q jobs, medians of $ROUNDS alternating rounds of ${RUNTIME}s) ========
+======== A: ${A_FLAGS[*]:-ublk-host defaults}, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $Q jobs, medians of $ROUNDS alternating rounds of ${RUNTIME}s) ========
 $table
 REPORT
