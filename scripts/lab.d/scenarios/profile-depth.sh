@@ -84,46 +84,47 @@ trace_timers() {
 	grep -v '^#' "$LAB_WORK/trace-$name.txt" | awk 'NR <= 60'
 }
 
-# profile NAME DEV: fio for 5 s, counters (/proc/stat, /proc/interrupts) over its middle 3 s:
-# reads per second, idle share, busy CPU per request; then an ftrace and, in a run of its
-# own (sampling perturbs the pipeline), a perf profile by command and by symbol
+# counters DEV FILE: "name value" lines: the device's completed reads, /proc/stat's context
+# switches and interrupts, the CPUs' idle and total time, and each kind of interrupt of
+# /proc/interrupts summed over the CPUs
+counters() {
+	{
+		echo "reads $(awk '{ print $1 }' /sys/block/"${1#/dev/}"/stat)"
+		awk '$1 == "ctxt" || $1 == "intr" { print $1, $2 }
+			$1 == "cpu" { print "idle", $5 + $6; print "total", $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
+		grep -E '^ *(LOC|RES|CAL|TLB):' /proc/interrupts |
+			awk -v q="$Q" '{ s = 0; for (c = 2; c <= q + 1; c++) s += $c; print $1, s }'
+	} >"$2"
+}
+
+# profile NAME DEV: fio for 5 s, counters over its middle 3 s: reads per second, idle share,
+# busy CPU per request, interrupts and context switches per request; then an ftrace and, in
+# a run of its own (sampling perturbs the pipeline), a perf profile by command and by symbol
 profile() {
-	local name=$1 dev=$2 out ios
+	local name=$1 dev=$2
 	fio --output-format=json --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS \
 		--direct=1 --ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting \
 		--runtime=5 --time_based --size=$((SIZE_MB / 2))M >"$LAB_WORK/fio-$name.json" &
 	local fio_pid=$!
 	sleep 1
-	local before after
-	before=$(awk '{ print $1 }' /sys/block/"${dev#/dev/}"/stat)
-	local stat0
-	stat0=$(awk '$1 == "ctxt" || $1 == "intr" { printf "%s ", $2 }' /proc/stat)
-	local cpu0
-	cpu0=$(awk '$1 == "cpu" { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
-	grep -E 'LOC|RES|CAL|TLB' /proc/interrupts >"$LAB_WORK/irq0-$name"
+	counters "$dev" "$LAB_WORK/before-$name"
 	sleep 3
-	after=$(awk '{ print $1 }' /sys/block/"${dev#/dev/}"/stat)
-	local stat1
-	stat1=$(awk '$1 == "ctxt" || $1 == "intr" { printf "%s ", $2 }' /proc/stat)
-	local cpu1
-	cpu1=$(awk '$1 == "cpu" { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat)
-	grep -E 'LOC|RES|CAL|TLB' /proc/interrupts >"$LAB_WORK/irq1-$name"
+	counters "$dev" "$LAB_WORK/after-$name"
 	wait "$fio_pid"
-	ios=$((after - before))
-	local idle cpu_us
-	idle=$(echo "$cpu0 $cpu1" | awk '{ printf "%.0f", 100 * ($3 - $1) / ($4 - $2) }')
-	cpu_us=$(awk -v i="$idle" -v n="$ios" -v q="$Q" 'BEGIN { printf "%.0f", (100 - i) / 100 * q * 3e6 / n }')
-	log "$name: $((ios / 3)) reads/s; the CPUs $idle % idle (/proc/stat); $cpu_us us of busy CPU per request"
-	metric "${name}_reads_per_s" $((ios / 3))
+	# the change of every counter over the 3 s
+	awk 'NR == FNR { was[$1] = $2; next } { print $1, $2 - was[$1] }' \
+		"$LAB_WORK/before-$name" "$LAB_WORK/after-$name" >"$LAB_WORK/delta-$name"
+	local reads idle cpu_us
+	reads=$(awk '$1 == "reads" { print $2 }' "$LAB_WORK/delta-$name")
+	idle=$(awk '$1 == "idle" { i = $2 } $1 == "total" { t = $2 } END { printf "%.0f", 100 * i / t }' \
+		"$LAB_WORK/delta-$name")
+	cpu_us=$(awk -v i="$idle" -v n="$reads" -v q="$Q" 'BEGIN { printf "%.0f", (100 - i) / 100 * q * 3e6 / n }')
+	log "$name: $((reads / 3)) reads/s; the CPUs $idle % idle (/proc/stat); $cpu_us us of busy CPU per request"
+	log "$name: per request: $(awk -v n="$reads" '$1 !~ /^(reads|idle|total)$/ { printf "%s %.2f  ", $1, $2 / n }' \
+		"$LAB_WORK/delta-$name")"
+	metric "${name}_reads_per_s" $((reads / 3))
 	metric "${name}_idle_pct" "$idle" %
 	metric "${name}_cpu_us_per_request" "$cpu_us" us
-	log "$name: per request: $(echo "$stat0 $stat1" | awk -v n="$ios" '{ printf "%.2f interrupts, %.2f context switches", ($3 - $1) / n, ($4 - $2) / n }')"
-	# interrupts of each kind, summed over the CPUs: name, count
-	local sum_irqs='{ s = 0; for (c = 2; c <= q + 1; c++) s += $c; print $1, s }'
-	awk -v q="$Q" "$sum_irqs" "$LAB_WORK/irq0-$name" >"$LAB_WORK/irqsum0"
-	awk -v q="$Q" "$sum_irqs" "$LAB_WORK/irq1-$name" |
-		awk -v n="$ios" 'NR == FNR { was[$1] = $2; next } { printf "    %s %.2f per request\n", $1, ($2 - was[$1]) / n }' \
-			"$LAB_WORK/irqsum0" - || true
 	fio --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
 		--ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting --runtime=5 \
 		--time_based --size=$((SIZE_MB / 2))M --minimal >/dev/null &
