@@ -15,10 +15,10 @@ pub(crate) fn os_error(context: &'static str, result: i32) -> HostError {
     HostError::io(context, io::Error::from_raw_os_error(-result))
 }
 
-/// A batch with a payload below this size in a fixed buffer is sent corked (see
-/// `send_batch`). Measured with `bench --fixed-buffers` on loopback, random writes at
-/// depth 32, corked against not: 4k 1.4-1.9x, 16k 1.05-1.1x, 32k 0.7x, 64k 0.6-0.8x
-/// (larger payloads fill segments by themselves; the cork only delays them).
+/// A batch with several payloads in fixed buffers, one of them below this size, is sent
+/// corked (see [`cork_needed`]). Measured with `bench --fixed-buffers` on loopback, random
+/// writes at depth 32, corked against not: 4k 1.4-1.9x, 16k 1.05-1.1x, 32k 0.7x, 64k
+/// 0.6-0.8x (larger payloads fill segments by themselves; the cork only delays them).
 const CORK_BELOW: usize = 32 * 1024;
 
 /// One step of sending a batch: frames (with any payloads in ordinary memory) by
