@@ -23,7 +23,7 @@ const SLACK: Duration = Duration::from_millis(1500);
 
 /// A fake server serving a read-write partition, misbehaving as `misbehave` sets, and an
 /// engine configuration for it (dead-lane bound [`DEAD_AFTER`]). The server stops when
-/// dropped: a test that does not use it binds it as `_server`, never `_`.
+/// the rig is dropped.
 struct Rig {
     server: FakeServer,
     config: EngineConfig,
@@ -47,25 +47,22 @@ fn rig(misbehave: impl FnOnce(&mut Options)) -> Rig {
 #[test]
 fn silent_server_is_detected_and_the_request_reissued() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             options.silent_at = Some(2);
         });
-        let shared = server.shared.clone();
-        let (stats, waited) = run_queue_thread(&config, &part, 0, |engine| async move {
-            write(&engine, 0, pattern(0, 8192, 1)).await.unwrap();
-            let started = Instant::now();
-            // The server swallows this one and goes quiet without closing.
-            let data = pattern(8192, 8192, 2);
-            write(&engine, 8192, data.clone()).await.unwrap();
-            let waited = started.elapsed();
-            assert!(read(&engine, 8192, 8192).await.unwrap() == data);
-            (engine.lane_stats(), waited)
-        })
-        .unwrap();
+        let shared = setup.server.shared.clone();
+        let (stats, waited) =
+            run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+                write(&engine, 0, pattern(0, 8192, 1)).await.unwrap();
+                let started = Instant::now();
+                // The server swallows this one and goes quiet without closing.
+                let data = pattern(8192, 8192, 2);
+                write(&engine, 8192, data.clone()).await.unwrap();
+                let waited = started.elapsed();
+                assert!(read(&engine, 8192, 8192).await.unwrap() == data);
+                (engine.lane_stats(), waited)
+            })
+            .unwrap();
         assert!(waited >= DEAD_AFTER, "not before the bound: {waited:?}");
         assert!(
             waited <= DEAD_AFTER + SLACK,
@@ -84,22 +81,19 @@ fn silent_server_is_detected_and_the_request_reissued() {
 #[test]
 fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
     within(LIMIT, || {
-        let Rig {
-            server: _server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             options.stall_mid_reply_at = Some(2);
         });
-        let (stats, waited) = run_queue_thread(&config, &part, 0, |engine| async move {
-            let data = pattern(0, 64 * 1024, 3);
-            write(&engine, 0, data.clone()).await.unwrap();
-            let started = Instant::now();
-            // The only request in flight: its head and half its data arrive, then nothing.
-            assert!(read(&engine, 0, 64 * 1024).await.unwrap() == data);
-            (engine.lane_stats(), started.elapsed())
-        })
-        .unwrap();
+        let (stats, waited) =
+            run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+                let data = pattern(0, 64 * 1024, 3);
+                write(&engine, 0, data.clone()).await.unwrap();
+                let started = Instant::now();
+                // The only request in flight: its head and half its data arrive, then nothing.
+                assert!(read(&engine, 0, 64 * 1024).await.unwrap() == data);
+                (engine.lane_stats(), started.elapsed())
+            })
+            .unwrap();
         assert!(
             waited <= DEAD_AFTER + SLACK,
             "detected within the bound: {waited:?}"
@@ -112,15 +106,11 @@ fn a_server_that_stalls_in_the_middle_of_a_reply_is_detected() {
 #[test]
 fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
     within(LIMIT, || {
-        let Rig {
-            server: _server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             // Ten pieces 400 ms apart: 4 s for one reply, twice the dead bound.
             options.trickle_reply_at = Some((2, Duration::from_millis(400)));
         });
-        let stats = run_queue_thread(&config, &part, 0, |engine| async move {
+        let stats = run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
             let data = pattern(0, 64 * 1024, 4);
             write(&engine, 0, data.clone()).await.unwrap();
             assert!(read(&engine, 0, 64 * 1024).await.unwrap() == data);
@@ -135,17 +125,13 @@ fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
 #[test]
 fn busy_lane_with_a_live_server_is_not_declared_dead() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             // Eight requests are held back until the eighth arrives: with one at a time
             // in flight the first waits; heartbeats get it answered.
             options.reverse_window = 2;
         });
-        let shared = server.shared.clone();
-        let stats = run_queue_thread(&config, &part, 0, |engine| async move {
+        let shared = setup.server.shared.clone();
+        let stats = run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
             // A lone request waits for a partner; the heartbeat (1 s) is that partner.
             read(&engine, 0, 4096).await.unwrap();
             engine.lane_stats()
@@ -160,16 +146,12 @@ fn busy_lane_with_a_live_server_is_not_declared_dead() {
 #[test]
 fn revocation_fails_io_with_eacces_at_once_and_reassignment_brings_it_back() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            mut config,
-            part,
-        } = rig(|options| {
+        let mut setup = rig(|options| {
             options.revoke_at = Some(2);
         });
-        config.wait_bound = Duration::from_secs(120);
-        let shared = server.shared.clone();
-        run_queue_thread(&config, &part, 0, move |engine| async move {
+        setup.config.wait_bound = Duration::from_secs(120);
+        let shared = setup.server.shared.clone();
+        run_queue_thread(&setup.config, &setup.part, 0, move |engine| async move {
             read(&engine, 0, 4096).await.unwrap();
             let started = Instant::now();
             let revoked = read(&engine, 0, 4096).await;
@@ -205,15 +187,11 @@ fn revocation_fails_io_with_eacces_at_once_and_reassignment_brings_it_back() {
 #[test]
 fn restart_with_unflushed_writes_fails_the_next_flush() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             options.drop_at = Some(2);
         });
-        let shared = server.shared.clone();
-        run_queue_thread(&config, &part, 0, move |engine| async move {
+        let shared = setup.server.shared.clone();
+        run_queue_thread(&setup.config, &setup.part, 0, move |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
             // The server "loses power": a new boot epoch, the connection drops.
             shared.boot_epoch.store(2, Ordering::SeqCst);
@@ -232,15 +210,11 @@ fn restart_with_unflushed_writes_fails_the_next_flush() {
 #[test]
 fn restart_after_a_flush_is_invisible() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             options.drop_at = Some(3);
         });
-        let shared = server.shared.clone();
-        run_queue_thread(&config, &part, 0, move |engine| async move {
+        let shared = setup.server.shared.clone();
+        run_queue_thread(&setup.config, &setup.part, 0, move |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
             flush(&engine).await.unwrap();
             shared.boot_epoch.store(2, Ordering::SeqCst);
@@ -254,22 +228,18 @@ fn restart_after_a_flush_is_invisible() {
 #[test]
 fn a_flush_on_one_queue_covers_writes_of_another() {
     within(LIMIT, || {
-        let Rig {
-            server,
-            config,
-            part,
-        } = rig(|options| {
+        let setup = rig(|options| {
             options.drop_at = Some(3);
         });
         // Queue 0 writes and ends.
-        run_queue_thread(&config, &part, 0, |engine| async move {
+        run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
             write(&engine, 0, vec![7; 4096]).await.unwrap();
         })
         .unwrap();
         // Queue 1 (same device: a clone of the same config) sees the restart.
-        let shared = server.shared.clone();
-        let same_device = config.clone();
-        run_queue_thread(&same_device, &part, 1, move |engine| async move {
+        let shared = setup.server.shared.clone();
+        let same_device = setup.config.clone();
+        run_queue_thread(&same_device, &setup.part, 1, move |engine| async move {
             shared.boot_epoch.store(2, Ordering::SeqCst);
             read(&engine, 0, 4096).await.unwrap();
             assert_eq!(flush(&engine).await, Err(Errno::EIO));
@@ -281,17 +251,13 @@ fn a_flush_on_one_queue_covers_writes_of_another() {
 #[test]
 fn fail_fast_fails_io_within_its_bound() {
     within(LIMIT, || {
-        let Rig {
-            server: _server,
-            mut config,
-            part,
-        } = rig(|options| {
+        let mut setup = rig(|options| {
             options.drop_at = Some(2);
             options.dead_after_drop = true;
         });
-        config.wait_bound = Duration::from_secs(120);
-        config.fail_fast = Some(Duration::from_secs(1));
-        run_queue_thread(&config, &part, 0, |engine| async move {
+        setup.config.wait_bound = Duration::from_secs(120);
+        setup.config.fail_fast = Some(Duration::from_secs(1));
+        run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
             read(&engine, 0, 4096).await.unwrap();
             let started = Instant::now();
             assert_eq!(read(&engine, 0, 4096).await.err(), Some(Errno::EIO));
