@@ -43,6 +43,61 @@ fn size_arg(text: &str) -> Result<u64, String> {
     parse_size(text)
 }
 
+/// Which member disks a command names: `--disk`, `--array`, `--scan`, `--no-device-scan`,
+/// or else a configuration file's `[array]` section (`--config`, or the service's).
+trait DiskArgs {
+    /// The disks to open.
+    fn spec(&self) -> Result<DiskSpec>;
+}
+
+/// Declares an offline subcommand (one that opens the array itself): the struct as
+/// written, followed by the options that choose its member disks, and its [`DiskArgs`].
+/// argh has no flattening of shared options, so they are added here once. Field types are
+/// matched as plain tokens (`bool`, `Option<PathBuf>`), not `ty` fragments: argh tells a
+/// switch by its type's tokens, which a `ty` fragment hides.
+macro_rules! offline_command {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident {
+            $($(#[$field_meta:meta])* $field:ident: $type:ident $(<$inner:ident>)?,)*
+        }
+    ) => {
+        #[derive(FromArgs)]
+        $(#[$meta])*
+        struct $name {
+            $($(#[$field_meta])* $field: $type $(<$inner>)?,)*
+            /// member disk (repeat for each disk; any order); with --array, each must belong to it
+            #[argh(option)]
+            disk: Vec<PathBuf>,
+            /// the array's id: its member disks are found by scanning block devices and --scan
+            #[argh(option)]
+            array: Option<Uuid>,
+            /// also probe these paths or globs for members of --array (repeatable)
+            #[argh(option)]
+            scan: Vec<String>,
+            /// with --array, probe only --disk and --scan, not the machine's block devices
+            #[argh(switch)]
+            no_device_scan: bool,
+            /// take the array from this configuration file's [array] section when neither
+            /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
+            #[argh(option)]
+            config: Option<PathBuf>,
+        }
+
+        impl DiskArgs for $name {
+            fn spec(&self) -> Result<DiskSpec> {
+                let given = DiskSpec {
+                    disks: self.disk.clone(),
+                    array_id: self.array,
+                    scan: self.scan.clone(),
+                    scan_block_devices: !self.no_device_scan,
+                };
+                spec_or_config(given, self.config.as_deref())
+            }
+        }
+    };
+}
+
 /// Create a new, empty array on the disks (in stripe order).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "format")]
@@ -121,29 +176,14 @@ struct ServeCommand {
     admin_token_file: Option<PathBuf>,
 }
 
-/// Show the array: disks, capacity, free space.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "info")]
-struct InfoCommand {
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
+offline_command! {
+    /// Show the array: disks, capacity, free space.
+    #[argh(subcommand, name = "info")]
+    struct InfoCommand {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
 /// Manage partitions (offline: no server may hold the disks).
@@ -163,113 +203,53 @@ enum PartitionAction {
     List(PartitionList),
 }
 
-/// Create a partition (size rounded up to a full stripe).
-#[derive(FromArgs)]
-#[argh(subcommand, name = "create")]
-struct PartitionCreate {
-    /// partition name
-    #[argh(positional)]
-    name: String,
-    /// size, e.g. 512, 4K, 64M, 1.5G
-    #[argh(positional, from_str_fn(size_arg))]
-    size: u64,
-    /// several hosts may be assigned it (default: private, one host)
-    #[argh(switch)]
-    shared: bool,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Create a partition (size rounded up to a full stripe).
+    #[argh(subcommand, name = "create")]
+    struct PartitionCreate {
+        /// partition name
+        #[argh(positional)]
+        name: String,
+        /// size, e.g. 512, 4K, 64M, 1.5G
+        #[argh(positional, from_str_fn(size_arg))]
+        size: u64,
+        /// several hosts may be assigned it (default: private, one host)
+        #[argh(switch)]
+        shared: bool,
+    }
 }
 
-/// Grow a partition to a new size.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "grow")]
-struct PartitionGrow {
-    /// partition name
-    #[argh(positional)]
-    name: String,
-    /// new size
-    #[argh(positional, from_str_fn(size_arg))]
-    size: u64,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Grow a partition to a new size.
+    #[argh(subcommand, name = "grow")]
+    struct PartitionGrow {
+        /// partition name
+        #[argh(positional)]
+        name: String,
+        /// new size
+        #[argh(positional, from_str_fn(size_arg))]
+        size: u64,
+    }
 }
 
-/// Delete a partition no host is assigned.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "delete")]
-struct PartitionDelete {
-    /// partition name
-    #[argh(positional)]
-    name: String,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Delete a partition no host is assigned.
+    #[argh(subcommand, name = "delete")]
+    struct PartitionDelete {
+        /// partition name
+        #[argh(positional)]
+        name: String,
+    }
 }
 
-/// List partitions.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "list")]
-struct PartitionList {
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
+offline_command! {
+    /// List partitions.
+    #[argh(subcommand, name = "list")]
+    struct PartitionList {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
 /// Manage hosts (offline: no server may hold the disks).
@@ -289,194 +269,81 @@ enum HostAction {
     List(HostList),
 }
 
-/// Create a host; its secret goes to --secret-file (mode 0600, not printed), else is
-/// printed once.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "create")]
-struct HostCreate {
-    /// host name
-    #[argh(positional)]
-    name: String,
-    /// write the secret to this file (mode 0600) instead of printing it
-    #[argh(option)]
-    secret_file: Option<PathBuf>,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Create a host; its secret goes to --secret-file (mode 0600, not printed), else is
+    /// printed once.
+    #[argh(subcommand, name = "create")]
+    struct HostCreate {
+        /// host name
+        #[argh(positional)]
+        name: String,
+        /// write the secret to this file (mode 0600) instead of printing it
+        #[argh(option)]
+        secret_file: Option<PathBuf>,
+    }
 }
 
-/// Delete a host that has no assignment.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "delete")]
-struct HostDelete {
-    /// host name
-    #[argh(positional)]
-    name: String,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Delete a host that has no assignment.
+    #[argh(subcommand, name = "delete")]
+    struct HostDelete {
+        /// host name
+        #[argh(positional)]
+        name: String,
+    }
 }
 
-/// Give a host a new secret: into --secret-file (mode 0600, not printed), else printed
-/// once.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "rotate")]
-struct HostRotate {
-    /// host name
-    #[argh(positional)]
-    name: String,
-    /// write the secret to this file (mode 0600) instead of printing it
-    #[argh(option)]
-    secret_file: Option<PathBuf>,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Give a host a new secret: into --secret-file (mode 0600, not printed), else printed
+    /// once.
+    #[argh(subcommand, name = "rotate")]
+    struct HostRotate {
+        /// host name
+        #[argh(positional)]
+        name: String,
+        /// write the secret to this file (mode 0600) instead of printing it
+        #[argh(option)]
+        secret_file: Option<PathBuf>,
+    }
 }
 
-/// List hosts and their partitions.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "list")]
-struct HostList {
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
+offline_command! {
+    /// List hosts and their partitions.
+    #[argh(subcommand, name = "list")]
+    struct HostList {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Assign a partition to a host.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "assign")]
-struct AssignCommand {
-    /// host name
-    #[argh(positional)]
-    host: String,
-    /// partition name
-    #[argh(positional)]
-    partition: String,
-    /// the host may only read
-    #[argh(switch)]
-    read_only: bool,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
+offline_command! {
+    /// Assign a partition to a host.
+    #[argh(subcommand, name = "assign")]
+    struct AssignCommand {
+        /// host name
+        #[argh(positional)]
+        host: String,
+        /// partition name
+        #[argh(positional)]
+        partition: String,
+        /// the host may only read
+        #[argh(switch)]
+        read_only: bool,
+    }
 }
 
-/// Withdraw a host's assignment.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "unassign")]
-struct UnassignCommand {
-    /// host name
-    #[argh(positional)]
-    host: String,
-    /// partition name
-    #[argh(positional)]
-    partition: String,
-    /// member disk (repeat for each disk; any order); with --array, each must belong to it
-    #[argh(option)]
-    disk: Vec<PathBuf>,
-    /// the array's id: its member disks are found by scanning block devices and --scan
-    #[argh(option)]
-    array: Option<Uuid>,
-    /// also probe these paths or globs for members of --array (repeatable)
-    #[argh(option)]
-    scan: Vec<String>,
-    /// with --array, probe only --disk and --scan, not the machine's block devices
-    #[argh(switch)]
-    no_device_scan: bool,
-    /// take the array from this configuration file's [array] section when neither
-    /// --disk nor --array is given (default /etc/multilane/array.toml, if it exists)
-    #[argh(option)]
-    config: Option<PathBuf>,
-}
-
-/// Which member disks a command names: `--disk`, `--array`, `--scan`, `--no-device-scan`,
-/// or else a configuration file's `[array]` section (`--config`, or the service's).
-trait DiskArgs {
-    /// The disks to open.
-    fn spec(&self) -> Result<DiskSpec>;
-}
-
-macro_rules! disk_args {
-    ($($command:ty),* $(,)?) => {$(
-        impl DiskArgs for $command {
-            fn spec(&self) -> Result<DiskSpec> {
-                let given = DiskSpec {
-                    disks: self.disk.clone(),
-                    array_id: self.array,
-                    scan: self.scan.clone(),
-                    scan_block_devices: !self.no_device_scan,
-                };
-                spec_or_config(given, self.config.as_deref())
-            }
-        }
-    )*};
+offline_command! {
+    /// Withdraw a host's assignment.
+    #[argh(subcommand, name = "unassign")]
+    struct UnassignCommand {
+        /// host name
+        #[argh(positional)]
+        host: String,
+        /// partition name
+        #[argh(positional)]
+        partition: String,
+    }
 }
 
 /// `given` if it names disks or an array; else the `[array]` section of `config` (or of
@@ -498,20 +365,6 @@ fn spec_or_config(given: DiskSpec, config: Option<&Path>) -> Result<DiskSpec> {
     };
     Ok(ConfigFile::load(path)?.settings(&overrides)?.disks)
 }
-
-disk_args!(
-    InfoCommand,
-    PartitionCreate,
-    PartitionGrow,
-    PartitionDelete,
-    PartitionList,
-    HostCreate,
-    HostDelete,
-    HostRotate,
-    HostList,
-    AssignCommand,
-    UnassignCommand,
-);
 
 /// Log lines of this program only, unless `RUST_LOG` asks for more: the libraries' own
 /// chatter (hyper, tokio...) is not the operator's business.
