@@ -157,19 +157,15 @@ fn wrong_secret_unknown_host_and_replayed_proof_get_the_same_refusal() {
 
 #[test]
 fn unassign_revokes_open_lanes_and_pushes_the_list() {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = serve(array.clone());
-    let mut control = Client::control(server.local_addr(), "h", &secret);
+    let rig = assigned(2, 1 << 20);
+    let server = serve(rig.array.clone());
+    let mut control = Client::control(server.local_addr(), "h", &rig.secret);
     assert_eq!(control.list().len(), 1);
-    let mut lane = Client::data(server.local_addr(), "h", &secret, p.id);
+    let mut lane = Client::data(server.local_addr(), "h", &rig.secret, rig.partition.id);
     assert_eq!(lane.write(0, &[7u8; 4096]), Status::Ok);
 
     let unassigned_at = Instant::now();
-    array.unassign("h", "p").unwrap();
+    rig.array.unassign("h", "p").unwrap();
     match control.recv_event().expect("pushed list") {
         ControlEvent::Partitions { partitions, .. } => assert!(partitions.is_empty()),
         other => panic!("expected Partitions, got {other:?}"),
@@ -184,7 +180,7 @@ fn unassign_revokes_open_lanes_and_pushes_the_list() {
     assert!(lane.closed_by_server());
 
     // Assigning again is pushed too, and the control session still answers pings.
-    array.assign("h", "p", wire::Access::ReadOnly).unwrap();
+    rig.array.assign("h", "p", wire::Access::ReadOnly).unwrap();
     match control.recv_event().expect("pushed list") {
         ControlEvent::Partitions { partitions, .. } => {
             assert_eq!(partitions[0].access, wire::Access::ReadOnly)
@@ -222,16 +218,21 @@ fn control_lists_exactly_the_hosts_partitions() {
 
 #[test]
 fn sessions_registry_counts_lanes_and_their_requests() {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = serve(array);
+    let rig = assigned(2, 1 << 20);
+    let server = serve(rig.array);
     let mut lanes: Vec<Client> = (0..4u16)
-        .map(|i| Client::lane(server.local_addr(), "h", &secret, p.id, i / 2, i % 2))
+        .map(|i| {
+            Client::lane(
+                server.local_addr(),
+                "h",
+                &rig.secret,
+                rig.partition.id,
+                i / 2,
+                i % 2,
+            )
+        })
         .collect();
-    assert_eq!(server.sessions().data_lanes("h", p.id).len(), 4);
+    assert_eq!(server.sessions().data_lanes("h", rig.partition.id).len(), 4);
     for (i, lane) in lanes.iter_mut().enumerate() {
         for _ in 0..=i {
             assert_eq!(lane.write(0, &[1u8; 4096]), Status::Ok);
@@ -239,7 +240,7 @@ fn sessions_registry_counts_lanes_and_their_requests() {
     }
     let mut per_lane: Vec<(Purpose, u64, u64)> = server
         .sessions()
-        .data_lanes("h", p.id)
+        .data_lanes("h", rig.partition.id)
         .iter()
         .map(|s| {
             let counters = s.counters.snapshot();
@@ -258,7 +259,10 @@ fn sessions_registry_counts_lanes_and_their_requests() {
         .contains("\"host\":\"h\""));
     drop(lanes);
     eventually("lanes to leave the registry", || {
-        server.sessions().data_lanes("h", p.id).is_empty()
+        server
+            .sessions()
+            .data_lanes("h", rig.partition.id)
+            .is_empty()
     });
 }
 

@@ -99,20 +99,16 @@ fn round_trip_three_disks() {
 
 #[test]
 fn bytes_land_where_the_stripe_map_says() {
-    let disks = temp_disks(3, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let partition = array.create_partition("p", 3 * CHUNK * 4, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", Access::ReadWrite).unwrap();
-    let logical_start = partition.extents[0].start;
-    let server = serve(array.clone());
-    let mut client = Client::data(server.local_addr(), "h", &secret, partition.id);
+    let rig = assigned(3, 3 * CHUNK * 4);
+    let logical_start = rig.partition.extents[0].start;
+    let server = serve(rig.array.clone());
+    let mut client = Client::data(server.local_addr(), "h", &rig.secret, rig.partition.id);
     let data = pattern(7, (5 * CHUNK + 1024) as usize);
     let offset = CHUNK / 2;
     assert_eq!(client.write_fua(offset, &data), Status::Ok);
     let map = StripeMap::new(CHUNK, 3);
     for piece in map.pieces(logical_start + offset, data.len() as u64) {
-        let file = std::fs::File::open(&disks.paths[piece.disk as usize]).unwrap();
+        let file = std::fs::File::open(&rig.disks.paths[piece.disk as usize]).unwrap();
         let mut on_disk = vec![0u8; piece.len as usize];
         file.read_exact_at(&mut on_disk, piece.disk_offset).unwrap();
         let from = (piece.logical - logical_start - offset) as usize;
@@ -166,14 +162,10 @@ fn partitions_never_see_each_others_data() {
 
 #[test]
 fn fua_and_flush_reach_the_files() {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", Access::ReadWrite).unwrap();
-    let logical = p.extents[0].start;
-    let server = serve(array.clone());
-    let mut client = Client::data(server.local_addr(), "h", &secret, p.id);
+    let rig = assigned(2, 1 << 20);
+    let logical = rig.partition.extents[0].start;
+    let server = serve(rig.array.clone());
+    let mut client = Client::data(server.local_addr(), "h", &rig.secret, rig.partition.id);
     let data = pattern(11, 4096);
     assert_eq!(client.write_fua(0, &data), Status::Ok);
     let second = pattern(12, 4096);
@@ -181,11 +173,11 @@ fn fua_and_flush_reach_the_files() {
     assert_eq!(client.flush(), Status::Ok);
     drop(client);
     server.stop();
-    drop(array);
+    drop(rig.array);
     let map = StripeMap::new(CHUNK, 2);
     for (offset, expected) in [(0, &data), (CHUNK, &second)] {
         let position = map.locate(logical + offset);
-        let file = std::fs::File::open(&disks.paths[position.disk as usize]).unwrap();
+        let file = std::fs::File::open(&rig.disks.paths[position.disk as usize]).unwrap();
         let mut on_disk = vec![0u8; 4096];
         file.read_exact_at(&mut on_disk, position.offset).unwrap();
         assert_eq!(&on_disk, expected);
@@ -224,13 +216,9 @@ fn discard_and_write_zeroes(disks: Disks) {
 
 #[test]
 fn many_requests_in_flight_complete_out_of_order() {
-    let disks = temp_disks(3, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 8 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", Access::ReadWrite).unwrap();
-    let server = serve(array);
-    let mut client = Client::data(server.local_addr(), "h", &secret, p.id);
+    let rig = assigned(3, 8 << 20);
+    let server = serve(rig.array);
+    let mut client = Client::data(server.local_addr(), "h", &rig.secret, rig.partition.id);
     let block = 128 << 10;
     let count = 64u32;
     for tag in 0..count {

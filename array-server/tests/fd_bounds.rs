@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use array_server::net::{self, RunningServer, ServerConfig};
 use common::probe::open_fds;
 use common::*;
-use wire::{Access, Status};
+use wire::Status;
 
 /// Silent connections opened against the handshake deadline.
 const SILENT: usize = 200;
@@ -77,21 +77,17 @@ struct Setup {
 }
 
 fn setup(config: ServerConfig) -> Setup {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let partition = array.create_partition("p", 1 << 20, false).unwrap().id;
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", Access::ReadWrite).unwrap();
+    let rig = assigned(2, 1 << 20);
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..config
     };
-    let server = net::start(array, config).unwrap();
+    let server = net::start(rig.array, config).unwrap();
     Setup {
-        _disks: disks,
+        _disks: rig.disks,
         server,
-        secret,
-        partition,
+        secret: rig.secret,
+        partition: rig.partition.id,
     }
 }
 

@@ -38,15 +38,11 @@ fn refusal(outcome: Result<Client, WireError>) -> RefusedCode {
 
 #[test]
 fn a_stalled_write_of_a_replaced_connection_never_lands() {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = serve(array);
+    let rig = assigned(2, 1 << 20);
+    let server = serve(rig.array);
     let addr = server.local_addr();
 
-    let mut old = connect(addr, &secret, lane(p.id, 0, 10)).unwrap();
+    let mut old = connect(addr, &rig.secret, lane(rig.partition.id, 0, 10)).unwrap();
     // A write whose payload stops halfway: the server admits it and waits for the rest.
     let stale = vec![0xee; BLOCK];
     let request = Request {
@@ -69,7 +65,7 @@ fn a_stalled_write_of_a_replaced_connection_never_lands() {
     });
 
     // The host replaces the lane; the Welcome comes only once the old one is fenced.
-    let mut new = connect(addr, &secret, lane(p.id, 0, 11)).unwrap();
+    let mut new = connect(addr, &rig.secret, lane(rig.partition.id, 0, 11)).unwrap();
     let live = sessions.list();
     assert_eq!(live.len(), 1, "the old session left the registry");
     assert!(matches!(live[0].purpose, Purpose::Data { epoch: 11, .. }));
@@ -87,21 +83,17 @@ fn a_stalled_write_of_a_replaced_connection_never_lands() {
 
 #[test]
 fn an_epoch_not_newer_than_the_live_one_is_stale() {
-    let disks = temp_disks(1, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = serve(array);
+    let rig = assigned(1, 1 << 20);
+    let server = serve(rig.array);
     let addr = server.local_addr();
 
-    let mut live = connect(addr, &secret, lane(p.id, 0, 50)).unwrap();
+    let mut live = connect(addr, &rig.secret, lane(rig.partition.id, 0, 50)).unwrap();
     assert_eq!(
-        refusal(connect(addr, &secret, lane(p.id, 0, 50))),
+        refusal(connect(addr, &rig.secret, lane(rig.partition.id, 0, 50))),
         RefusedCode::Stale
     );
     assert_eq!(
-        refusal(connect(addr, &secret, lane(p.id, 0, 49))),
+        refusal(connect(addr, &rig.secret, lane(rig.partition.id, 0, 49))),
         RefusedCode::Stale
     );
     assert_eq!(
@@ -110,30 +102,26 @@ fn an_epoch_not_newer_than_the_live_one_is_stale() {
         "the live lane is untouched"
     );
     // Another queue's lane is another lane.
-    let mut other = connect(addr, &secret, lane(p.id, 1, 1)).unwrap();
+    let mut other = connect(addr, &rig.secret, lane(rig.partition.id, 1, 1)).unwrap();
     assert_eq!(other.read_ok(0, BLOCK as u32), vec![1; BLOCK]);
     // After the live one is gone, an older epoch is still stale: a newer one existed.
     drop(live);
     let sessions = server.sessions().clone();
     eventually("the lane to close", || sessions.list().len() == 1);
     assert_eq!(
-        refusal(connect(addr, &secret, lane(p.id, 0, 40))),
+        refusal(connect(addr, &rig.secret, lane(rig.partition.id, 0, 40))),
         RefusedCode::Stale
     );
-    connect(addr, &secret, lane(p.id, 0, 51)).unwrap();
+    connect(addr, &rig.secret, lane(rig.partition.id, 0, 51)).unwrap();
 }
 
 #[test]
 fn replacing_an_idle_lane_is_immediate_and_closes_it() {
-    let disks = temp_disks(1, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = serve(array);
+    let rig = assigned(1, 1 << 20);
+    let server = serve(rig.array);
     let addr = server.local_addr();
-    let mut old = connect(addr, &secret, lane(p.id, 0, 5)).unwrap();
-    let mut new = connect(addr, &secret, lane(p.id, 0, 6)).unwrap();
+    let mut old = connect(addr, &rig.secret, lane(rig.partition.id, 0, 5)).unwrap();
+    let mut new = connect(addr, &rig.secret, lane(rig.partition.id, 0, 6)).unwrap();
     assert!(old.closed_by_server(), "the replaced lane is closed");
     assert_eq!(new.write(0, &[2; BLOCK]), Status::Ok);
     assert_eq!(server.sessions().list().len(), 1);

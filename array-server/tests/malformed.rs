@@ -19,17 +19,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
+    let rig = assigned(2, 1 << 20);
     // Fields drop in order: the server stops before the disks' directory goes.
     Setup {
-        server: serve(array),
-        secret,
-        partition: p.id,
-        _disks: disks,
+        server: serve(rig.array),
+        secret: rig.secret,
+        partition: rig.partition.id,
+        _disks: rig.disks,
     }
 }
 

@@ -96,16 +96,12 @@ fn each_lane_is_served_on_the_cpu_it_dialled_from() {
 #[test]
 fn unpinned_threads_still_serve_every_lane() {
     let cpus = allowed_cpus();
-    let disks = temp_disks(2, DISK_SIZE);
-    let array = format(&disks, CHUNK);
-    let p = array.create_partition("p", 1 << 20, false).unwrap();
-    let secret = array.create_host("h").unwrap().secret;
-    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
-    let server = start(array, cpus.len().max(2), false);
+    let rig = assigned(2, 1 << 20);
+    let server = start(rig.array, cpus.len().max(2), false);
     let addr = server.local_addr();
     let mut clients = Vec::new();
     for queue in 0..8u16 {
-        let mut client = Client::lane(addr, "h", &secret, p.id, queue, 0);
+        let mut client = Client::lane(addr, "h", &rig.secret, rig.partition.id, queue, 0);
         let data = pattern(u64::from(queue), 4096);
         assert_eq!(
             client.write(u64::from(queue) * 4096, &data),

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use array_server::array::PartitionView;
 use array_server::net::{self, RunningServer, ServerConfig};
 use array_server::{Array, FormatOptions};
 use wire::frame::{self, FrameDecoder, FramePrefix, Limits, Progress};
@@ -49,6 +50,33 @@ pub fn format(disks: &Disks, chunk: u64) -> Arc<Array> {
         create_size: None,
     };
     Array::format(&disks.paths, &options).expect("format")
+}
+
+/// An array with host `h` assigned partition `p` read-write: what most tests start from.
+pub struct Assigned {
+    /// The member disks (their temp directory lives as long as this).
+    pub disks: Disks,
+    pub array: Arc<Array>,
+    /// Partition `p`.
+    pub partition: PartitionView,
+    /// Host `h`'s secret.
+    pub secret: String,
+}
+
+/// `disk_count` disks of [`DISK_SIZE`] formatted with [`CHUNK`], and a private partition
+/// `p` of `partition_size` bytes assigned read-write to host `h`.
+pub fn assigned(disk_count: usize, partition_size: u64) -> Assigned {
+    let disks = temp_disks(disk_count, DISK_SIZE);
+    let array = format(&disks, CHUNK);
+    let partition = array.create_partition("p", partition_size, false).unwrap();
+    let secret = array.create_host("h").unwrap().secret;
+    array.assign("h", "p", wire::Access::ReadWrite).unwrap();
+    Assigned {
+        disks,
+        array,
+        partition,
+        secret,
+    }
 }
 
 pub fn serve(array: Arc<Array>) -> RunningServer {
