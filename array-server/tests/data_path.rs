@@ -17,22 +17,6 @@ fn round_trip_on(disk_count: usize) {
     round_trip(temp_disks(disk_count, DISK_SIZE));
 }
 
-/// Member disks on tmpfs (`/dev/shm`), where the server copies data through a shared
-/// mapping instead of using io_uring; `None` where there is no `/dev/shm`.
-fn ram_disks(count: usize) -> Option<Disks> {
-    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
-    let paths: Vec<_> = (0..count)
-        .map(|i| dir.path().join(format!("disk{i}.img")))
-        .collect();
-    for path in &paths {
-        std::fs::File::create(path)
-            .unwrap()
-            .set_len(DISK_SIZE)
-            .unwrap();
-    }
-    Some(Disks { dir, paths })
-}
-
 #[test]
 fn round_trip_on_ram_disks() {
     if let Some(disks) = ram_disks(3) {

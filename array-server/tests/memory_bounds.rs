@@ -12,7 +12,7 @@ use array_server::net::{self, ServerConfig};
 use common::probe::rss_bytes;
 use common::*;
 use wire::frame;
-use wire::{Access, ControlRequest, Op, Request, Status};
+use wire::{Access, ControlRequest, Status};
 
 /// Reads sent without reading a reply.
 const READS: u32 = 1000;
@@ -90,17 +90,7 @@ fn floods_that_never_read_replies_cost_bounded_memory() {
     // Reads, never reading a reply.
     let baseline = rss_bytes();
     let blocks = (PART / u64::from(READ_LEN)) as u32;
-    let mut requests = Vec::new();
-    for tag in 0..READS {
-        let request = Request {
-            tag,
-            op: Op::Read,
-            offset: u64::from(tag % blocks) * u64::from(READ_LEN),
-            len: READ_LEN,
-            flags: 0,
-        };
-        frame::encode_head(&request, 0, &mut requests).unwrap();
-    }
+    let requests = read_heads(READS, READ_LEN, blocks);
     lane.stream.write_all(&requests).unwrap();
     let reads = || session.counters.snapshot().reads;
     let growth = peak_growth(baseline, || reads() >= 8, || reads() >= u64::from(READS));

@@ -25,29 +25,10 @@ const READS: u32 = 48;
 /// How soon a revoked lane must be gone from the registry without the client's help.
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
-/// Member disks on tmpfs (the mapped engine), `None` without `/dev/shm`.
-fn ram_disks(count: usize) -> Option<Disks> {
-    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
-    Some(disks_in(dir, count))
-}
-
 /// Member disks on a disk-backed file system (the O_DIRECT io_uring engine).
 fn real_disks(count: usize) -> Disks {
     let dir = tempfile::tempdir_in("/var/tmp").expect("temp dir in /var/tmp");
-    disks_in(dir, count)
-}
-
-fn disks_in(dir: tempfile::TempDir, count: usize) -> Disks {
-    let paths: Vec<_> = (0..count)
-        .map(|i| dir.path().join(format!("disk{i}.img")))
-        .collect();
-    for path in &paths {
-        std::fs::File::create(path)
-            .unwrap()
-            .set_len(DISK_SIZE)
-            .unwrap();
-    }
-    Disks { dir, paths }
+    disks_in(dir, count, DISK_SIZE)
 }
 
 /// An array with partition "old" assigned to host "a"; returns a's secret.
@@ -103,18 +84,7 @@ fn stop_reading(
     before: &[u8],
 ) -> std::sync::Arc<array_server::net::Session> {
     assert_eq!(a.write_fua(0, before), Status::Ok);
-    let blocks = (PART / u64::from(READ_LEN)) as u32;
-    let mut requests = Vec::new();
-    for tag in 0..READS {
-        let request = Request {
-            tag,
-            op: Op::Read,
-            offset: u64::from(tag % blocks) * u64::from(READ_LEN),
-            len: READ_LEN,
-            flags: 0,
-        };
-        frame::encode_head(&request, 0, &mut requests).unwrap();
-    }
+    let requests = read_heads(READS, READ_LEN, (PART / u64::from(READ_LEN)) as u32);
     a.stream.write_all(&requests).unwrap();
     wait_server_consumed(&a.stream);
     let lane = server

@@ -331,16 +331,7 @@ fn round_robin_alternates_between_two_healthy_paths() {
                 .collect();
             locals.sort();
             assert_eq!(locals, vec!["127.0.0.1", "127.0.0.2"]);
-            for i in 0..10u64 {
-                let io = BlockIo {
-                    op: Op::Write,
-                    offset: i * u64::from(BLOCK),
-                    len: BLOCK,
-                    fua: false,
-                };
-                let data = pattern(io.offset, BLOCK as usize, 7);
-                engine.execute_owned(io, data).await.0.unwrap();
-            }
+            write_some(&engine).await;
             read_back_some(&engine).await;
             let ops: Vec<u64> = sessions
                 .data_lanes("h1", part_id)
@@ -366,16 +357,7 @@ fn traffic_on_both_paths_shows_in_the_device_path_stats() {
         let part = partition(&config.client);
         let seen = stats.clone();
         let snapshot = run_queue_thread(&config, &part, 0, move |engine| async move {
-            for i in 0..10u64 {
-                let io = BlockIo {
-                    op: Op::Write,
-                    offset: i * u64::from(BLOCK),
-                    len: BLOCK,
-                    fua: false,
-                };
-                let data = pattern(io.offset, BLOCK as usize, 7);
-                engine.execute_owned(io, data).await.0.unwrap();
-            }
+            write_some(&engine).await;
             read_back_some(&engine).await;
             // Lanes publish their path at their next clock tick.
             stats_until(&seen, |s| s.iter().all(|path| path.up)).await
@@ -392,6 +374,20 @@ fn traffic_on_both_paths_shows_in_the_device_path_stats() {
             "closed lanes leave their paths: {closed:?}"
         );
     });
+}
+
+/// Writes blocks 0..10 with their pattern (what [`read_back_some`] checks).
+async fn write_some(engine: &QueueEngine) {
+    for i in 0..10u64 {
+        let io = BlockIo {
+            op: Op::Write,
+            offset: i * u64::from(BLOCK),
+            len: BLOCK,
+            fua: false,
+        };
+        let data = pattern(io.offset, BLOCK as usize, 7);
+        engine.execute_owned(io, data).await.0.unwrap();
+    }
 }
 
 async fn read_back_some(engine: &QueueEngine) {

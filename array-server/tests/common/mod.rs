@@ -32,8 +32,21 @@ pub struct Disks {
     pub paths: Vec<PathBuf>,
 }
 
+/// `count` member disk files of `size` bytes in a temp directory.
 pub fn temp_disks(count: usize, size: u64) -> Disks {
-    let dir = tempfile::tempdir().expect("temp dir");
+    disks_in(tempfile::tempdir().expect("temp dir"), count, size)
+}
+
+/// `count` member disk files of [`DISK_SIZE`] on tmpfs (`/dev/shm`), which the server
+/// serves through a shared mapping (the mapped engine); `None` where there is no
+/// `/dev/shm`.
+pub fn ram_disks(count: usize) -> Option<Disks> {
+    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+    Some(disks_in(dir, count, DISK_SIZE))
+}
+
+/// `count` member disk files of `size` bytes in `dir`.
+pub fn disks_in(dir: tempfile::TempDir, count: usize, size: u64) -> Disks {
     let paths: Vec<PathBuf> = (0..count)
         .map(|i| dir.path().join(format!("disk{i}.img")))
         .collect();
@@ -326,6 +339,23 @@ impl Client {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
+}
+
+/// The encoded heads of `count` reads of `len` bytes each (tags 0..count), cycling over the
+/// partition's first `blocks` blocks of `len`: a flood to send without reading replies.
+pub fn read_heads(count: u32, len: u32, blocks: u32) -> Vec<u8> {
+    let mut heads = Vec::new();
+    for tag in 0..count {
+        let request = Request {
+            tag,
+            op: Op::Read,
+            offset: u64::from(tag % blocks) * u64::from(len),
+            len,
+            flags: 0,
+        };
+        frame::encode_head(&request, 0, &mut heads).unwrap();
+    }
+    heads
 }
 
 /// Deterministic pseudo-random bytes.
