@@ -12,44 +12,14 @@ need_bin array-server ublk-host nbdkit nbd-client fio jq
 A_FLAGS=() AB_FLAGS=(--copy) # edit here: the guest does not see the host environment
 ROUNDS=5 RUNTIME=3
 Q=$(nproc)
-KEY=$LAB_WORK/host.key
-store=/dev/shm/attach-ab
-rm -rf "$store" && mkdir -p "$store"
-on_cleanup "rm -rf $store"
-DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
-{
-	array-server format "${DISKS[@]}" --size 48M --chunk 64K --admin-token-file "$LAB_WORK/token"
-	array-server host create bench --secret-file "$KEY" "${DISKS[@]}"
-	array-server partition create a 64M "${DISKS[@]}"
-	array-server partition create b 64M "${DISKS[@]}"
-	array-server assign bench a "${DISKS[@]}"
-	array-server assign bench b "${DISKS[@]}"
-} >/dev/null 2>&1 || fail "setting up the array"
-bg_start server array-server serve "${DISKS[@]}" --listen 127.0.0.1:7700 --threads "$Q" --no-admin
-CONN=(--server 127.0.0.1:7700 --host bench --secret-file "$KEY")
-wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
+# shellcheck source=../bench.sh
+. /lab/bench.sh
 
-# attach TAG PARTITION [FLAGS...] -> the device path
-attach() {
-	local tag=$1 partition=$2
-	shift 2
-	bg_start "$tag" ublk-host attach "${CONN[@]}" --partition "$partition" --queues "$Q" \
-		--lanes-per-queue 1 "$@"
-	wait_for "grep -q ' ready ' $LAB_WORK/$tag.log" 60 "device $tag"
-	local dev
-	dev=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$tag.log" | head -n1)
-	on_cleanup "ublk-host detach ${dev#/dev/ublkb} 2>/dev/null || true"
-	echo "$dev"
-}
-dev_a=$(attach host-a a "${A_FLAGS[@]}" | tail -n1)
-dev_b=$(attach host-b b "${AB_FLAGS[@]}" | tail -n1)
+bench_array attach-ab 48M a:64M b:64M
+dev_a=$(bench_attach host-a a --queues "$Q" --lanes-per-queue 1 "${A_FLAGS[@]}" | tail -n1)
+dev_b=$(bench_attach host-b b --queues "$Q" --lanes-per-queue 1 "${AB_FLAGS[@]}" | tail -n1)
 log "A: $dev_a (${A_FLAGS[*]:-defaults}), B: $dev_b (${AB_FLAGS[*]})"
-
-bg_start nbdkit nbdkit -f -i 127.0.0.1 -p 10809 memory 64M
-wait_for "ss -ltn | grep -q :10809" 30 "nbdkit"
-nbd-client -N '' 127.0.0.1 10809 /dev/nbd0 -C "$Q" -b 512 >/dev/null
-on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
-wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+bench_nbd_peer 64M "$Q"
 
 # figure DEV RW DEPTH -> IOPS (Q jobs, summed)
 figure() {

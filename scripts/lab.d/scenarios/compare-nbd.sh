@@ -12,35 +12,16 @@ Q=$(nproc)
 SIZE_MB=128
 RUNTIME=${COMPARE_RUNTIME:-3}
 ROUNDS=${COMPARE_ROUNDS:-3} # medians of this many runs per job and device
-PORT=7700
-NBD_PORT=10809
-store=/dev/shm/compare
-rm -rf "$store" # a --batch boot may have run compare-nbd or compare-nbd-copy before
-mkdir -p "$store"
-on_cleanup "rm -rf $store" # tmpfs pages are guest RAM: none left for the next scenario of a --batch boot
-DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
-KEY=$LAB_WORK/host.key
+# shellcheck source=../bench.sh
+. /lab/bench.sh
 
 log "ours: array on 3 tmpfs files, partition of $SIZE_MB MiB, $Q queues x 1 lane"
-array-server format "${DISKS[@]}" --size 64M --chunk 64K --admin-token-file "$LAB_WORK/token" >/dev/null
-array-server host create bench --secret-file "$KEY" "${DISKS[@]}" >/dev/null
-array-server partition create vol "${SIZE_MB}M" "${DISKS[@]}" >/dev/null
-array-server assign bench vol "${DISKS[@]}" >/dev/null
-bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q" --no-admin
-CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
-wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
+bench_array compare 64M "vol:${SIZE_MB}M"
 # shellcheck disable=SC2086 # COMPARE_ATTACH_EXTRA holds whole flags (with their values)
-bg_start host ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1 $COMPARE_ATTACH_EXTRA
-wait_for "grep -q ' ready ' $LAB_WORK/host.log" 60 "the ublk device"
-ours=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/host.log" | head -n1)
-on_cleanup "ublk-host detach ${ours#/dev/ublkb} 2>/dev/null || true"
+ours=$(bench_attach host vol --queues "$Q" --lanes-per-queue 1 $COMPARE_ATTACH_EXTRA | tail -n1)
 
 log "peer: nbdkit memory plugin, kernel nbd with $Q connections"
-bg_start nbdkit nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory "${SIZE_MB}M"
-wait_for "ss -ltn | grep -q :$NBD_PORT" 30 "nbdkit"
-nbd-client -N '' 127.0.0.1 "$NBD_PORT" /dev/nbd0 -C "$Q" -b 512 >/dev/null
-on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
-wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+bench_nbd_peer "${SIZE_MB}M" "$Q"
 
 # name rw bs iodepth
 JOBS=(

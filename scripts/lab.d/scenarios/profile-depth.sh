@@ -13,39 +13,17 @@ need_bin array-server ublk-host nbdkit nbd-client fio perf jq
 
 Q=$(nproc)
 SIZE_MB=128
-PORT=7700
-NBD_PORT=10809
 PROFILE_RW=randread PROFILE_BS=4k PROFILE_QD=32 # edit here: the guest does not see the host environment
-store=/dev/shm/profile
-rm -rf "$store"
-mkdir -p "$store"
-on_cleanup "rm -rf $store"
-DISKS=(--disk "$store/d0" --disk "$store/d1" --disk "$store/d2")
-KEY=$LAB_WORK/host.key
+# shellcheck source=../bench.sh
+. /lab/bench.sh
 
-array-server format "${DISKS[@]}" --size 64M --chunk 64K --admin-token-file "$LAB_WORK/token" >/dev/null
-array-server host create bench --secret-file "$KEY" "${DISKS[@]}" >/dev/null
-array-server partition create vol "${SIZE_MB}M" "${DISKS[@]}" >/dev/null
-array-server assign bench vol "${DISKS[@]}" >/dev/null
-bg_start server array-server serve "${DISKS[@]}" --listen "127.0.0.1:$PORT" --threads "$Q" --no-admin
-CONN=(--server "127.0.0.1:$PORT" --host bench --secret-file "$KEY")
-wait_for "ublk-host discover ${CONN[*]} >/dev/null 2>&1" 30 "array-server"
+bench_array profile 64M "vol:${SIZE_MB}M"
 # attach_ours TAG [FLAGS...]: our device, its path in $ours
 attach_ours() {
-	local tag=$1
-	shift
-	bg_start "$tag" ublk-host attach "${CONN[@]}" --partition vol --queues "$Q" --lanes-per-queue 1 "$@"
-	wait_for "grep -q ' ready ' $LAB_WORK/$tag.log" 60 "the ublk device"
-	ours=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$tag.log" | head -n1)
-	on_cleanup "ublk-host detach ${ours#/dev/ublkb} 2>/dev/null || true"
+	ours=$(bench_attach "$1" vol --queues "$Q" --lanes-per-queue 1 "${@:2}" | tail -n1)
 }
 attach_ours host
-
-bg_start nbdkit nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory "${SIZE_MB}M"
-wait_for "ss -ltn | grep -q :$NBD_PORT" 30 "nbdkit"
-nbd-client -N '' 127.0.0.1 "$NBD_PORT" /dev/nbd0 -C "$Q" -b 512 >/dev/null
-on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
-wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+bench_nbd_peer "${SIZE_MB}M" "$Q"
 
 T=/sys/kernel/tracing
 [ -d $T/events ] || T=/sys/kernel/debug/tracing

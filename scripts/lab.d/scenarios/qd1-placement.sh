@@ -49,11 +49,9 @@ fi
 grep -q 'pinned to CPUs' "$LAB_WORK/server-pinned.log" || fail "the default server did not pin its threads"
 grep -q 'pinned to CPUs' "$LAB_WORK/server-free.log" && fail "--no-pin-threads still pinned"
 
-bg_start nbdkit nbdkit -f -i 127.0.0.1 -p 10809 memory 64M
-wait_for "ss -ltn | grep -q :10809" 30 "nbdkit"
-nbd-client -N '' 127.0.0.1 10809 /dev/nbd0 -C 2 -b 512 >/dev/null
-on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
-wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+# shellcheck source=../bench.sh
+. /lab/bench.sh
+bench_nbd_peer 64M 2
 
 # figure DEV BS DEPTH RW -> IOPS (2 jobs)
 figure() {

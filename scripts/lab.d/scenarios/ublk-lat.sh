@@ -1,25 +1,24 @@
 # shellcheck shell=bash
 # lab-desc: our ublk device vs kernel NBD in interleaved rounds: fio 4k randread QD1 (p50/p90/p99) and QD32x2; optional thread samples, perf profile, ftrace
 # lab-optional: diagnosis; `UBLK_LAT_BEFORE=<old ublk-host> scripts/lab ublk-lat` also measures an older binary in the same boot
-# Every device (memserver-backed ublk devices, nbdkit-backed nbd) stays attached and the rounds
+# Every device (ublk devices of one array-server on tmpfs, each on a partition of its own: one
+# host may attach a partition only once; nbdkit-backed nbd) stays attached and the rounds
 # alternate between them, so the host's load (the TCG vCPUs share the machine with everything
 # else; stalls of 5-17 ms show in ftrace as late ticks) hits all of them alike: compare figures
 # within one boot only. The guest does not see the host environment: edit the defaults below.
 
 need_dev /dev/ublk-control /dev/nbd0
-need_bin ublk-host memserver nbdkit nbd-client fio jq
+need_bin array-server ublk-host nbdkit nbd-client fio jq
 
-SECRET=$LAB_WORK/host.key
-ADDR=127.0.0.1:7700
-(umask 077 && printf '%064x\n' 42 >"$SECRET")
-CONN="--server $ADDR --host lab --secret-file $SECRET"
+# shellcheck source=../bench.sh
+. /lab/bench.sh
+CONN="${BENCH_CONN[*]}"
 RUNTIME=${LAT_RUNTIME:-3}
 ROUNDS=${LAT_ROUNDS:-2}
 # what else to run (edit here: the guest does not see the host environment)
 LAT_SAMPLE=${LAT_SAMPLE:-} LAT_PERF=${LAT_PERF:-} LAT_TRACE=${LAT_TRACE:-} TRACE_QD=32 TRACE_JOBS=2
 
-bg_start server memserver --listen "$ADDR" --size $((64 << 20)) --secret-file "$SECRET"
-wait_for "ublk-host discover $CONN >/dev/null 2>&1" 30 "memserver to answer discovery"
+bench_array ublk-lat 48M lat0:32M lat1:32M lat2:32M
 
 # thread_ticks PID -> "tid comm ticks" per thread
 thread_ticks() {
@@ -49,18 +48,14 @@ for spec in ${LAT_DEVICES:-ublk-host-before:1 ublk-host:1 ublk-host:2}; do
 	command -v "$bin" >/dev/null || continue
 	tag=${bin}-l$lanes
 	# shellcheck disable=SC2086 # CONN is several words
-	bg_start "$tag" "$bin" attach $CONN --partition vol0 --queues 2 --lanes-per-queue "$lanes" --id "$id"
+	bg_start "$tag" "$bin" attach $CONN --partition "lat$id" --queues 2 --lanes-per-queue "$lanes" --id "$id"
 	wait_for "grep -q 'ready' $LAB_WORK/$tag.log" 60 "$bin to report the device ready"
 	wait_for /sys/block/ublkb$id/mq 10
 	on_cleanup "ublk-host detach $id || true"
 	DEVS+=("$tag=/dev/ublkb$id") PIDS+=("$(bg_pid "$tag") $(bg_pid server)")
 	id=$((id + 1))
 done
-bg_start nbdkit nbdkit -f -i 127.0.0.1 -p 10809 memory 64M
-wait_for "ss -ltn | grep -q :10809" 30 "nbdkit"
-nbd-client -N '' 127.0.0.1 10809 /dev/nbd0 -C 2 -b 512 >/dev/null
-on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
-wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+bench_nbd_peer 64M 2
 DEVS+=("nbd=/dev/nbd0") PIDS+=("$(bg_pid nbdkit)")
 
 for ((round = 1; round <= ROUNDS; round++)); do
