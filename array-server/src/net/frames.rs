@@ -1,16 +1,15 @@
 //! Frames over a tokio-uring socket: a staging buffer for heads, write payloads received
 //! into their aligned buffer, and whole-frame sends.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 use serde::Serialize;
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::fs::File;
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, FrameDecoder, FrameHeader, FramePrefix, Limits, Progress};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
 
+use super::recv_all::recv_all;
 use crate::array::io::buffer::{AlignedBuf, DATA_OFFSET};
 use crate::array::io::MappedTarget;
 use crate::error::{Error, Result};
@@ -30,9 +29,6 @@ pub struct FrameReader {
     start: usize,
     /// Where the stream is: between frames, or inside a payload (and how much is owed).
     decoder: FrameDecoder,
-    /// A duplicate of the socket's descriptor as a ring file, for vectored receives
-    /// (`readv` into several mapped pieces at once); made on first use.
-    vectored: Option<File>,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -51,7 +47,6 @@ impl FrameReader {
             staging: Vec::with_capacity(STAGING_LEN),
             start: 0,
             decoder: FrameDecoder::new(Limits::HANDSHAKE),
-            vectored: None,
         }
     }
 
@@ -111,12 +106,16 @@ impl FrameReader {
         buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
         self.start += copied;
         while self.decoder.payload_remaining() > 0 {
-            let received = len - self.decoder.payload_remaining();
-            let range = DATA_OFFSET + received..DATA_OFFSET + len;
-            let (result, slice) = self.stream.read(buffer.slice(range)).await;
-            buffer = slice.into_inner();
-            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
-            self.decoder.payload_received(read)?;
+            // The slice's initialised part is what has been received: `recv_all` goes on
+            // from there.
+            buffer.set_len(DATA_OFFSET + len - self.decoder.payload_remaining());
+            let (result, mut slices) = recv_all(
+                &self.stream,
+                vec![buffer.slice(DATA_OFFSET..DATA_OFFSET + len)],
+            )
+            .await;
+            buffer = slices.pop().expect("one slice in, one out").into_inner();
+            self.received(result)?;
         }
         buffer.set_len(DATA_OFFSET + len);
         Ok(buffer)
@@ -137,15 +136,20 @@ impl FrameReader {
             }
         }
         while !pending.is_empty() {
-            let file = self.vectored_file()?;
-            // Offset 0: a socket has no position; this is a plain `readv`, which advances
-            // each target's filled part (see `MappedTarget`).
-            let (result, mut targets) = file.readv_at(pending, 0).await;
-            let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
-            self.decoder.payload_received(read)?;
+            // Advances each target's filled part (see `MappedTarget`).
+            let (result, mut targets) = recv_all(&self.stream, pending).await;
+            self.received(result)?;
             targets.retain(|target| target.remaining() > 0);
             pending = targets;
         }
+        Ok(())
+    }
+
+    /// Accounts a payload receive's outcome; a stream that ended mid-payload is an error
+    /// (the decoder's: the frame is cut off).
+    fn received(&mut self, result: std::io::Result<usize>) -> Result<()> {
+        let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
+        self.decoder.payload_received(read)?;
         Ok(())
     }
 
@@ -160,19 +164,6 @@ impl FrameReader {
             .into());
         }
         Ok(())
-    }
-
-    fn vectored_file(&mut self) -> Result<&File> {
-        if self.vectored.is_none() {
-            // SAFETY: the socket's descriptor is open while `self.stream` lives, which
-            // outlives this borrow; it is only duplicated here.
-            let socket = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
-            let owned = socket
-                .try_clone_to_owned()
-                .map_err(|e| Error::io("duplicating a socket descriptor", e))?;
-            self.vectored = Some(File::from_std(std::fs::File::from(owned)));
-        }
-        Ok(self.vectored.as_ref().expect("set just above"))
     }
 
     /// Reads one payload-less message; `Ok(None)` on a clean end of stream. (Errors name

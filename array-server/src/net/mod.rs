@@ -27,6 +27,7 @@ mod handshake;
 mod live;
 mod liveness;
 mod placement;
+mod recv_all;
 mod sessions;
 
 use std::cell::RefCell;
