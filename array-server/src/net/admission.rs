@@ -27,9 +27,9 @@ use tokio_uring::net::TcpStream;
 /// Descriptors kept out of every connection budget: member disks per thread, listeners,
 /// metadata handles, the admin service, logs.
 pub const FD_RESERVE: u64 = 256;
-/// Descriptors one authenticated session may hold (its socket, and a duplicate for
-/// vectored receives into disk mappings).
-pub const FDS_PER_SESSION: u64 = 2;
+/// Descriptors one authenticated session may hold: its socket (write payloads are received
+/// into disk mappings through the socket itself, see `net/recv_all.rs`).
+pub const FDS_PER_SESSION: u64 = 1;
 /// First pause after a failed `accept`.
 pub const ACCEPT_FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause between two `accept` attempts while they fail.
