@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: where the guest's CPU goes at 4k randread QD32 x Q jobs, on our device (array-server + ublk-host, default mode and --copy) and on kernel NBD (nbdkit): idle share (/proc/stat), interrupts and context switches per request, 200 ms of ftrace (timers, wakeups), a system-wide perf profile
+# lab-desc: where the guest's CPU goes at 4k randread QD32 x Q jobs, on our device (array-server + ublk-host, default mode and --copy) and on kernel NBD (nbdkit): idle share (/proc/stat), interrupts, context switches and TCP segments per request, 200 ms of ftrace (timers, wakeups), a system-wide perf profile
 # lab-optional: diagnosis (scripts/lab profile-depth, or --kernel 7.3)
 # lab-timeout: 600
 # The setup is compare-nbd's (array-server on 3 tmpfs files, Q queues x 1 lane; nbdkit's
@@ -63,11 +63,14 @@ trace_timers() {
 }
 
 # counters DEV FILE: "name value" lines: the device's completed reads, /proc/stat's context
-# switches and interrupts, the CPUs' idle and total time, and each kind of interrupt of
-# /proc/interrupts summed over the CPUs
+# switches and interrupts, the CPUs' idle and total time, each kind of interrupt of
+# /proc/interrupts summed over the CPUs, and the TCP segments sent (both ends of every
+# connection are in this guest, so requests and replies alike)
 counters() {
 	{
 		echo "reads $(awk '{ print $1 }' /sys/block/"${1#/dev/}"/stat)"
+		awk '$1 == "Tcp:" && !named { for (i = 2; i <= NF; i++) column[$i] = i; named = 1; next }
+			$1 == "Tcp:" { print "tcp_segments", $column["OutSegs"] }' /proc/net/snmp
 		awk '$1 == "ctxt" || $1 == "intr" { print $1, $2 }
 			$1 == "cpu" { print "idle", $5 + $6; print "total", $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
 		grep -E '^ *(LOC|RES|CAL|TLB):' /proc/interrupts |
@@ -103,6 +106,8 @@ profile() {
 	metric "${name}_reads_per_s" $((reads / 3))
 	metric "${name}_idle_pct" "$idle" %
 	metric "${name}_cpu_us_per_request" "$cpu_us" us
+	metric "${name}_tcp_segments_per_request" \
+		"$(awk -v n="$reads" '$1 == "tcp_segments" { printf "%.2f", $2 / n }' "$LAB_WORK/delta-$name")"
 	fio --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
 		--ioengine=io_uring --iodepth=$PROFILE_QD --numjobs="$Q" --group_reporting --runtime=5 \
 		--time_based --size=$((SIZE_MB / 2))M --minimal >/dev/null &
