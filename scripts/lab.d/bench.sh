@@ -12,8 +12,8 @@
 #       for it
 #   bench_attach TAG PARTITION ARGS...
 #       background `ublk-host attach $BENCH_CONN --partition PARTITION ARGS` (bg TAG, log
-#       $LAB_WORK/TAG.log), waits for its ready line, prints the device path, and registers
-#       its detach at cleanup
+#       $LAB_WORK/TAG.log), waits for its ready line, sets BENCH_DEV to the device path, and
+#       registers its detach at cleanup
 #   bench_nbd_peer SIZE CONNECTIONS
 #       nbdkit's memory plugin of SIZE (e.g. 64M, bg "nbdkit") on 127.0.0.1:10809 and kernel
 #       NBD on /dev/nbd0 with CONNECTIONS connections and 512-byte blocks; waits until
@@ -48,13 +48,12 @@ bench_array() {
 }
 
 bench_attach() {
-	local tag=$1 partition=$2 dev
+	local tag=$1 partition=$2
 	shift 2
 	bg_start "$tag" ublk-host attach "${BENCH_CONN[@]}" --partition "$partition" "$@"
 	wait_for "grep -q ' ready ' $LAB_WORK/$tag.log" 60 "device $tag"
-	dev=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$tag.log" | head -n1)
-	on_cleanup "ublk-host detach ${dev#/dev/ublkb} 2>/dev/null || true"
-	echo "$dev"
+	BENCH_DEV=$(grep -o '/dev/ublkb[0-9]*' "$LAB_WORK/$tag.log" | head -n1)
+	on_cleanup "ublk-host detach ${BENCH_DEV#/dev/ublkb} 2>/dev/null || true"
 }
 
 bench_nbd_peer() {

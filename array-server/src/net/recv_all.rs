@@ -48,8 +48,7 @@ impl<T: BoundedBufMut> OneshotOutputTransform for RecvAllTransform<T> {
         let received = result as usize;
         let mut left = received;
         for buffer in &mut buffers {
-            let room = buffer.bytes_total() - buffer.bytes_init();
-            let took = room.min(left);
+            let took = unfilled(buffer).min(left);
             // SAFETY: the kernel wrote `took` bytes right after the initialised part (the
             // iovecs cover the unfilled parts in order, and a receive fills them in order).
             unsafe { buffer.set_init(buffer.bytes_init() + took) };
@@ -57,6 +56,11 @@ impl<T: BoundedBufMut> OneshotOutputTransform for RecvAllTransform<T> {
         }
         (Ok(received), buffers)
     }
+}
+
+/// Bytes of `buffer` after its initialised part: what a receive may fill.
+fn unfilled<T: BoundedBufMut>(buffer: &T) -> usize {
+    buffer.bytes_total() - buffer.bytes_init()
 }
 
 /// Receives into the unfilled parts of `buffers`, in order, until all are full; returns
@@ -71,7 +75,7 @@ pub async fn recv_all<T: BoundedBufMut + Unpin + 'static>(
         .map(|buffer| libc::iovec {
             // SAFETY: `bytes_init <= bytes_total`, so this stays inside the buffer.
             iov_base: unsafe { buffer.stable_mut_ptr().add(buffer.bytes_init()) }.cast(),
-            iov_len: buffer.bytes_total() - buffer.bytes_init(),
+            iov_len: unfilled(buffer),
         })
         .collect();
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.

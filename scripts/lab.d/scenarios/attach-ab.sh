@@ -16,8 +16,10 @@ Q=$(nproc)
 . /lab/bench.sh
 
 bench_array attach-ab 48M a:64M b:64M
-dev_a=$(bench_attach host-a a --queues "$Q" --lanes-per-queue 1 "${A_FLAGS[@]}" | tail -n1)
-dev_b=$(bench_attach host-b b --queues "$Q" --lanes-per-queue 1 "${AB_FLAGS[@]}" | tail -n1)
+bench_attach host-a a --queues "$Q" --lanes-per-queue 1 "${A_FLAGS[@]}"
+dev_a=$BENCH_DEV
+bench_attach host-b b --queues "$Q" --lanes-per-queue 1 "${AB_FLAGS[@]}"
+dev_b=$BENCH_DEV
 log "A: $dev_a (${A_FLAGS[*]:-defaults}), B: $dev_b (${AB_FLAGS[*]})"
 bench_nbd_peer 64M "$Q"
 

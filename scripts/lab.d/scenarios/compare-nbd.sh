@@ -18,7 +18,8 @@ ROUNDS=${COMPARE_ROUNDS:-3} # medians of this many runs per job and device
 log "ours: array on 3 tmpfs files, partition of $SIZE_MB MiB, $Q queues x 1 lane"
 bench_array compare 64M "vol:${SIZE_MB}M"
 # shellcheck disable=SC2086 # COMPARE_ATTACH_EXTRA holds whole flags (with their values)
-ours=$(bench_attach host vol --queues "$Q" --lanes-per-queue 1 $COMPARE_ATTACH_EXTRA | tail -n1)
+bench_attach host vol --queues "$Q" --lanes-per-queue 1 $COMPARE_ATTACH_EXTRA
+ours=$BENCH_DEV
 
 log "peer: nbdkit memory plugin, kernel nbd with $Q connections"
 bench_nbd_peer "${SIZE_MB}M" "$Q"

@@ -20,7 +20,8 @@ PROFILE_RW=randread PROFILE_BS=4k PROFILE_QD=32 # edit here: the guest does not 
 bench_array profile 64M "vol:${SIZE_MB}M"
 # attach_ours TAG [FLAGS...]: our device, its path in $ours
 attach_ours() {
-	ours=$(bench_attach "$1" vol --queues "$Q" --lanes-per-queue 1 "${@:2}" | tail -n1)
+	bench_attach "$1" vol --queues "$Q" --lanes-per-queue 1 "${@:2}"
+	ours=$BENCH_DEV
 }
 attach_ours host
 bench_nbd_peer "${SIZE_MB}M" "$Q"
