@@ -12,6 +12,7 @@ need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host nbdkit nbd-client fio perf jq
 
 Q=$(nproc)
+USER_HZ=100 # the clock ticks of /proc/*/stat on x86 (the guest has no getconf)
 SIZE_MB=128
 PROFILE_RW=randread PROFILE_BS=4k PROFILE_QD=32 # edit here: the guest does not see the host environment
 # shellcheck source=../bench.sh
@@ -79,6 +80,16 @@ counters() {
 	} >"$2"
 }
 
+# thread_times FILE: "comm ticks" per thread name (utime + stime of /proc/*/task/*/stat,
+# digits dropped so that queue-0 and queue-1 add up), for the busy CPU by thread: reliable
+# under TCG, where perf's samples are not
+thread_times() {
+	cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null |
+		awk '{ sub(/^[0-9]+ \(/, ""); comm = $0; sub(/\).*/, "", comm); rest = $0; sub(/.*\) /, "", rest)
+			split(rest, f, " "); gsub(/[0-9]+$/, "N", comm); gsub(/[\/ ]/, "-", comm); t[comm] += f[12] + f[13] }
+			END { for (c in t) print c, t[c] }' >"$1"
+}
+
 # profile NAME DEV: fio for 5 s, counters over its middle 3 s: reads per second, idle share,
 # busy CPU per request, interrupts and context switches per request; then an ftrace and, in
 # a run of its own (sampling perturbs the pipeline), a perf profile by command and by symbol
@@ -90,8 +101,10 @@ profile() {
 	local fio_pid=$!
 	sleep 1
 	counters "$dev" "$LAB_WORK/before-$name"
+	thread_times "$LAB_WORK/threads-before-$name"
 	sleep 3
 	counters "$dev" "$LAB_WORK/after-$name"
+	thread_times "$LAB_WORK/threads-after-$name"
 	wait "$fio_pid"
 	# the change of every counter over the 3 s
 	awk 'NR == FNR { was[$1] = $2; next } { print $1, $2 - was[$1] }' \
@@ -107,6 +120,10 @@ profile() {
 	metric "${name}_reads_per_s" $((reads / 3))
 	metric "${name}_idle_pct" "$idle" %
 	metric "${name}_cpu_us_per_request" "$cpu_us" us
+	log "$name: busy CPU per request by thread (us; /proc/*/task/*/stat, threads with a digit suffix summed):"
+	awk -v n="$reads" -v hz="$USER_HZ" 'NR == FNR { was[$1] = $2; next }
+		{ d = $2 - was[$1]; if (d > 0) printf "  %-20s %7.1f\n", $1, d * 1e6 / hz / n }' \
+		"$LAB_WORK/threads-before-$name" "$LAB_WORK/threads-after-$name" | sort -k2 -rn | head -n 12
 	metric "${name}_tcp_segments_per_request" \
 		"$(awk -v n="$reads" '$1 == "tcp_segments" { printf "%.2f", $2 / n }' "$LAB_WORK/delta-$name")"
 	fio --name=prof --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
@@ -122,6 +139,8 @@ profile() {
 	perf report -q -i "$LAB_WORK/perf-$name.data" --sort comm --stdio -g none 2>/dev/null | head -n 12 || true
 	log "$name: top symbols"
 	perf report -q -i "$LAB_WORK/perf-$name.data" --sort comm,sym --stdio -g none 2>/dev/null | head -n 45 || true
+	log "$name: top symbols by their own time (no children)"
+	perf report -q -i "$LAB_WORK/perf-$name.data" --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null | head -n 60 || true
 	log "$name: top symbols with callers (children)"
 	perf report -q -i "$LAB_WORK/perf-$name.data" --children --sort sym --stdio -g none 2>/dev/null | head -n 60 || true
 }
