@@ -242,9 +242,12 @@ fn lanes_show_in_the_live_view_and_metrics_and_revocation_closes_them() {
         "{metrics}"
     );
     assert!(metrics.contains(&format!("multilane_written_bytes_total{series}}} 12288\n")));
-    assert!(metrics.contains(&format!(
-        "multilane_request_duration_seconds_count{series}}} 3\n"
-    )));
+    assert!(
+        metrics.contains(&format!(
+            "multilane_request_duration_seconds_count{series}}} 3\n"
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains("multilane_sessions{host=\"h1\",kind=\"data\"} 2\n"));
 
     let before = stack.array.generation();

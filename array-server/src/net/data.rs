@@ -22,6 +22,7 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_uring::buf::{BoundedBuf, IoBuf, Slice};
@@ -177,7 +178,7 @@ async fn read_requests(
         match admitted {
             Ok(grant) => {
                 let command = plan(lane, reader, &grant, &request).await?;
-                tokio_uring::spawn(execute(lane.clone(), request, command, credit, ticket));
+                start(lane, request, command, credit, ticket);
             }
             Err(Error::Revoked) => {
                 log::info!(
@@ -256,6 +257,32 @@ impl Lane {
         let grant = self.grant.borrow().clone();
         check_request(&grant, request, self.shared.config.max_io)?;
         Ok(grant)
+    }
+
+    /// Counts a finished request and queues its reply.
+    fn finish(&self, request: &Request, outcome: Result<Done>, credit: Credit) {
+        let counters = &self.session.counters;
+        let (count, bytes) = match request.op {
+            Op::Read => (&counters.reads, Some(&counters.read_bytes)),
+            Op::Write => (&counters.writes, Some(&counters.write_bytes)),
+            Op::Flush => (&counters.flushes, None),
+            Op::Discard => (&counters.discards, None),
+            Op::WriteZeroes => (&counters.write_zeroes, None),
+            // Heartbeats touch no disk and are not counted (see `start`).
+            Op::Heartbeat => return self.reply_ok(request.tag, credit),
+        };
+        let counted = outcome.is_ok().then_some(());
+        LaneCounters::count(count, counted.and(bytes.map(|b| (b, request.len.into()))));
+        match outcome {
+            // Mapped views are sent under a pass too: the writer checks the gate at send time.
+            Ok(Done::Mapped(data)) => self.reply_mapped(request.tag, data, request.len, credit),
+            Ok(Done::Data(buffer)) => self.reply_data(request.tag, buffer, request.len, credit),
+            Ok(Done::Nothing) => self.reply_ok(request.tag, credit),
+            Err(error) => {
+                log::warn!("host {:?} partition {}: {error}", self.host, self.partition);
+                self.reply_error(request, &error, credit);
+            }
+        }
     }
 
     fn reply_error(&self, request: &Request, error: &Error, credit: Credit) {
@@ -350,44 +377,50 @@ fn check_request(grant: &LaneGrant, request: &Request, max_io: u32) -> Result<()
     Ok(())
 }
 
-/// Runs one request's command (none for a heartbeat) under a pass of the lane's gate and
-/// queues its reply. `_ticket` counts the request as admitted (fencing waits for it) until
-/// its disk work is done.
-async fn execute(
-    lane: Rc<Lane>,
+/// Starts one request's command (none for a heartbeat, answered at once): a command that
+/// needs no waiting ([`DiskSet::run_now`]) finishes here, under a pass of the lane's gate,
+/// before the next request is read; the rest runs in a task of its own. Either way
+/// `ticket` counts the request as admitted (fencing waits for it) until its disk work is
+/// done and its reply queued.
+fn start(
+    lane: &Rc<Lane>,
     request: Request,
     command: Option<Command>,
     credit: Credit,
-    _ticket: AdmittedGuard,
+    ticket: AdmittedGuard,
 ) {
-    let counters = &lane.session.counters;
-    let _timer = counters.time_request();
-    let len = u64::from(request.len);
-    let (count, bytes) = match request.op {
-        Op::Read => (&counters.reads, Some(&counters.read_bytes)),
-        Op::Write => (&counters.writes, Some(&counters.write_bytes)),
-        Op::Flush => (&counters.flushes, None),
-        Op::Discard => (&counters.discards, None),
-        Op::WriteZeroes => (&counters.write_zeroes, None),
-        Op::Heartbeat => {
-            lane.reply_ok(request.tag, credit);
-            return;
-        }
+    let Some(command) = command else {
+        lane.reply_ok(request.tag, credit);
+        return;
     };
-    let Some(command) = command else { return };
-    let outcome = guarded(&lane.gate, lane.disks.run(command)).await;
-    let counted = outcome.is_ok().then_some(()).and(bytes.map(|b| (b, len)));
-    LaneCounters::count(count, counted);
-    match outcome {
-        // Mapped views are sent under a pass too: the writer checks the gate at send time.
-        Ok(Done::Mapped(data)) => lane.reply_mapped(request.tag, data, request.len, credit),
-        Ok(Done::Data(buffer)) => lane.reply_data(request.tag, buffer, request.len, credit),
-        Ok(Done::Nothing) => lane.reply_ok(request.tag, credit),
-        Err(error) => {
-            log::warn!("host {:?} partition {}: {error}", lane.host, lane.partition);
-            lane.reply_error(&request, &error, credit);
+    let timer = lane.session.counters.time_request();
+    let now = match lane.gate.enter() {
+        Ok(_pass) => lane.disks.run_now(command),
+        Err(_) => return lane.finish(&request, Err(Error::Revoked), credit),
+    };
+    match now {
+        Ok(done) => lane.finish(&request, Ok(done), credit),
+        Err(command) => {
+            let started = timer.hand_over();
+            let task = execute(lane.clone(), request, command, credit, ticket, started);
+            tokio_uring::spawn(task);
         }
     }
+}
+
+/// Runs one request's command in a task of its own, under a pass of the lane's gate, and
+/// queues its reply. `_ticket` as in [`start`].
+async fn execute(
+    lane: Rc<Lane>,
+    request: Request,
+    command: Command,
+    credit: Credit,
+    _ticket: AdmittedGuard,
+    started: Instant,
+) {
+    let _timer = lane.session.counters.time_request_since(started);
+    let outcome = guarded(&lane.gate, lane.disks.run(command)).await;
+    lane.finish(&request, outcome, credit);
 }
 
 /// Most buffers one `writev` carries before the writer stops gathering more replies. A

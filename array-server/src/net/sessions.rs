@@ -133,9 +133,14 @@ impl LaneCounters {
 
     /// Starts timing a request; its latency is counted when the guard drops.
     pub(crate) fn time_request(&self) -> RequestTimer<'_> {
+        self.time_request_since(Instant::now())
+    }
+
+    /// Goes on timing a request that started at `started` (see [`RequestTimer::hand_over`]).
+    pub(crate) fn time_request_since(&self, started: Instant) -> RequestTimer<'_> {
         RequestTimer {
             counters: self,
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -153,6 +158,17 @@ impl LaneCounters {
 pub(crate) struct RequestTimer<'a> {
     counters: &'a LaneCounters,
     started: Instant,
+}
+
+impl RequestTimer<'_> {
+    /// Stops without counting and returns the start, for whoever finishes the request
+    /// (a task of its own, which cannot borrow the counters from here).
+    pub(crate) fn hand_over(self) -> Instant {
+        let started = self.started;
+        // Dropping would count the request now: it is counted once, by the new owner.
+        std::mem::forget(self);
+        started
+    }
 }
 
 impl Drop for RequestTimer<'_> {

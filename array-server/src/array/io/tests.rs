@@ -139,3 +139,61 @@ fn mapped_engine() {
         exercise(dir.path(), EngineKind::Auto);
     }
 }
+
+/// What [`DiskSet::run_now`] finishes on the spot on disks driven by `kind`: reads and
+/// in-place writes without FUA on mapped disks, and nothing else; a command it hands back
+/// is the one it was given.
+fn finishes_now(dir: &Path, kind: EngineKind) {
+    let (array, grant) = array_in(dir);
+    tokio_uring::start(async {
+        let disks = DiskSet::with_engine(&array, kind).unwrap();
+        let data = pattern(3, 3 * CHUNK as usize);
+        write(&disks, &grant, CHUNK / 2, &data, false).await;
+        let plan = || disks.plan(&grant, CHUNK / 2, data.len() as u64);
+        let mapped = kind == EngineKind::Auto;
+        match disks.run_now(Command::Read { plan: plan() }) {
+            Ok(Done::Mapped(views)) if mapped => {
+                let len: usize = views.iter().map(IoBuf::bytes_init).sum();
+                assert_eq!(len, data.len());
+            }
+            Err(Command::Read { plan: back }) if !mapped => assert_eq!(back, plan()),
+            other => panic!("{kind:?}: a read gave {other:?}"),
+        }
+        let in_place = |fua| Command::Write {
+            plan: plan(),
+            payload: Payload::InPlace,
+            fua,
+        };
+        // In place means the payload is already in the pages: only a mapped disk has those.
+        if mapped {
+            assert!(matches!(disks.run_now(in_place(false)), Ok(Done::Nothing)));
+            assert!(matches!(
+                disks.run_now(in_place(true)),
+                Err(Command::Write { fua: true, .. })
+            ));
+        }
+        let buffered = Command::Write {
+            plan: plan(),
+            payload: Payload::Buffer(AlignedBuf::for_data(data.len())),
+            fua: false,
+        };
+        assert!(matches!(
+            disks.run_now(buffered),
+            Err(Command::Write {
+                payload: Payload::Buffer(_),
+                ..
+            })
+        ));
+        assert!(matches!(disks.run_now(Command::Flush), Err(Command::Flush)));
+        assert!(read(&disks, &grant, CHUNK / 2, data.len() as u64).await == data);
+    });
+}
+
+#[test]
+fn only_commands_without_waiting_finish_now() {
+    finishes_now(disk_dir().path(), EngineKind::Direct);
+    if let Some(dir) = ram_dir() {
+        finishes_now(dir.path(), EngineKind::Inline);
+        finishes_now(dir.path(), EngineKind::Auto);
+    }
+}
