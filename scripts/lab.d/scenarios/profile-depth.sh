@@ -84,7 +84,8 @@ counters() {
 # digits dropped so that queue-0 and queue-1 add up), for the busy CPU by thread: reliable
 # under TCG, where perf's samples are not
 thread_times() {
-	cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null |
+	# a thread that exits between the glob and the read makes cat fail: not an error here
+	{ cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null || true; } |
 		awk '{ sub(/^[0-9]+ \(/, ""); comm = $0; sub(/\).*/, "", comm); rest = $0; sub(/.*\) /, "", rest)
 			split(rest, f, " "); gsub(/[0-9]+$/, "N", comm); gsub(/[\/ ]/, "-", comm); t[comm] += f[12] + f[13] }
 			END { for (c in t) print c, t[c] }' >"$1"

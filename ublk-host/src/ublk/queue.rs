@@ -78,7 +78,7 @@ pub fn serve_queue(
         .collect();
     let closing = Cell::new(false);
     let drain = Drain::default();
-    let run_ops = || while tag_executor.try_tick() | lane_executor.try_tick() {};
+    let run_ops = || run_tags_first(&tag_executor, &lane_executor);
     let is_done = || {
         let handed_over = drain.drained(handover.requested(), busy.get());
         if !handed_over && !tasks.iter().all(|task| task.is_finished()) {
@@ -95,6 +95,22 @@ pub fn serve_queue(
     let served = serve_ring(&queue, config.poll, run_ops, is_done);
     if let Err(error) = smol::block_on(served) {
         log::error!("queue {qid}: event loop failed: {error}");
+    }
+}
+
+/// Runs every ready task: all tag tasks first, then one lane task, until none is ready.
+///
+/// The order is what batches requests. The fetches reaped in one go wake their tag tasks
+/// together; each hands its request to a lane, and the first wakes the lane's sender. Run
+/// before any lane task, they all reach the sender's next batch, and the batch leaves in
+/// one `sendmsg` (one TCP segment for a burst of small requests). Ticking the two
+/// executors in turn would let the sender run after every single request.
+fn run_tags_first(tags: &smol::LocalExecutor<'_>, lanes: &smol::LocalExecutor<'_>) {
+    loop {
+        while tags.try_tick() {}
+        if !lanes.try_tick() {
+            return;
+        }
     }
 }
 
@@ -237,5 +253,39 @@ mod tests {
         );
         assert_eq!(block_io(sys::UBLK_IO_OP_FLUSH, 0, 0).unwrap().op, Op::Flush);
         assert!(block_io(sys::UBLK_IO_OP_ZONE_OPEN, 0, 8).is_none());
+    }
+
+    /// Every ready tag task runs before the next lane task, including tag tasks that a
+    /// lane task woke: a lane's sender then finds every request of a burst queued.
+    #[test]
+    fn tag_tasks_run_before_each_lane_task() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let (tags, lanes) = (smol::LocalExecutor::new(), smol::LocalExecutor::new());
+        let (wake_tag, woken) = smol::channel::unbounded::<()>();
+        let mut spawned = Vec::new();
+        for lane in ["sender", "receiver"] {
+            let (order, wake_tag) = (&order, wake_tag.clone());
+            spawned.push(lanes.spawn(async move {
+                order.borrow_mut().push(lane);
+                if lane == "receiver" {
+                    wake_tag.try_send(()).unwrap(); // a reply finishes a tag's request
+                }
+            }));
+        }
+        for tag in ["tag 0", "tag 1", "tag 2"] {
+            let order = &order;
+            spawned.push(tags.spawn(async move { order.borrow_mut().push(tag) }));
+        }
+        let order_ref = &order;
+        let woken_tag = tags.spawn(async move {
+            woken.recv().await.unwrap();
+            order_ref.borrow_mut().push("woken tag");
+        });
+        run_tags_first(&tags, &lanes);
+        assert!(spawned.iter().all(smol::Task::is_finished) && woken_tag.is_finished());
+        assert_eq!(
+            *order.borrow(),
+            ["tag 0", "tag 1", "tag 2", "sender", "receiver", "woken tag"]
+        );
     }
 }
