@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: where the guest's CPU goes at 4k randread QD32 x Q jobs, on our device (array-server + ublk-host, default mode and --copy) and on kernel NBD (nbdkit): idle share (/proc/stat), interrupts, context switches and TCP segments per request, 200 ms of ftrace (timers, wakeups), a system-wide perf profile
+# lab-desc: where the guest's CPU goes at 4k randread QD32 x Q jobs, on our device (array-server + ublk-host, default mode and --copy) and on kernel NBD (nbdkit): idle share (/proc/stat), busy CPU by thread, interrupts, context switches and TCP segments per request, 200 ms of ftrace (timers, wakeups, kernel work items), a system-wide perf profile
 # lab-optional: diagnosis (scripts/lab profile-depth, or --kernel 7.3)
 # lab-timeout: 600
 # The setup is compare-nbd's (array-server on 3 tmpfs files, Q queues x 1 lane; nbdkit's
@@ -39,7 +39,7 @@ trace_timers() {
 	echo 4096 >$T/buffer_size_kb
 	local e
 	for e in timer/hrtimer_expire_entry timer/timer_expire_entry sched/sched_switch sched/sched_wakeup \
-		irq_vectors/local_timer_entry irq_vectors/reschedule_entry; do
+		irq_vectors/local_timer_entry irq_vectors/reschedule_entry workqueue/workqueue_execute_start; do
 		[ ! -e $T/events/$e/enable ] || echo 1 >$T/events/$e/enable
 	done
 	fio --name=trace --filename="$dev" --rw=$PROFILE_RW --bs=$PROFILE_BS --direct=1 \
@@ -58,6 +58,10 @@ trace_timers() {
 		awk '{ for (i = 1; i < NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { print $(i + 1); break } }' |
 		sort | uniq -c | sort -rn | awk 'NR <= 12'
 	grep -o 'function=[^ ]*' "$LAB_WORK/trace-$name.txt" | sort | uniq -c | sort -rn | awk 'NR <= 12'
+	log "$name: work items run by kernel workers, by function"
+	awk '/workqueue_execute_start/ { for (i = 1; i < NF; i++) if ($i == "function") print $(i + 1) }' \
+		"$LAB_WORK/trace-$name.txt" | sort | uniq -c | sort -rn | awk 'NR <= 12'
+	log "$name: switches away from the CPU, by task and its state"
 	grep 'sched_switch' "$LAB_WORK/trace-$name.txt" | grep -o 'prev_comm=[^ ]* .*prev_state=[^ ]*' |
 		awk '{ print $1, $NF }' | sort | uniq -c | sort -rn | awk 'NR <= 12'
 	log "$name: the first 60 lines of the trace"
