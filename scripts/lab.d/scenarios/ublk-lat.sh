@@ -12,13 +12,13 @@ need_bin array-server ublk-host nbdkit nbd-client fio jq
 
 # shellcheck source=../bench.sh
 . /lab/bench.sh
-CONN="${BENCH_CONN[*]}"
 RUNTIME=${LAT_RUNTIME:-3}
 ROUNDS=${LAT_ROUNDS:-2}
 # what else to run (edit here: the guest does not see the host environment)
 LAT_SAMPLE=${LAT_SAMPLE:-} LAT_PERF=${LAT_PERF:-} LAT_TRACE=${LAT_TRACE:-} TRACE_QD=32 TRACE_JOBS=2
 
 bench_array ublk-lat 48M lat0:32M lat1:32M lat2:32M
+CONN="${BENCH_CONN[*]}" # set by bench_array
 
 # thread_ticks PID -> "tid comm ticks" per thread
 thread_ticks() {
