@@ -84,15 +84,16 @@ counters() {
 	} >"$2"
 }
 
-# thread_times FILE: "comm ticks" per thread name (utime + stime of /proc/*/task/*/stat,
-# digits dropped so that queue-0 and queue-1 add up), for the busy CPU by thread: reliable
-# under TCG, where perf's samples are not
+# thread_times FILE: "comm user-ticks system-ticks" per thread name (utime and stime of
+# /proc/*/task/*/stat, digits dropped so that queue-0 and queue-1 add up), for the busy CPU by
+# thread: reliable under TCG, where perf's samples are not
 thread_times() {
 	# a thread that exits between the glob and the read makes cat fail: not an error here
 	{ cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null || true; } |
 		awk '{ sub(/^[0-9]+ \(/, ""); comm = $0; sub(/\).*/, "", comm); rest = $0; sub(/.*\) /, "", rest)
-			split(rest, f, " "); gsub(/[0-9]+$/, "N", comm); gsub(/[\/ ]/, "-", comm); t[comm] += f[12] + f[13] }
-			END { for (c in t) print c, t[c] }' >"$1"
+			split(rest, f, " "); gsub(/[0-9]+$/, "N", comm); gsub(/[\/ ]/, "-", comm)
+			user[comm] += f[12]; kern[comm] += f[13] }
+			END { for (c in user) print c, user[c], kern[c] }' >"$1"
 }
 
 # profile NAME DEV: fio for 5 s, counters over its middle 3 s: reads per second, idle share,
@@ -125,9 +126,10 @@ profile() {
 	metric "${name}_reads_per_s" $((reads / 3))
 	metric "${name}_idle_pct" "$idle" %
 	metric "${name}_cpu_us_per_request" "$cpu_us" us
-	log "$name: busy CPU per request by thread (us; /proc/*/task/*/stat, threads with a digit suffix summed):"
-	awk -v n="$reads" -v hz="$USER_HZ" 'NR == FNR { was[$1] = $2; next }
-		{ d = $2 - was[$1]; if (d > 0) printf "  %-20s %7.1f\n", $1, d * 1e6 / hz / n }' \
+	log "$name: busy CPU per request by thread, in us: all, in user space, in the kernel (/proc/*/task/*/stat; threads with a digit suffix summed):"
+	awk -v n="$reads" -v hz="$USER_HZ" 'NR == FNR { user[$1] = $2; kern[$1] = $3; next }
+		{ u = ($2 - user[$1]) * 1e6 / hz / n; k = ($3 - kern[$1]) * 1e6 / hz / n
+		  if (u + k > 0) printf "  %-20s %7.1f %7.1f %7.1f\n", $1, u + k, u, k }' \
 		"$LAB_WORK/threads-before-$name" "$LAB_WORK/threads-after-$name" | sort -k2 -rn | head -n 12
 	metric "${name}_tcp_segments_per_request" \
 		"$(awk -v n="$reads" '$1 == "tcp_segments" { printf "%.2f", $2 / n }' "$LAB_WORK/delta-$name")"
