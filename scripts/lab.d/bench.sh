@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Multilane VM lab — shared setup for the benchmark scenarios (compare-nbd, profile-depth,
+# Multilane VM lab — shared setup for the benchmark scenarios (compare-nbd, profile-depth, binary-ab,
 # attach-ab, qd1-placement, ublk-lat): everything in guest RAM, never the virtio disks,
 # whose emulation under TCG would be what gets measured. Copied into the guest as
 # /lab/bench.sh; a scenario sources it after lib.sh:   . /lab/bench.sh
@@ -19,6 +19,11 @@
 #       nbdkit's memory plugin of SIZE (e.g. 64M, bg "nbdkit") on 127.0.0.1:10809 and kernel
 #       NBD on /dev/nbd0 with CONNECTIONS connections and 512-byte blocks; waits until
 #       /dev/nbd0 has its size, registers the disconnect at cleanup
+#   bench_ab TITLE DEV_A DEV_B "NAME RW BS DEPTH"...
+#       each job in $ROUNDS rounds of $RUNTIME s (fio io_uring direct, $Q jobs), turn by turn
+#       on /dev/nbd0, DEV_A and DEV_B, so that the drift of a TCG guest hits all three
+#       alike; logs every round, reports metrics b_over_a_NAME and b_over_nbd_NAME and
+#       prints a table of the medians (IOPS) under TITLE
 #
 # Every wait has a deadline (wait_for).
 
@@ -66,4 +71,37 @@ bench_nbd_peer() {
 	nbd-client -N '' 127.0.0.1 "$BENCH_NBD_PORT" /dev/nbd0 -C "$2" -b 512 >/dev/null
 	on_cleanup "nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true"
 	wait_for "[ \$(blockdev --getsize64 /dev/nbd0) -gt 0 ]" 30 "/dev/nbd0 to get its size"
+}
+
+# ab_figure DEV RW BS DEPTH -> IOPS, reads and writes summed
+ab_figure() {
+	fio_iops --name=ab --filename="$1" --rw="$2" --bs="$3" --direct=1 --ioengine=io_uring \
+		--iodepth="$4" --numjobs="$Q" --runtime="$RUNTIME" --time_based --size=32M |
+		awk '{ printf "%.0f", $1 + $2 }'
+}
+
+ab_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+bench_ab() {
+	local title=$1 dev_a=$2 dev_b=$3 job name rw bs depth round mn ma mb
+	shift 3
+	local table
+	table=$(printf '%-16s %8s %8s %8s %7s %7s %7s' job nbd A B B/A A/nbd B/nbd)
+	for job in "$@"; do
+		read -r name rw bs depth <<<"$job"
+		local nbd=() a=() b=()
+		for ((round = 1; round <= ROUNDS; round++)); do
+			nbd+=("$(ab_figure /dev/nbd0 "$rw" "$bs" "$depth")")
+			a+=("$(ab_figure "$dev_a" "$rw" "$bs" "$depth")")
+			b+=("$(ab_figure "$dev_b" "$rw" "$bs" "$depth")")
+			log "$name round $round: nbd ${nbd[-1]}  A ${a[-1]}  B ${b[-1]} IOPS"
+		done
+		mn=$(median "${nbd[@]}") ma=$(median "${a[@]}") mb=$(median "${b[@]}")
+		table+=$'\n'$(printf '%-16s %8s %8s %8s %6sx %6sx %6sx' "$name" "$mn" "$ma" "$mb" \
+			"$(ab_ratio "$mb" "$ma")" "$(ab_ratio "$ma" "$mn")" "$(ab_ratio "$mb" "$mn")")
+		metric "b_over_a_${name//-/_}" "$(ab_ratio "$mb" "$ma")" x
+		metric "b_over_nbd_${name//-/_}" "$(ab_ratio "$mb" "$mn")" x
+	done
+	printf '\n======== %s (medians of %s alternating rounds of %ss, IOPS) ========\n%s\n' \
+		"$title" "$ROUNDS" "$RUNTIME" "$table"
 }

@@ -237,8 +237,13 @@ async fn plan(
 /// Runs `work` (a disk operation or mapped copy, not started yet) under a pass of `gate`:
 /// `Revoked` without running it once the lane is revoked.
 async fn guarded<T>(gate: &LaneGate, work: impl Future<Output = Result<T>>) -> Result<T> {
-    let _pass: DiskPass<'_> = gate.enter().map_err(|_| Error::Revoked)?;
+    let _pass = pass(gate)?;
     work.await
+}
+
+/// A pass of `gate` (see [`crate::array::gate`]), or `Revoked` once the lane is revoked.
+fn pass(gate: &LaneGate) -> Result<DiskPass<'_>> {
+    gate.enter().map_err(|_| Error::Revoked)
 }
 
 impl Lane {
@@ -268,7 +273,7 @@ impl Lane {
             Op::Flush => (&counters.flushes, None),
             Op::Discard => (&counters.discards, None),
             Op::WriteZeroes => (&counters.write_zeroes, None),
-            // Heartbeats touch no disk and are not counted (see `start`).
+            // A heartbeat touches no disk (it has no command) and is not counted.
             Op::Heartbeat => return self.reply_ok(request.tag, credit),
         };
         let counted = outcome.is_ok().then_some(());
@@ -390,13 +395,12 @@ fn start(
     ticket: AdmittedGuard,
 ) {
     let Some(command) = command else {
-        lane.reply_ok(request.tag, credit);
-        return;
+        return lane.finish(&request, Ok(Done::Nothing), credit);
     };
     let timer = lane.session.counters.time_request();
-    let now = match lane.gate.enter() {
+    let now = match pass(&lane.gate) {
         Ok(_pass) => lane.disks.run_now(command),
-        Err(_) => return lane.finish(&request, Err(Error::Revoked), credit),
+        Err(revoked) => return lane.finish(&request, Err(revoked), credit),
     };
     match now {
         Ok(done) => lane.finish(&request, Ok(done), credit),

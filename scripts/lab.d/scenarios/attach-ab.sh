@@ -23,31 +23,6 @@ dev_b=$BENCH_DEV
 log "A: $dev_a (${A_FLAGS[*]:-defaults}), B: $dev_b (${AB_FLAGS[*]})"
 bench_nbd_peer 64M "$Q"
 
-# figure DEV RW DEPTH -> IOPS (Q jobs, summed)
-figure() {
-	fio_iops --name=ab --filename="$1" --rw="$2" --bs=4k --direct=1 --ioengine=io_uring \
-		--iodepth="$3" --numjobs="$Q" --runtime="$RUNTIME" --time_based --size=32M |
-		awk '{ printf "%.0f", $1 + $2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-
-table=$(printf '%-14s %8s %8s %8s %7s %7s' job nbd A B B/A A/nbd)
-for job in "randread 1" "randread 32" "randwrite 1" "randwrite 32"; do
-	read -r rw depth <<<"$job"
-	name=$rw-qd$depth
-	nbd=() a=() b=()
-	for ((round = 1; round <= ROUNDS; round++)); do
-		nbd+=("$(figure /dev/nbd0 "$rw" "$depth")") a+=("$(figure "$dev_a" "$rw" "$depth")")
-		b+=("$(figure "$dev_b" "$rw" "$depth")")
-		log "$name round $round: nbd ${nbd[-1]}  A ${a[-1]}  B ${b[-1]} IOPS"
-	done
-	mn=$(median "${nbd[@]}") ma=$(median "${a[@]}") mb=$(median "${b[@]}")
-	row=$(printf '%-14s %8s %8s %8s %6sx %6sx' "$name" "$mn" "$ma" "$mb" "$(ratio "$mb" "$ma")" "$(ratio "$ma" "$mn")")
-	table+=$'\n'"$row"
-	metric "b_over_a_${name//-/_}" "$(ratio "$mb" "$ma")" x
-done
-cat <<REPORT
-
-======== A: ${A_FLAGS[*]:-ublk-host defaults}, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $Q jobs, medians of $ROUNDS alternating rounds of ${RUNTIME}s) ========
-$table
-REPORT
+bench_ab "A: ${A_FLAGS[*]:-ublk-host defaults}, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $Q jobs)" \
+	"$dev_a" "$dev_b" "randread-qd1 randread 4k 1" "randread-qd32 randread 4k 32" \
+	"randwrite-qd1 randwrite 4k 1" "randwrite-qd32 randwrite 4k 32"

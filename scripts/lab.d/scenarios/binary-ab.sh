@@ -26,34 +26,7 @@ dev_b=$BENCH_DEV
 log "A (array-server-a, ublk-host-a): $dev_a; B (this tree): $dev_b"
 bench_nbd_peer 64M "$Q"
 
-# figure DEV RW BS DEPTH -> IOPS (Q jobs, summed)
-figure() {
-	fio_iops --name=ab --filename="$1" --rw="$2" --bs="$3" --direct=1 --ioengine=io_uring \
-		--iodepth="$4" --numjobs="$Q" --runtime="$RUNTIME" --time_based --size=32M |
-		awk '{ printf "%.0f", $1 + $2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-
-table=$(printf '%-16s %8s %8s %8s %7s %7s %7s' job nbd A B B/A A/nbd B/nbd)
-for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 8" "write 1M 8"; do
-	read -r rw bs depth <<<"$job"
-	name=$rw-$bs-qd$depth
-	nbd=() a=() b=()
-	for ((round = 1; round <= ROUNDS; round++)); do
-		nbd+=("$(figure /dev/nbd0 "$rw" "$bs" "$depth")")
-		a+=("$(figure "$dev_a" "$rw" "$bs" "$depth")")
-		b+=("$(figure "$dev_b" "$rw" "$bs" "$depth")")
-		log "$name round $round: nbd ${nbd[-1]}  A ${a[-1]}  B ${b[-1]} IOPS"
-	done
-	mn=$(median "${nbd[@]}") ma=$(median "${a[@]}") mb=$(median "${b[@]}")
-	row=$(printf '%-16s %8s %8s %8s %6sx %6sx %6sx' "$name" "$mn" "$ma" "$mb" "$(ratio "$mb" "$ma")" \
-		"$(ratio "$ma" "$mn")" "$(ratio "$mb" "$mn")")
-	table+=$'\n'"$row"
-	metric "b_over_a_${name//-/_}" "$(ratio "$mb" "$ma")" x
-	metric "b_over_nbd_${name//-/_}" "$(ratio "$mb" "$mn")" x
-done
-cat <<REPORT
-
-======== A: array-server-a + ublk-host-a, B: this tree ($Q queues x 1 lane each, fio $Q jobs, IOPS, medians of $ROUNDS alternating rounds of ${RUNTIME}s) ========
-$table
-REPORT
+bench_ab "A: array-server-a + ublk-host-a, B: this tree ($Q queues x 1 lane each, fio $Q jobs)" \
+	"$dev_a" "$dev_b" "randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32" \
+	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32" "read-1M-qd8 read 1M 8" \
+	"write-1M-qd8 write 1M 8"
