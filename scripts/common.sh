@@ -7,11 +7,13 @@ export MULTILANE_ROOT
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# wait_for_port PORT: until something accepts on 127.0.0.1:PORT (dies after 20 s).
+# wait_for_port PORT [SECONDS]: until something accepts on 127.0.0.1:PORT (dies after
+# SECONDS, default 20).
 wait_for_port() {
-    local port=$1 deadline=$((SECONDS + 20))
+    local port=$1 secs=${2:-20}
+    local deadline=$((SECONDS + secs))
     until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        [ $SECONDS -lt $deadline ] || die "nothing listens on port $port after 20 s"
+        [ $SECONDS -lt $deadline ] || die "nothing listens on port $port after $secs s"
         sleep 0.1
     done
 }

@@ -139,6 +139,15 @@ proptest! {
         prop_assert_eq!(&bytes[prefix.head_len()..], &payload[..]);
     }
 
+    /// The inline head is byte for byte the head `encode_head` writes, for any request.
+    #[test]
+    fn inline_head_is_the_same_bytes(request in any_request()) {
+        let mut bytes = Vec::new();
+        frame::encode_head(&request, request.payload_len(), &mut bytes).unwrap();
+        let inline = frame::InlineHead::encode(&request, request.payload_len()).unwrap();
+        prop_assert_eq!(inline.as_bytes(), &bytes[..]);
+    }
+
     #[test]
     fn every_truncation_is_incomplete_never_wrong(request in any_request()) {
         let mut bytes = Vec::new();

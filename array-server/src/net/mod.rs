@@ -28,6 +28,7 @@ mod live;
 mod liveness;
 mod placement;
 mod recv_all;
+mod reply_queue;
 mod sessions;
 
 use std::cell::RefCell;

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: two of our devices on one array-server, attached with different ublk-host flags (A: A_FLAGS, the defaults unless edited; B: AB_FLAGS), and kernel NBD beside them; 4k random reads and writes at QD1 and QD32 in alternating rounds; medians and B/A ratios
+# lab-desc: two of our devices on one array-server, attached with different ublk-host flags (A: AB_A_FLAGS, the defaults unless set; B: AB_B_FLAGS, --copy unless set), and kernel NBD beside them; 4k random reads and writes at QD1 and QD32 in alternating rounds; medians and B/A ratios
 # lab-optional: benchmark of one attach option against the defaults, in one boot (scripts/lab attach-ab, or --kernel 7.3)
 # lab-smp: 2
 # lab-timeout: 900
@@ -9,7 +9,11 @@
 need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host nbdkit nbd-client fio jq
 
-A_FLAGS=() AB_FLAGS=(--copy) # edit here: the guest does not see the host environment
+# From the host, words joined by ':' (LAB_GUEST_ENV takes no spaces):
+#   LAB_GUEST_ENV="AB_A_FLAGS=--copy AB_B_FLAGS=--copy:--poll-us:0" scripts/lab attach-ab
+a_flags=${AB_A_FLAGS:-} b_flags=${AB_B_FLAGS:---copy}
+read -r -a A_FLAGS <<<"${a_flags//:/ }"
+read -r -a AB_FLAGS <<<"${b_flags//:/ }"
 ROUNDS=5 RUNTIME=3
 Q=$(nproc)
 # shellcheck source=../bench.sh

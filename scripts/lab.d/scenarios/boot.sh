@@ -3,6 +3,14 @@
 # Sourced by the guest runner after lib.sh (bash, set -eE -o pipefail, ERR trap).
 
 log "kernel $(uname -r); modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+# What makes system calls and context switches dearer on one kernel than on another: the CPU
+# vulnerability mitigations in force and the preemption model.
+log "$(uname -v); preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
+log "scheduler features: $(cat /sys/kernel/debug/sched/features 2>/dev/null || echo unknown)"
+log "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) (of $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource))"
+for v in /sys/devices/system/cpu/vulnerabilities/*; do
+	log "mitigation ${v##*/}: $(cat "$v")"
+done
 
 # ublk
 [ -d /sys/module/ublk_drv ] || fail "ublk_drv is not loaded"

@@ -14,7 +14,8 @@ need_bin array-server ublk-host nbdkit nbd-client fio perf jq
 Q=$(nproc)
 USER_HZ=100 # the clock ticks of /proc/*/stat on x86 (the guest has no getconf)
 SIZE_MB=128
-PROFILE_RW=randread PROFILE_BS=4k PROFILE_QD=32 # edit here: the guest does not see the host environment
+# From the host: LAB_GUEST_ENV="PROFILE_QD=1" scripts/lab profile-depth
+PROFILE_RW=${PROFILE_RW:-randread} PROFILE_BS=${PROFILE_BS:-4k} PROFILE_QD=${PROFILE_QD:-32}
 # shellcheck source=../bench.sh
 . /lab/bench.sh
 

@@ -16,7 +16,7 @@ use crate::client::lane::{Lane, PartRequest};
 use crate::client::lane_core::LaneStats;
 use crate::client::paths::{choose, PathLoad, PathPolicy};
 use crate::client::slot::{BufRef, Slot, SlotDone};
-use crate::client::split::{plan, SplitRules};
+use crate::client::split::{plan, single, Part, SplitRules};
 use crate::client::uring;
 use crate::error::{Errno, HostError, Result};
 
@@ -256,36 +256,44 @@ impl QueueEngine {
             let outcome = SlotDone(slot).await;
             return self.durability.flush_done(id, outcome);
         }
-        let slots: Vec<Rc<Slot>> = plan(self.rules, io.offset, io.len, first)
-            .into_iter()
-            .map(|part| {
-                let part_buf = if io.has_data() {
-                    // SAFETY: `buf_offset < io.len` and the caller vouches for `io.len`
-                    // bytes at `buf`.
-                    unsafe { buf.add(part.buf_offset) }
-                } else {
-                    BufRef::None
-                };
-                let request = PartRequest {
-                    op: io.op,
-                    offset: part.offset,
-                    len: part.len,
-                    flags,
-                    buf: part_buf,
-                };
-                // SAFETY: the part's `len` bytes at `part_buf` lie inside the caller's
-                // buffer, which stays valid until every part's slot is done (awaited
-                // below, or kept alive by `keep`).
-                unsafe { self.lanes[base + part.lane].start(request, keep.clone()) }
-            })
-            .collect();
-        let mut outcome = Ok(());
-        // Every part is awaited, even after a failure: each may still use the buffer.
-        for slot in slots {
-            if let Err(errno) = SlotDone(slot).await {
-                outcome = outcome.and(Err(errno));
+        let start_part = |part: Part| {
+            let part_buf = if io.has_data() {
+                // SAFETY: `buf_offset < io.len` and the caller vouches for `io.len` bytes
+                // at `buf`.
+                unsafe { buf.add(part.buf_offset) }
+            } else {
+                BufRef::None
+            };
+            let request = PartRequest {
+                op: io.op,
+                offset: part.offset,
+                len: part.len,
+                flags,
+                buf: part_buf,
+            };
+            // SAFETY: the part's `len` bytes at `part_buf` lie inside the caller's buffer,
+            // which stays valid until every part's slot is done (awaited below, or kept
+            // alive by `keep`).
+            unsafe { self.lanes[base + part.lane].start(request, keep.clone()) }
+        };
+        let outcome = match single(self.rules, io.offset, io.len, first) {
+            Some(part) => SlotDone(start_part(part)).await,
+            None => {
+                let slots: Vec<Rc<Slot>> = plan(self.rules, io.offset, io.len, first)
+                    .into_iter()
+                    .map(start_part)
+                    .collect();
+                let mut outcome = Ok(());
+                // Every part is awaited, even after a failure: each may still use the
+                // buffer.
+                for slot in slots {
+                    if let Err(errno) = SlotDone(slot).await {
+                        outcome = outcome.and(Err(errno));
+                    }
+                }
+                outcome
             }
-        }
+        };
         if outcome.is_ok() && io.op != Op::Read && !io.fua {
             // Acknowledged but volatile until a flush (see `Durability`).
             self.durability.write_acked();

@@ -24,8 +24,10 @@
 //! pending and every new request fails with `EACCES` at once, while the driver keeps
 //! re-checking slowly so a re-assignment brings the lane back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::error::Errno;
 
@@ -115,7 +117,7 @@ pub(crate) struct LaneCore<S> {
     timers: Timers,
     link: Link,
     generation: u64,
-    inflight: HashMap<u32, Entry<S>>,
+    inflight: FxHashMap<u32, Entry<S>>,
     /// Tags to send, with their sequence numbers (a stale entry is skipped).
     queue: VecDeque<(u32, u64)>,
     next_tag: u32,
@@ -139,7 +141,7 @@ impl<S: Clone> LaneCore<S> {
             timers,
             link: Link::Closed,
             generation: 0,
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             queue: VecDeque::new(),
             next_tag: 0,
             next_seq: 0,

@@ -7,12 +7,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use wire::frame::InlineHead;
 use wire::Request;
 
 use crate::error::{Errno, Result};
-
-/// Bytes reserved for a request header (postcard of a `Request` is at most ~25 bytes).
-const HEADER_ROOM: usize = 32;
 
 /// Where a request's data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +61,8 @@ impl BufRef {
 pub(crate) struct Slot {
     /// The wire request; its tag is unique among the lane's in-flight requests.
     pub request: Request,
-    /// Frame prefix and header, ready to send.
-    pub head: Vec<u8>,
+    /// Frame prefix and header, ready to send (in the slot: no allocation of its own).
+    pub head: InlineHead,
     /// Payload source of a write, destination of a read (`request.len` bytes).
     pub buf: BufRef,
     /// Keeps an owned buffer alive while the lane may still use it, even if the issuer
@@ -88,9 +86,8 @@ impl Slot {
     /// the lane's socket operations send from and receive into them until then. For any
     /// other request `buf` is not used.
     pub unsafe fn new(request: Request, buf: BufRef, keep: Option<Rc<dyn Any>>) -> Slot {
-        let mut head = Vec::with_capacity(wire::PREFIX_LEN + HEADER_ROOM);
-        wire::frame::encode_head(&request, request.payload_len(), &mut head)
-            .expect("a Request is a few fixed-size fields and always encodes");
+        let head = InlineHead::encode(&request, request.payload_len())
+            .expect("a Request is a few fixed-size fields and always fits an inline head");
         Slot {
             request,
             head,

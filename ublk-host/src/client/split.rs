@@ -35,15 +35,32 @@ pub(crate) struct SplitRules {
     pub lanes: usize,
 }
 
-/// Cuts `[offset, offset + len)` into parts, the first one going to lane `first_lane`.
-pub(crate) fn plan(rules: SplitRules, offset: u64, len: u32, first_lane: usize) -> Vec<Part> {
+/// The request `[offset, offset + len)` as its one part, on lane `first_lane`, when it needs
+/// no cut: what [`plan`] returns for it, without allocating (the common case, on every
+/// request's path).
+pub(crate) fn single(rules: SplitRules, offset: u64, len: u32, first_lane: usize) -> Option<Part> {
+    (u64::from(len) <= part_limit(rules, len)).then_some(Part {
+        offset,
+        len,
+        buf_offset: 0,
+        lane: first_lane % rules.lanes.max(1),
+    })
+}
+
+/// The longest part a request of `len` bytes is cut into (a multiple of the block size).
+fn part_limit(rules: SplitRules, len: u32) -> u64 {
     let splitting = rules.threshold != 0 && len > rules.threshold;
     let limit = if splitting {
         rules.threshold.max(rules.chunk).min(rules.max_part)
     } else {
         rules.max_part
     };
-    let limit = u64::from((limit / rules.block).max(1) * rules.block);
+    u64::from((limit / rules.block).max(1) * rules.block)
+}
+
+/// Cuts `[offset, offset + len)` into parts, the first one going to lane `first_lane`.
+pub(crate) fn plan(rules: SplitRules, offset: u64, len: u32, first_lane: usize) -> Vec<Part> {
+    let limit = part_limit(rules, len);
     let chunk = u64::from(rules.chunk.max(1));
     let stop = offset + u64::from(len);
     let mut cuts = Vec::new();
@@ -128,6 +145,27 @@ mod tests {
         let changes = parts.windows(2).filter(|w| w[0].lane != w[1].lane).count();
         assert_eq!(changes, 3);
         assert_eq!(parts[0].lane, 1);
+    }
+
+    /// `single` is `plan`'s answer whenever that is one part, and `None` otherwise.
+    #[test]
+    fn single_agrees_with_plan() {
+        for threshold in [0, 4 * K, 64 * K, 128 * K] {
+            for lanes in [1, 2, 4] {
+                for len in [512, 4 * K, 64 * K, 128 * K, 132 * K, 1024 * K, 3 * 1024 * K] {
+                    for (offset, first) in [(0, 0), (16 * K as u64, 3), (4096, 5)] {
+                        let rules = rules(threshold, lanes);
+                        let parts = plan(rules, offset, len, first);
+                        let one = (parts.len() == 1).then(|| parts[0]);
+                        assert_eq!(
+                            single(rules, offset, len, first),
+                            one,
+                            "{threshold} {lanes} {len}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -65,8 +65,8 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
     let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
     for slot in batch {
         iovecs.push(libc::iovec {
-            iov_base: slot.head.as_ptr() as *mut libc::c_void,
-            iov_len: slot.head.len(),
+            iov_base: slot.head.as_bytes().as_ptr() as *mut libc::c_void,
+            iov_len: slot.head.as_bytes().len(),
         });
         let payload = slot.request.payload_len() as usize;
         if payload == 0 {

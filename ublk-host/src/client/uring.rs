@@ -256,10 +256,9 @@ fn wait_and_wake(poll: Duration) -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
         Err(e) => return Err(HostError::Ring(format!("submit_and_wait: {e}"))),
     }
-    let completions: Vec<io_uring::cqueue::Entry> =
-        libublk::io::with_task_io_ring_mut(|ring| ring.completion().collect());
-    for cqe in &completions {
-        ublk_wake_task(cqe.user_data(), cqe);
+    // One at a time, without collecting them: waking a task only schedules it.
+    while let Some(cqe) = libublk::io::with_task_io_ring_mut(|ring| ring.completion().next()) {
+        ublk_wake_task(cqe.user_data(), &cqe);
     }
     Ok(())
 }

@@ -140,6 +140,43 @@ pub fn encode_head<M: Serialize>(
     Ok(())
 }
 
+/// Room for the head of a data-path request or reply (prefix plus a postcard header of a
+/// few fixed-size fields, at most ~25 bytes for a `Request`).
+pub const INLINE_HEAD_LEN: usize = PREFIX_LEN + 32;
+
+/// A frame head encoded into a fixed array rather than a `Vec`: what the data path sends
+/// ahead of every request, without a heap allocation per request.
+#[derive(Debug, Clone, Copy)]
+pub struct InlineHead {
+    bytes: [u8; INLINE_HEAD_LEN],
+    len: u8,
+}
+
+impl InlineHead {
+    /// Prefix and header for `message`, whose `payload_len` bytes of payload follow; an
+    /// error when the header does not fit [`INLINE_HEAD_LEN`].
+    pub fn encode<M: Serialize>(message: &M, payload_len: u32) -> Result<InlineHead, WireError> {
+        let mut bytes = [0u8; INLINE_HEAD_LEN];
+        let header_len = postcard::to_slice(message, &mut bytes[PREFIX_LEN..])
+            .map_err(|e| WireError::Encode(e.to_string()))?
+            .len();
+        let prefix = FramePrefix {
+            header_len: header_len as u32,
+            payload_len,
+        };
+        bytes[..PREFIX_LEN].copy_from_slice(&prefix.encode());
+        Ok(InlineHead {
+            bytes,
+            len: (PREFIX_LEN + header_len) as u8,
+        })
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// A whole frame for a payload-less message (handshake and control messages).
 pub fn encode_message<M: Serialize>(message: &M) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(64);
