@@ -419,20 +419,25 @@ async fn run_thread(
     let _ = ready.send(Ok(()));
     let threads = shared.config.threads.max(1);
     let waiting = Unauthenticated::new(shared.config.max_unauthenticated / threads);
-    let mut listeners = listeners.into_iter().map(TcpListener::from_std);
-    let Some(first) = listeners.next() else {
-        return;
-    };
-    for listener in listeners {
-        tokio_uring::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            disks.clone(),
-            waiting.clone(),
-            shutdown.clone(),
-        ));
+    // Every accept loop runs as a task, and this future (the runtime's root) only waits
+    // for the first: tokio polls the root future each time it runs any task of the
+    // thread, so a root that ran an accept loop's `select!` itself cost every request
+    // a few hundred instructions (callgrind, scripts/bench-instructions).
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio_uring::spawn(accept_loop(
+                TcpListener::from_std(listener),
+                shared.clone(),
+                disks.clone(),
+                waiting.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    if let Some(first) = loops.into_iter().next() {
+        let _ = first.await;
     }
-    accept_loop(first, shared, disks, waiting, shutdown).await;
 }
 
 /// Accepts connections on `listener` until the shutdown; `waiting` is the thread's
