@@ -179,8 +179,9 @@ async fn write_wave(engine: &std::rc::Rc<QueueEngine>, wave: u8) {
     }
 }
 
-async fn read_back(engine: &QueueEngine, wave: u8) {
-    for i in 0..DEPTH {
+/// Reads blocks `0..blocks` back and checks each holds wave `wave`'s pattern.
+async fn read_back(engine: &QueueEngine, blocks: u64, wave: u8) {
+    for i in 0..blocks {
         let offset = i * u64::from(BLOCK);
         let io = BlockIo {
             op: Op::Read,
@@ -269,7 +270,7 @@ fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
             cutter.set_cut(true);
             let moved = |paths: &[LanePath]| paths.iter().all(|p| p.up && p.via == 1);
             let (failover, wave) = waves_until(&engine, 1, LIMIT / 4, moved).await;
-            read_back(&engine, wave).await;
+            read_back(&engine, DEPTH, wave).await;
             // The device's path stats show path 0 down and its traffic stopped.
             let lanes =
                 |want: [u64; 2]| move |s: &[PathSnapshot]| s.iter().map(|p| p.lanes_up).eq(want);
@@ -295,7 +296,7 @@ fn a_silently_cut_path_moves_its_writes_to_the_other_and_comes_back() {
                 after[0] > back[0],
                 "path 0 carries again: {back:?} -> {after:?}"
             );
-            read_back(&engine, wave.wrapping_add(1)).await;
+            read_back(&engine, DEPTH, wave.wrapping_add(1)).await;
             let later = stats.snapshot();
             assert!(later[0].requests > healed[0].requests, "{later:?}");
             (failover, homing)
@@ -332,7 +333,7 @@ fn round_robin_alternates_between_two_healthy_paths() {
             locals.sort();
             assert_eq!(locals, vec!["127.0.0.1", "127.0.0.2"]);
             write_some(&engine).await;
-            read_back_some(&engine).await;
+            read_back(&engine, SOME, SOME_WAVE).await;
             let ops: Vec<u64> = sessions
                 .data_lanes("h1", part_id)
                 .iter()
@@ -358,7 +359,7 @@ fn traffic_on_both_paths_shows_in_the_device_path_stats() {
         let seen = stats.clone();
         let snapshot = run_queue_thread(&config, &part, 0, move |engine| async move {
             write_some(&engine).await;
-            read_back_some(&engine).await;
+            read_back(&engine, SOME, SOME_WAVE).await;
             // Lanes publish their path at their next clock tick.
             stats_until(&seen, |s| s.iter().all(|path| path.up)).await
         })
@@ -376,32 +377,23 @@ fn traffic_on_both_paths_shows_in_the_device_path_stats() {
     });
 }
 
-/// Writes blocks 0..10 with their pattern (what [`read_back_some`] checks).
+/// Blocks [`write_some`] writes, one at a time.
+const SOME: u64 = 10;
+/// The wave whose pattern [`write_some`] writes.
+const SOME_WAVE: u8 = 7;
+
+/// Writes blocks `0..SOME` with wave [`SOME_WAVE`]'s pattern (what `read_back(engine,
+/// SOME, SOME_WAVE)` checks).
 async fn write_some(engine: &QueueEngine) {
-    for i in 0..10u64 {
+    for i in 0..SOME {
         let io = BlockIo {
             op: Op::Write,
             offset: i * u64::from(BLOCK),
             len: BLOCK,
             fua: false,
         };
-        let data = pattern(io.offset, BLOCK as usize, 7);
+        let data = pattern(io.offset, BLOCK as usize, SOME_WAVE);
         engine.execute_owned(io, data).await.0.unwrap();
-    }
-}
-
-async fn read_back_some(engine: &QueueEngine) {
-    for i in 0..10u64 {
-        let offset = i * u64::from(BLOCK);
-        let io = BlockIo {
-            op: Op::Read,
-            offset,
-            len: BLOCK,
-            fua: false,
-        };
-        let (outcome, data) = engine.execute_owned(io, vec![0; BLOCK as usize]).await;
-        outcome.unwrap();
-        assert!(data == pattern(offset, BLOCK as usize, 7));
     }
 }
 
