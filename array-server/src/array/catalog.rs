@@ -138,19 +138,12 @@ pub fn grow_partition(
 /// Removes a partition that no host is assigned.
 pub fn delete_partition(current: &ArrayMetadata, name: &str) -> Result<ArrayMetadata> {
     let id = partition(current, name)?.id;
-    let holders: Vec<&str> = current
+    let holders = current
         .assignments
         .iter()
         .filter(|a| a.partition == id)
-        .map(|a| a.host.as_str())
-        .collect();
-    if !holders.is_empty() {
-        return Err(Error::StillAssigned {
-            what: "partition",
-            name: name.to_owned(),
-            others: holders.join(", "),
-        });
-    }
+        .map(|a| a.host.as_str());
+    refuse_if_assigned("partition", name, holders)?;
     let mut next = current.clone();
     next.partitions.retain(|p| p.id != id);
     Ok(next)
@@ -177,23 +170,34 @@ pub fn create_host(
 /// Removes a host that has no assignment.
 pub fn delete_host(current: &ArrayMetadata, name: &str) -> Result<ArrayMetadata> {
     host(current, name)?;
-    let held: Vec<String> = current
+    let held = current
         .assignments
         .iter()
         .filter(|a| a.host == name)
         .filter_map(|a| current.partitions.iter().find(|p| p.id == a.partition))
-        .map(|p| p.name.clone())
-        .collect();
-    if !held.is_empty() {
-        return Err(Error::StillAssigned {
-            what: "host",
-            name: name.to_owned(),
-            others: held.join(", "),
-        });
-    }
+        .map(|p| p.name.as_str());
+    refuse_if_assigned("host", name, held)?;
     let mut next = current.clone();
     next.hosts.retain(|h| h.name != name);
     Ok(next)
+}
+
+/// `StillAssigned` for the `what` called `name` when `others` (the hosts holding a
+/// partition, or the partitions a host holds) is not empty.
+fn refuse_if_assigned<'a>(
+    what: &'static str,
+    name: &str,
+    others: impl Iterator<Item = &'a str>,
+) -> Result<()> {
+    let others: Vec<&str> = others.collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StillAssigned {
+        what,
+        name: name.to_owned(),
+        others: others.join(", "),
+    })
 }
 
 /// Replaces a host's secret.
