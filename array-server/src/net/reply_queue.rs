@@ -5,9 +5,10 @@
 //! Unbounded, because every message carries one of the lane's slots (`Credit`), which bound
 //! it. One sender (the lane) and one receiver (the writer): the receiver sees the end once
 //! the sender is gone and the queue is empty; once the receiver is gone, what is sent is
-//! dropped at once (which releases its credit).
+//! dropped at once (which releases its credit). The two halves are the only owners of the
+//! shared state, so either one is alone exactly when the other is gone.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -16,8 +17,6 @@ use std::task::{Poll, Waker};
 struct Shared<T> {
     items: RefCell<VecDeque<T>>,
     waker: RefCell<Option<Waker>>,
-    sender_gone: Cell<bool>,
-    receiver_gone: Cell<bool>,
 }
 
 impl<T> Shared<T> {
@@ -34,13 +33,16 @@ pub(crate) struct Sender<T>(Rc<Shared<T>>);
 /// The receiving half.
 pub(crate) struct Receiver<T>(Rc<Shared<T>>);
 
+/// Whether the other half of a queue is gone (`half` is one half's share).
+fn alone<T>(half: &Rc<Shared<T>>) -> bool {
+    Rc::strong_count(half) == 1
+}
+
 /// A new, empty queue.
 pub(crate) fn reply_queue<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Rc::new(Shared {
         items: RefCell::new(VecDeque::new()),
         waker: RefCell::new(None),
-        sender_gone: Cell::new(false),
-        receiver_gone: Cell::new(false),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -48,7 +50,7 @@ pub(crate) fn reply_queue<T>() -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `item` and wakes the receiver; drops it if the receiver is gone.
     pub fn send(&self, item: T) {
-        if self.0.receiver_gone.get() {
+        if alone(&self.0) {
             return drop(item);
         }
         self.0.items.borrow_mut().push_back(item);
@@ -58,7 +60,7 @@ impl<T> Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        self.0.sender_gone.set(true);
+        // The receiver runs after this half is gone, and then finds itself alone.
         self.0.wake();
     }
 }
@@ -70,7 +72,7 @@ impl<T> Receiver<T> {
             if let Some(item) = self.try_recv() {
                 return Poll::Ready(Some(item));
             }
-            if self.0.sender_gone.get() {
+            if alone(&self.0) {
                 return Poll::Ready(None);
             }
             let mut waker = self.0.waker.borrow_mut();
@@ -90,8 +92,9 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        self.0.receiver_gone.set(true);
-        // Dropped outside the borrow: an item's drop may run code of its own.
+        // Dropped outside the borrow: an item's drop may run code of its own. (An item
+        // sent from there, while this half still counts, would wait for the sender's
+        // drop; a credit's drop only wakes tasks, it sends nothing.)
         let left = std::mem::take(&mut *self.0.items.borrow_mut());
         drop(left);
     }
