@@ -20,7 +20,7 @@
 #       NBD on /dev/nbd0 with CONNECTIONS connections and 512-byte blocks; waits until
 #       /dev/nbd0 has its size, registers the disconnect at cleanup
 #   bench_ab TITLE DEV_A DEV_B "NAME RW BS DEPTH"...
-#       each job in $ROUNDS rounds of $RUNTIME s (fio io_uring direct, $Q jobs), turn by turn
+#       each job in $ROUNDS rounds of $RUNTIME s (fio io_uring direct, ${JOBS:-$Q} jobs), turn by turn
 #       on /dev/nbd0, DEV_A and DEV_B, so that the drift of a TCG guest hits all three
 #       alike; logs every round, reports metrics b_over_a_NAME and b_over_nbd_NAME and
 #       prints a table of the medians (IOPS) under TITLE
@@ -76,7 +76,7 @@ bench_nbd_peer() {
 # ab_figure DEV RW BS DEPTH -> IOPS, reads and writes summed
 ab_figure() {
 	fio_iops --name=ab --filename="$1" --rw="$2" --bs="$3" --direct=1 --ioengine=io_uring \
-		--iodepth="$4" --numjobs="$Q" --runtime="$RUNTIME" --time_based --size=32M |
+		--iodepth="$4" --numjobs="${JOBS:-$Q}" --runtime="$RUNTIME" --time_based --size=32M |
 		awk '{ printf "%.0f", $1 + $2 }'
 }
 

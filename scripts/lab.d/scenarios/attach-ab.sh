@@ -11,11 +11,13 @@ need_bin array-server ublk-host nbdkit nbd-client fio jq
 
 # From the host, words joined by ':' (LAB_GUEST_ENV takes no spaces):
 #   LAB_GUEST_ENV="AB_A_FLAGS=--copy AB_B_FLAGS=--copy:--poll-us:0" scripts/lab attach-ab
+# AB_JOBS sets fio's job count (default: one per queue; 1 measures a single stream).
 a_flags=${AB_A_FLAGS:-} b_flags=${AB_B_FLAGS:---copy}
 read -r -a A_FLAGS <<<"${a_flags//:/ }"
 read -r -a AB_FLAGS <<<"${b_flags//:/ }"
 ROUNDS=5 RUNTIME=3
 Q=$(nproc)
+JOBS=${AB_JOBS:-$Q}
 # shellcheck source=../bench.sh
 . /lab/bench.sh
 
@@ -27,6 +29,6 @@ dev_b=$BENCH_DEV
 log "A: $dev_a (${A_FLAGS[*]:-defaults}), B: $dev_b (${AB_FLAGS[*]})"
 bench_nbd_peer 64M "$Q"
 
-bench_ab "A: ${A_FLAGS[*]:-ublk-host defaults}, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $Q jobs)" \
+bench_ab "A: ${A_FLAGS[*]:-ublk-host defaults}, B: ${AB_FLAGS[*]} ($Q queues x 1 lane, fio 4k, $JOBS jobs)" \
 	"$dev_a" "$dev_b" "randread-qd1 randread 4k 1" "randread-qd32 randread 4k 32" \
 	"randwrite-qd1 randwrite 4k 1" "randwrite-qd32 randwrite 4k 32"

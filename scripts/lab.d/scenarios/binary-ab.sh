@@ -12,6 +12,7 @@ need_bin array-server ublk-host array-server-a ublk-host-a nbdkit nbd-client fio
 
 ROUNDS=3 RUNTIME=3
 Q=$(nproc)
+JOBS=${AB_JOBS:-$Q} # fio jobs; LAB_GUEST_ENV=AB_JOBS=1 measures a single stream
 # shellcheck source=../bench.sh
 . /lab/bench.sh
 
@@ -26,7 +27,7 @@ dev_b=$BENCH_DEV
 log "A (array-server-a, ublk-host-a): $dev_a; B (this tree): $dev_b"
 bench_nbd_peer 64M "$Q"
 
-bench_ab "A: array-server-a + ublk-host-a, B: this tree ($Q queues x 1 lane each, fio $Q jobs)" \
+bench_ab "A: array-server-a + ublk-host-a, B: this tree ($Q queues x 1 lane each, fio $JOBS jobs)" \
 	"$dev_a" "$dev_b" "randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32" \
 	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32" "read-1M-qd8 read 1M 8" \
 	"write-1M-qd8 write 1M 8"
