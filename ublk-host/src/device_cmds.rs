@@ -76,8 +76,9 @@ pub struct AttachArgs {
     /// handshake deadline in seconds (default 5)
     #[argh(option, default = "5")]
     timeout: u64,
-    /// microseconds a queue thread polls for completions before it sleeps (default 50;
-    /// 0 sleeps at once: less CPU while idle, more latency per request)
+    /// microseconds a queue thread polls for completions at least before it sleeps
+    /// (default 50; longer, up to 1 ms, while completions take longer; 0 never polls:
+    /// less CPU while idle, more latency per request)
     #[argh(option, default = "DEFAULT_POLL.as_micros() as u64")]
     poll_us: u64,
     /// copy mode even where the ublk driver offers zero copy (for comparisons)

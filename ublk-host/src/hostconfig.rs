@@ -102,7 +102,8 @@ pub struct PartitionEntry {
     pub dead_after: Option<u64>,
     /// `--timeout`: handshake deadline in seconds.
     pub timeout: Option<u64>,
-    /// `--poll-us`: microseconds a queue thread polls for completions before it sleeps.
+    /// `--poll-us`: microseconds a queue thread polls for completions at least before it
+    /// sleeps.
     pub poll_us: Option<u64>,
 }
 

@@ -16,9 +16,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time I/O waits for a lost server before failing with `EIO` (queue-and-wait,
 /// for a filesystem on the device; like NVMe/TCP's `ctrl_loss_tmo`, but shorter).
 pub const DEFAULT_WAIT_BOUND: Duration = Duration::from_secs(120);
-/// Default time a queue thread polls for completions before it sleeps: about one network
-/// round trip plus a server's turn on a fast path, and the value Linux suggests for
-/// socket busy polling (`net.core.busy_poll`).
+/// Default shortest time a queue thread polls for completions before it sleeps (it polls
+/// longer while its waits are longer, see `poll_budget.rs`): about one network round trip
+/// plus a server's turn on a fast path, and the value Linux suggests for socket busy
+/// polling (`net.core.busy_poll`).
 pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
 /// Default silence, with requests outstanding, after which a lane is dead. Also the
 /// sockets' `TCP_USER_TIMEOUT` and keepalive idle time.
@@ -116,8 +117,9 @@ pub struct EngineConfig {
     /// counts into it). Sized for the client's paths when made: set `client.more_paths`
     /// before [`EngineConfig::new`].
     pub path_stats: Arc<PathStats>,
-    /// How long a queue thread polls its ring for completions before it sleeps (see
-    /// [`crate::client::uring::poll_completions`]); zero sleeps at once.
+    /// How long a queue thread polls its ring for completions at least before it sleeps
+    /// (see [`crate::client::uring::poll_completions`] and
+    /// [`crate::client::poll_budget::PollBudget`]); zero never polls.
     pub poll: Duration,
 }
 

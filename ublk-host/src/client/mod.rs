@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod engine;
 pub mod path_stats;
 pub mod paths;
+pub mod poll_budget;
 pub mod uring;
 
 pub mod durability;

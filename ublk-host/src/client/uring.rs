@@ -9,8 +9,8 @@
 //!
 //! # Polling before sleeping
 //!
-//! Both loops poll the ring for a while ([`poll_completions`]) before they sleep in
-//! `io_uring_enter`. A request's reply nearly always arrives within tens of microseconds,
+//! Both loops poll the ring for a while ([`poll_completions`], for as long as a
+//! [`PollBudget`] says) before they sleep in `io_uring_enter`. A request's reply nearly always arrives within tens of microseconds,
 //! and a thread that slept for it is woken by an inter-processor interrupt to a halted
 //! CPU: on a virtual machine that wakeup costs more than the whole round trip (4k reads
 //! at queue depth 1 on this project's 2-vCPU VM, `bench` against `array-server` on
@@ -29,6 +29,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use libublk::uring_async::{ublk_wake_task, UblkUringOpFuture};
 use libublk::UblkUringData;
 
+use crate::client::poll_budget::PollBudget;
 use crate::error::{HostError, Result};
 
 /// Marks an operation as the target's own I/O (not a ublk command) in its user data.
@@ -209,12 +210,13 @@ pub fn run_until<T>(
     task: smol::Task<T>,
     poll: Duration,
 ) -> Result<T> {
+    let mut budget = PollBudget::new(poll);
     loop {
         while executor.try_tick() {}
         if task.is_finished() {
             return Ok(smol::future::block_on(task));
         }
-        wait_and_wake(poll)?;
+        wait_and_wake(&mut budget)?;
     }
 }
 
@@ -243,14 +245,16 @@ pub fn poll_completions(budget: Duration) -> bool {
     true
 }
 
-/// Waits for at least one completion (polling for `poll` first), then wakes the task of
-/// every completion reaped.
-fn wait_and_wake(poll: Duration) -> Result<()> {
-    let submitted = if poll_completions(poll) {
+/// Waits for at least one completion (polling for the budget first, which learns from the
+/// wait), then wakes the task of every completion reaped.
+fn wait_and_wake(budget: &mut PollBudget) -> Result<()> {
+    let started = Instant::now();
+    let submitted = if poll_completions(budget.current()) {
         Ok(0)
     } else {
         libublk::io::with_task_io_ring_mut(|ring| ring.submit_and_wait(1))
     };
+    budget.record(started.elapsed(), Instant::now());
     match submitted {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}

@@ -1,9 +1,9 @@
 //! One ublk hardware queue: its thread runs one task per tag and the queue's engine, all
 //! on the queue's io_uring.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -11,6 +11,7 @@ use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task
 use libublk::{sys, BufDesc, UblkError};
 use wire::{Op, PartitionInfo};
 
+use crate::client::poll_budget::PollBudget;
 use crate::client::uring::{init_thread_ring, poll_completions};
 use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
@@ -92,7 +93,7 @@ pub fn serve_queue(
         }
         engine.lanes_closed()
     };
-    let served = serve_ring(&queue, config.poll, run_ops, is_done);
+    let served = serve_ring(&queue, config.poll, &busy, run_ops, is_done);
     if let Err(error) = smol::block_on(served) {
         log::error!("queue {qid}: event loop failed: {error}");
     }
@@ -115,20 +116,38 @@ fn run_tags_first(tags: &smol::LocalExecutor<'_>, lanes: &smol::LocalExecutor<'_
 }
 
 /// The queue's event loop: libublk's `wait_and_handle_io_events` with a poll of the ring
-/// (up to `poll`, see [`poll_completions`]) before each sleep in `io_uring_enter`. A sleep
-/// ends after [`IDLE_SECS`] without completions, which lets libublk mark the queue idle.
+/// (see [`poll_completions`]) before each sleep in `io_uring_enter`. A sleep ends after
+/// [`IDLE_SECS`] without completions, which lets libublk mark the queue idle.
+///
+/// The poll lasts `poll`, or longer while the waits are longer ([`PollBudget`]) if at
+/// most one request is in flight (`busy`, see [`serve_tag`]): deeper, the next completion
+/// is rarely far, and a long poll only takes turns from the server and fio on the CPU.
 async fn serve_ring(
     queue: &UblkQueue<'_>,
     poll: Duration,
+    busy: &Cell<u32>,
     run_ops: impl Fn(),
     is_done: impl Fn() -> bool,
 ) -> Result<(), UblkError> {
+    let budget = RefCell::new(PollBudget::new(poll));
     let wait = || async {
-        if !queue.is_stopping() && poll_completions(poll) {
+        let started = Instant::now();
+        let polls_for = match busy.get() {
+            0 | 1 => budget.borrow().current(),
+            _ => poll,
+        };
+        if !queue.is_stopping() && poll_completions(polls_for) {
+            budget
+                .borrow_mut()
+                .record(started.elapsed(), Instant::now());
             return Ok(false); // completions to reap; no timeout
         }
         let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
-        libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1)
+        let slept = libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1);
+        budget
+            .borrow_mut()
+            .record(started.elapsed(), Instant::now());
+        slept
     };
     let reap = |timed_out| {
         ublk_reap_io_events_with_update_queue(queue, timed_out, None, |cqe| {
