@@ -10,6 +10,7 @@ need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host nbdkit nbd-client fio jq
 
 ROUNDS=${QD1_ROUNDS:-3}
+FIO_JOBS=${QD1_JOBS:-2} # LAB_GUEST_ENV=QD1_JOBS=1 measures a single stream
 RUNTIME=${QD1_RUNTIME:-3}
 KEY=$LAB_WORK/host.key
 
@@ -53,10 +54,10 @@ grep -q 'pinned to CPUs' "$LAB_WORK/server-free.log" && fail "--no-pin-threads s
 . /lab/bench.sh
 bench_nbd_peer 64M 2
 
-# figure DEV BS DEPTH RW -> IOPS (2 jobs)
+# figure DEV BS DEPTH RW -> IOPS ($FIO_JOBS jobs)
 figure() {
 	fio --output-format=json --name=cmp --filename="$1" --rw="$4" --bs="$2" --direct=1 \
-		--ioengine=io_uring --iodepth="$3" --numjobs=2 --group_reporting --runtime="$RUNTIME" \
+		--ioengine=io_uring --iodepth="$3" --numjobs="$FIO_JOBS" --group_reporting --runtime="$RUNTIME" \
 		--time_based --size=32M | jq -r '.jobs[0].read.iops | floor'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -86,5 +87,5 @@ for job in "${JOBS[@]}"; do
 	metric "${name}_pinned_iops" "$p" IOPS
 	metric "${name}_unpinned_iops" "$f" IOPS
 	metric "${name}_pinned_vs_unpinned" "$(ratio "$p" "$f")" x
-	log "$name ($bs $rw QD$depth x2), medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x NBD), unpinned $f ($(ratio "$f" "$nbd")x NBD); pinned/unpinned $(ratio "$p" "$f")x"
+	log "$name ($bs $rw QD$depth x$FIO_JOBS), medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x NBD), unpinned $f ($(ratio "$f" "$nbd")x NBD); pinned/unpinned $(ratio "$p" "$f")x"
 done
