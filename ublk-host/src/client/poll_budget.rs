@@ -69,11 +69,12 @@ impl PollBudget {
         (self.longest.max(self.longest_before) * STRETCH).clamp(self.floor, self.cap)
     }
 
-    /// Accounts for a wait that took `waited` until its completion came, at `now`.
-    pub fn record(&mut self, waited: Duration, now: Instant) {
+    /// Accounts for a wait that began at `started` and ended at `now` with a completion.
+    pub fn record(&mut self, started: Instant, now: Instant) {
         if self.floor.is_zero() {
             return;
         }
+        let waited = now.saturating_duration_since(started);
         if waited > self.cap {
             self.longest /= 2;
             self.longest_before /= 2;
@@ -112,8 +113,9 @@ mod tests {
         }
 
         fn wait(&mut self, waited: Duration) -> Duration {
+            let started = self.now;
             self.now += waited;
-            self.budget.record(waited, self.now);
+            self.budget.record(started, self.now);
             self.budget.current()
         }
 

@@ -10,14 +10,15 @@
 //! # Polling before sleeping
 //!
 //! Both loops poll the ring for a while ([`poll_completions`], for as long as a
-//! [`PollBudget`] says) before they sleep in `io_uring_enter`. A request's reply nearly always arrives within tens of microseconds,
-//! and a thread that slept for it is woken by an inter-processor interrupt to a halted
-//! CPU: on a virtual machine that wakeup costs more than the whole round trip (4k reads
-//! at queue depth 1 on this project's 2-vCPU VM, `bench` against `array-server` on
-//! loopback: 3.5-5.5k IOPS sleeping, 17-21k polling for 50-100 us). Each round of the
-//! poll yields the CPU (`sched_yield`), so a task that shares the CPU (the server on
-//! loopback, fio) runs instead of waiting for the poll to end, and the return from that
-//! system call runs the ring's pending task work, which posts the completions.
+//! [`PollBudget`] says) before they sleep in `io_uring_enter`. A request's reply nearly
+//! always arrives within tens of microseconds, and a thread that slept for it is woken by
+//! an inter-processor interrupt to a halted CPU: on a virtual machine that wakeup costs
+//! more than the whole round trip (4k reads at queue depth 1 on this project's 2-vCPU VM,
+//! `bench` against `array-server` on loopback: 3.5-5.5k IOPS sleeping, 17-21k polling for
+//! 50-100 us). Each round of the poll yields the CPU (`sched_yield`), so a task that
+//! shares the CPU (the server on loopback, fio) runs instead of waiting for the poll to
+//! end, and the return from that system call runs the ring's pending task work, which
+//! posts the completions.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -254,7 +255,7 @@ fn wait_and_wake(budget: &mut PollBudget) -> Result<()> {
     } else {
         libublk::io::with_task_io_ring_mut(|ring| ring.submit_and_wait(1))
     };
-    budget.record(started.elapsed(), Instant::now());
+    budget.record(started, Instant::now());
     match submitted {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}

@@ -130,6 +130,7 @@ async fn serve_ring(
     is_done: impl Fn() -> bool,
 ) -> Result<(), UblkError> {
     let budget = RefCell::new(PollBudget::new(poll));
+    let waited_since = |started| budget.borrow_mut().record(started, Instant::now());
     let wait = || async {
         let started = Instant::now();
         let polls_for = match busy.get() {
@@ -137,16 +138,12 @@ async fn serve_ring(
             _ => poll,
         };
         if !queue.is_stopping() && poll_completions(polls_for) {
-            budget
-                .borrow_mut()
-                .record(started.elapsed(), Instant::now());
+            waited_since(started);
             return Ok(false); // completions to reap; no timeout
         }
         let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
         let slept = libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1);
-        budget
-            .borrow_mut()
-            .record(started.elapsed(), Instant::now());
+        waited_since(started);
         slept
     };
     let reap = |timed_out| {
