@@ -77,8 +77,8 @@ pub struct AttachArgs {
     #[argh(option, default = "5")]
     timeout: u64,
     /// microseconds a queue thread polls for completions at least before it sleeps
-    /// (default 50; longer, up to 1 ms, while completions take longer; 0 never polls:
-    /// less CPU while idle, more latency per request)
+    /// (default 50; with one request in flight longer, up to 1 ms, while replies take
+    /// longer; 0 never polls: less CPU while idle, more latency per request)
     #[argh(option, default = "DEFAULT_POLL.as_micros() as u64")]
     poll_us: u64,
     /// copy mode even where the ublk driver offers zero copy (for comparisons)

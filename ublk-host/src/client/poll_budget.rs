@@ -17,10 +17,15 @@
 //! one for the reply, and a budget fitted to their average ends just before the reply
 //! (an average-based budget measured 0.91x of the fixed 50 us one in that lab run). The
 //! longest is taken over the current and the previous window of [`WINDOW`], so one slow
-//! reply stretches the poll for two windows at most. A wait longer than the cap is an
-//! idle gap, not a round trip: it halves both at once, so a device that goes quiet soon
-//! polls no longer than the floor. A ublk queue stretches its poll only while at most one
-//! request is in flight (`ublk/queue.rs`).
+//! reply stretches the poll for two windows at most. A wait longer than the cap (an
+//! idle gap, or a reply too slow for polling to pay) halves both at once, so a device that goes quiet soon
+//! polls no longer than the floor.
+//!
+//! A ublk queue (`ublk/queue.rs`) uses the budget only while exactly one request is in
+//! flight, and learns only from those waits: a wait with none in flight is for the
+//! application's next request, which a budget must not chase (a device doing a thousand
+//! requests a second would have its thread poll without end). Threads without a ublk
+//! queue (`bench`, the NBD export) do not know what is in flight and keep the fixed poll.
 
 use std::time::{Duration, Instant};
 

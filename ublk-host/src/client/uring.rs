@@ -9,16 +9,16 @@
 //!
 //! # Polling before sleeping
 //!
-//! Both loops poll the ring for a while ([`poll_completions`], for as long as a
-//! [`PollBudget`] says) before they sleep in `io_uring_enter`. A request's reply nearly
-//! always arrives within tens of microseconds, and a thread that slept for it is woken by
-//! an inter-processor interrupt to a halted CPU: on a virtual machine that wakeup costs
-//! more than the whole round trip (4k reads at queue depth 1 on this project's 2-vCPU VM,
-//! `bench` against `array-server` on loopback: 3.5-5.5k IOPS sleeping, 17-21k polling for
-//! 50-100 us). Each round of the poll yields the CPU (`sched_yield`), so a task that
-//! shares the CPU (the server on loopback, fio) runs instead of waiting for the poll to
-//! end, and the return from that system call runs the ring's pending task work, which
-//! posts the completions.
+//! Both loops poll the ring for a while ([`poll_completions`]; a ublk queue for longer
+//! while its replies take longer, see `ublk/queue.rs`) before they sleep in
+//! `io_uring_enter`. A request's reply nearly always arrives within tens of microseconds,
+//! and a thread that slept for it is woken by an inter-processor interrupt to a halted
+//! CPU: on a virtual machine that wakeup costs more than the whole round trip (4k reads
+//! at queue depth 1 on this project's 2-vCPU VM, `bench` against `array-server` on
+//! loopback: 3.5-5.5k IOPS sleeping, 17-21k polling for 50-100 us). Each round of the
+//! poll yields the CPU (`sched_yield`), so a task that shares the CPU (the server on
+//! loopback, fio) runs instead of waiting for the poll to end, and the return from that
+//! system call runs the ring's pending task work, which posts the completions.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -30,7 +30,6 @@ use io_uring::{opcode, squeue, types, IoUring};
 use libublk::uring_async::{ublk_wake_task, UblkUringOpFuture};
 use libublk::UblkUringData;
 
-use crate::client::poll_budget::PollBudget;
 use crate::error::{HostError, Result};
 
 /// Marks an operation as the target's own I/O (not a ublk command) in its user data.
@@ -211,13 +210,12 @@ pub fn run_until<T>(
     task: smol::Task<T>,
     poll: Duration,
 ) -> Result<T> {
-    let mut budget = PollBudget::new(poll);
     loop {
         while executor.try_tick() {}
         if task.is_finished() {
             return Ok(smol::future::block_on(task));
         }
-        wait_and_wake(&mut budget)?;
+        wait_and_wake(poll)?;
     }
 }
 
@@ -246,16 +244,14 @@ pub fn poll_completions(budget: Duration) -> bool {
     true
 }
 
-/// Waits for at least one completion (polling for the budget first, which learns from the
-/// wait), then wakes the task of every completion reaped.
-fn wait_and_wake(budget: &mut PollBudget) -> Result<()> {
-    let started = Instant::now();
-    let submitted = if poll_completions(budget.current()) {
+/// Waits for at least one completion (polling for `poll` first), then wakes the task of
+/// every completion reaped.
+fn wait_and_wake(poll: Duration) -> Result<()> {
+    let submitted = if poll_completions(poll) {
         Ok(0)
     } else {
         libublk::io::with_task_io_ring_mut(|ring| ring.submit_and_wait(1))
     };
-    budget.record(started, Instant::now());
     match submitted {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}

@@ -119,9 +119,12 @@ fn run_tags_first(tags: &smol::LocalExecutor<'_>, lanes: &smol::LocalExecutor<'_
 /// (see [`poll_completions`]) before each sleep in `io_uring_enter`. A sleep ends after
 /// [`IDLE_SECS`] without completions, which lets libublk mark the queue idle.
 ///
-/// The poll lasts `poll`, or longer while the waits are longer ([`PollBudget`]) if at
-/// most one request is in flight (`busy`, see [`serve_tag`]): deeper, the next completion
-/// is rarely far, and a long poll only takes turns from the server and fio on the CPU.
+/// The poll lasts `poll`, or longer while replies take longer ([`PollBudget`]) when
+/// exactly one request is in flight (`busy`, see [`serve_tag`]), and only those waits
+/// teach the budget. With none in flight the wait is for the application's next request,
+/// which may be far off: polling through it would spin a CPU for a device doing a few
+/// thousand requests a second. With more in flight the next completion is rarely far,
+/// and a long poll only takes turns from the server and fio on the CPU.
 async fn serve_ring(
     queue: &UblkQueue<'_>,
     poll: Duration,
@@ -133,17 +136,22 @@ async fn serve_ring(
     let waited_since = |started| budget.borrow_mut().record(started, Instant::now());
     let wait = || async {
         let started = Instant::now();
-        let polls_for = match busy.get() {
-            0 | 1 => budget.borrow().current(),
-            _ => poll,
+        let for_a_reply = busy.get() == 1;
+        let polls_for = match for_a_reply {
+            true => budget.borrow().current(),
+            false => poll,
         };
         if !queue.is_stopping() && poll_completions(polls_for) {
-            waited_since(started);
+            if for_a_reply {
+                waited_since(started);
+            }
             return Ok(false); // completions to reap; no timeout
         }
         let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
         let slept = libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1);
-        waited_since(started);
+        if for_a_reply {
+            waited_since(started);
+        }
         slept
     };
     let reap = |timed_out| {
