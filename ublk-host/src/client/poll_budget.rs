@@ -1,31 +1,29 @@
-//! How long a queue thread polls its ring before it sleeps, adapted to how long its waits
-//! take (sans-IO: the caller measures the waits).
+//! How long a queue thread polls its ring for a reply before it sleeps, adapted to how
+//! long replies take (sans-IO: the caller measures the waits).
 //!
 //! Polling pays when the completion comes before the poll ends: the thread is running
 //! when it comes and no wakeup is paid (see `uring.rs`). A fixed budget fits one speed of
-//! machine. On this project's VM a request's round trip takes tens of microseconds, and
-//! 50 us of polling covers it; in the lab's emulated guest the same round trip takes
-//! 300-500 us, a 50 us poll nearly always ends before the reply comes, and a single
-//! stream of 4k reads at queue depth 1 ran 13-21 % faster with a 1 ms poll (`scripts/lab
-//! attach-ab` with `AB_JOBS=1`, 2026-12-05), while two streams and queue depth 32 did not
-//! move.
+//! network. On this project's VM a round trip takes tens of microseconds and 50 us of
+//! polling covers it; over a slower network, or in the lab's emulated guest (300-500 us),
+//! a 50 us poll nearly always ends before the reply comes.
 //!
 //! So the budget follows the waits (a wait being the time from the start of a poll to the
-//! completion that ended it, polled or slept): [`STRETCH`] times the longest recent one, never below
-//! the configured floor (`--poll-us`) nor above [`POLL_CAP`]. The longest, not the
-//! average: a request's cycle has short waits (a send's completion) as well as the long
-//! one for the reply, and a budget fitted to their average ends just before the reply
-//! (an average-based budget measured 0.91x of the fixed 50 us one in that lab run). The
-//! longest is taken over the current and the previous window of [`WINDOW`], so one slow
-//! reply stretches the poll for two windows at most. A wait longer than the cap (an
-//! idle gap, or a reply too slow for polling to pay) halves both at once, so a device that goes quiet soon
-//! polls no longer than the floor.
+//! completion that ended it, polled or slept): [`STRETCH`] times the longest recent one,
+//! never below the configured floor (`--poll-us`) nor above [`POLL_CAP`]. The longest, not
+//! the average: a request's cycle has short waits (a send's completion) as well as the
+//! long one for the reply, and a budget fitted to their average ends just before the
+//! reply. The longest is taken over the current and the previous window of [`WINDOW`], so
+//! one slow reply stretches the poll for two windows at most. A wait longer than the cap
+//! (a reply too slow for polling to pay) halves both.
 //!
 //! A ublk queue (`ublk/queue.rs`) uses the budget only while exactly one request is in
-//! flight, and learns only from those waits: a wait with none in flight is for the
-//! application's next request, which a budget must not chase (a device doing a thousand
-//! requests a second would have its thread poll without end). Threads without a ublk
-//! queue (`bench`, the NBD export) do not know what is in flight and keep the fixed poll.
+//! flight, and learns only from those waits. A wait with none in flight is for the
+//! application's next request, which a budget must not chase: a device doing a thousand
+//! requests a second would have its thread poll without end. (Chasing it is what made a
+//! single stream of 4k reads 4-19 % faster in the lab, where fio's own turn between
+//! requests outlasts 50 us; on real machines it fits in the floor. README, "A poll that
+//! fits the machine".) Threads without a ublk queue (`bench`, the NBD export) do not
+//! know what is in flight and keep the fixed poll.
 
 use std::time::{Duration, Instant};
 
@@ -177,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_gaps_bring_the_poll_back_to_the_floor() {
+    fn waits_beyond_the_cap_bring_the_poll_back_to_the_floor() {
         let mut clocked = Clocked::new(50 * US);
         clocked.waits(100, 200 * US);
         assert_eq!(clocked.waits(5, Duration::from_millis(20)), 50 * US);
