@@ -133,26 +133,23 @@ async fn serve_ring(
     is_done: impl Fn() -> bool,
 ) -> Result<(), UblkError> {
     let budget = RefCell::new(PollBudget::new(poll));
-    let waited_since = |started| budget.borrow_mut().record(started, Instant::now());
     let wait = || async {
-        let started = Instant::now();
-        let for_a_reply = busy.get() == 1;
+        // Only a wait for a reply uses the budget and teaches it (see above).
+        let for_a_reply = (busy.get() == 1).then(Instant::now);
         let polls_for = match for_a_reply {
-            true => budget.borrow().current(),
-            false => poll,
+            Some(_) => budget.borrow().current(),
+            None => poll,
         };
-        if !queue.is_stopping() && poll_completions(polls_for) {
-            if for_a_reply {
-                waited_since(started);
-            }
-            return Ok(false); // completions to reap; no timeout
+        let waited = if !queue.is_stopping() && poll_completions(polls_for) {
+            Ok(false) // completions to reap; no timeout
+        } else {
+            let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
+            libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1)
+        };
+        if let Some(started) = for_a_reply {
+            budget.borrow_mut().record(started, Instant::now());
         }
-        let idle = io_uring::types::Timespec::new().sec(IDLE_SECS);
-        let slept = libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1);
-        if for_a_reply {
-            waited_since(started);
-        }
-        slept
+        waited
     };
     let reap = |timed_out| {
         ublk_reap_io_events_with_update_queue(queue, timed_out, None, |cqe| {
