@@ -112,3 +112,75 @@ fn unpinned_threads_still_serve_every_lane() {
     }
     assert_eq!(server.sessions().views().len(), clients.len());
 }
+
+/// The CPUs the server thread named `name` may run on (`Cpus_allowed_list` of its
+/// `/proc` status, e.g. "0-1" or "1").
+fn thread_cpus(name: &str) -> String {
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let task = task.expect("a task").path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).expect("its status");
+        let line = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list");
+        return line.trim().to_owned();
+    }
+    panic!("no thread named {name}");
+}
+
+/// Reads `len` bytes at offset 0 over `client` until `done` holds; at most `IO_TIMEOUT`.
+fn read_until(client: &mut Client, len: u32, what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        client.read_ok(0, len);
+    }
+}
+
+#[test]
+fn a_lone_stream_of_large_requests_lets_its_thread_run_on_any_cpu() {
+    let cpus = allowed_cpus();
+    assert!(
+        cpus.len() >= 2,
+        "pinning needs 2 CPUs; this machine gives the test {cpus:?}"
+    );
+    let rig = assigned(2, 4 << 20);
+    let server = start(rig.array, cpus.len(), true);
+    let addr = server.local_addr();
+    let (secret, partition) = (rig.secret.clone(), rig.partition.id);
+    // Dialled from the first CPU: served by thread 0 (the test above).
+    let mut client = on_cpu(cpus[0], move || {
+        Client::lane(addr, "h", &secret, partition, 0, 0)
+    });
+    let pinned_cpu = cpus[0].to_string();
+    assert_eq!(thread_cpus("array-net-0"), pinned_cpu);
+    assert_eq!(server.stats().unpinned_thread, None);
+
+    read_until(&mut client, 256 << 10, "thread 0 to be let go", || {
+        server.stats().unpinned_thread == Some(0)
+    });
+    assert_ne!(
+        thread_cpus("array-net-0"),
+        pinned_cpu,
+        "thread 0 runs on every CPU"
+    );
+    assert_eq!(
+        thread_cpus("array-net-1"),
+        cpus[1].to_string(),
+        "the idle thread stays"
+    );
+
+    read_until(&mut client, 4096, "thread 0 to be pinned again", || {
+        server.stats().unpinned_thread.is_none()
+    });
+    assert_eq!(thread_cpus("array-net-0"), pinned_cpu);
+}

@@ -30,11 +30,13 @@ mod placement;
 mod recv_all;
 mod reply_queue;
 mod sessions;
+mod spread;
+mod spreader;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -166,6 +168,9 @@ pub struct StatsView {
     pub accept_failures: u64,
     /// Authenticated connections open now.
     pub live_connections: usize,
+    /// The pinned server thread let run on any CPU while it carries a lone stream of
+    /// large requests (see `net/spread.rs`), if any.
+    pub unpinned_thread: Option<usize>,
 }
 
 /// What every thread shares.
@@ -206,6 +211,9 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// Lets a pinned thread go for a lone stream of large requests; `None` when threads
+    /// are not pinned.
+    spreader: Option<spreader::Spreader>,
 }
 
 impl RunningServer {
@@ -251,6 +259,10 @@ impl RunningServer {
             evicted_unauthenticated: get(&stats.evicted_unauthenticated),
             accept_failures: get(&stats.accept_failures),
             live_connections: self.shared.live.load(Ordering::Relaxed),
+            unpinned_thread: self
+                .spreader
+                .as_ref()
+                .and_then(spreader::Spreader::unpinned),
         }
     }
 
@@ -270,6 +282,7 @@ impl RunningServer {
     }
 
     fn shut_down(&mut self) {
+        self.spreader = None;
         self.shutdown.send_replace(true);
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -328,18 +341,22 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
+    let tids: spreader::ThreadIds = (0..threads).map(|_| AtomicI32::new(0)).collect();
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let shutdown_rx = shutdown_rx.clone();
         let ready = ready_tx.clone();
         let placement = placement.clone();
+        let tids = tids.clone();
         let handle = std::thread::Builder::new()
             .name(format!("array-net-{index}"))
             .spawn(move || {
                 if let Err(error) = placement.pin_current_thread(index) {
                     log::warn!("{error}; the thread runs unpinned");
                 }
-                tokio_uring::start(run_thread(listener, shared, shutdown_rx, ready))
+                tids[index].store(placement::current_thread_id(), Ordering::Relaxed);
+                let thread = run_thread(index, listener, shared, shutdown_rx, ready);
+                tokio_uring::start(thread)
             })
             .map_err(|e| Error::io("starting a server thread", e))?;
         handles.push(handle);
@@ -347,12 +364,13 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     drop(ready_tx);
     // Every thread has its ring and its disk handles before `start` returns; on an error
     // dropping `server` stops the threads that did start.
-    let server = RunningServer {
+    let mut server = RunningServer {
         local_addr,
         also_addrs,
         shared,
         shutdown,
         threads: handles,
+        spreader: None,
     };
     for _ in 0..threads {
         match ready.recv() {
@@ -367,6 +385,12 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
         }
     }
     if placement.is_pinned() {
+        let sessions = server.shared.sessions.clone();
+        server.spreader = Some(spreader::Spreader::start(
+            placement.clone(),
+            sessions,
+            tids,
+        )?);
         log::info!(
             "serving on {addrs:?} with {threads} threads pinned to CPUs {:?}, connections \
              steered to the thread on their incoming CPU",
@@ -403,6 +427,7 @@ fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
 /// Accepts on every one of the thread's `listeners` (one per listen address) until the
 /// shutdown.
 async fn run_thread(
+    index: usize,
     listeners: Vec<StdListener>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -427,6 +452,7 @@ async fn run_thread(
         .into_iter()
         .map(|listener| {
             tokio_uring::spawn(accept_loop(
+                index,
                 TcpListener::from_std(listener),
                 shared.clone(),
                 disks.clone(),
@@ -440,9 +466,10 @@ async fn run_thread(
     }
 }
 
-/// Accepts connections on `listener` until the shutdown; `waiting` is the thread's
-/// unauthenticated connections, shared by its listeners.
+/// Accepts connections on `listener` until the shutdown, on server thread `thread`;
+/// `waiting` is the thread's unauthenticated connections, shared by its listeners.
 async fn accept_loop(
+    thread: usize,
     listener: TcpListener,
     shared: Arc<Shared>,
     disks: Rc<DiskSet>,
@@ -461,7 +488,8 @@ async fn accept_loop(
                         shared.stats.evicted_unauthenticated.fetch_add(1, Ordering::Relaxed);
                     }
                     let slot = WaitingSlot { waiting: waiting.clone(), id };
-                    tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer, slot));
+                    let serving = Serving { shared: shared.clone(), disks: disks.clone(), thread };
+                    tokio_uring::spawn(connection(serving, stream, peer, slot));
                 }
                 Err(error) => {
                     shared.stats.accept_failures.fetch_add(1, Ordering::Relaxed);
@@ -498,9 +526,20 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn connection(
+/// What a connection needs of the thread that serves it.
+struct Serving {
     shared: Arc<Shared>,
     disks: Rc<DiskSet>,
+    /// The thread's index.
+    thread: usize,
+}
+
+async fn connection(
+    Serving {
+        shared,
+        disks,
+        thread,
+    }: Serving,
     stream: Rc<TcpStream>,
     peer: SocketAddr,
     slot: WaitingSlot,
@@ -543,7 +582,7 @@ async fn connection(
     let _live = LiveGuard(shared.live.clone());
     let guard = shared
         .sessions
-        .register(&admitted.host, (peer, local), admitted.purpose);
+        .register(&admitted.host, (peer, local), admitted.purpose, thread);
     if let Err(error) = send_message(&stream, &wire::ProofReply::Welcome(admitted.welcome)).await {
         log::debug!("{peer}: {error}");
         return;

@@ -36,6 +36,8 @@ pub struct Placement {
     /// The CPU each thread is pinned to (thread `i` on `cpus[i]`); empty: not pinned, no
     /// steering.
     pub cpus: Vec<usize>,
+    /// Every CPU the process may use: where a thread runs when let go (`net/spread.rs`).
+    pub allowed: Vec<usize>,
 }
 
 impl Placement {
@@ -48,7 +50,10 @@ impl Placement {
         } else {
             Vec::new()
         };
-        Placement { cpus }
+        Placement {
+            cpus,
+            allowed: allowed.to_vec(),
+        }
     }
 
     /// Whether threads are pinned and connections steered.
@@ -61,21 +66,27 @@ impl Placement {
         let Some(&cpu) = self.cpus.get(index) else {
             return Ok(());
         };
-        // SAFETY: cpu_set_t is plain old data; CPU_ZERO/CPU_SET write inside it.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a live cpu_set_t and `cpu` is below CPU_SETSIZE (it came from
-        // sched_getaffinity's own set).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // SAFETY: passes a live set of the size given; pid 0 is the calling thread.
-        let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-        if done != 0 {
-            let error = io::Error::last_os_error();
-            return Err(Error::io(
-                format!("pinning server thread {index} to CPU {cpu}"),
-                error,
-            ));
-        }
-        Ok(())
+        set_affinity(CALLING_THREAD, &[cpu])
+            .map_err(|e| Error::io(format!("pinning server thread {index} to CPU {cpu}"), e))
+    }
+
+    /// Pins thread `index` (kernel thread id `tid`) to its CPU again, or lets it run on
+    /// every allowed CPU (`pinned == false`); nothing when not pinned.
+    pub fn set_thread_pinned(&self, index: usize, tid: libc::pid_t, pinned: bool) -> Result<()> {
+        let Some(&cpu) = self.cpus.get(index) else {
+            return Ok(());
+        };
+        let cpus = if pinned {
+            std::slice::from_ref(&cpu)
+        } else {
+            &self.allowed[..]
+        };
+        set_affinity(tid, cpus).map_err(|e| {
+            Error::io(
+                format!("setting server thread {index}'s CPUs to {cpus:?}"),
+                e,
+            )
+        })
     }
 
     /// Attaches the steering program to the reuseport group of `listener` (any member of
@@ -109,6 +120,32 @@ impl Placement {
         }
         Ok(())
     }
+}
+
+/// The thread id `sched_setaffinity` takes for the calling thread.
+const CALLING_THREAD: libc::pid_t = 0;
+
+/// Lets thread `tid` run on `cpus` only.
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; CPU_ZERO/CPU_SET write inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `set` is a live cpu_set_t and `cpu` is below CPU_SETSIZE (it came from
+        // sched_getaffinity's own set).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: passes a live set of the size given.
+    let done = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's id of the calling thread (for [`Placement::set_thread_pinned`]).
+pub fn current_thread_id() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
 }
 
 /// The CPUs the calling thread may run on, in order.
@@ -191,7 +228,7 @@ mod tests {
             .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .expect("bind");
         socket.listen(8).expect("listen");
-        let placement = Placement { cpus: vec![0, 1] };
+        let placement = Placement::plan(true, 2, &[0, 1]);
         placement.steer(&socket).expect("SO_ATTACH_REUSEPORT_CBPF");
     }
 }
