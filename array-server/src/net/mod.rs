@@ -7,6 +7,9 @@
 //! thread, each accepting on its own socket: the kernel spreads new connections over
 //! the threads, and a connection lives on the thread that accepted it, with its own
 //! io_uring for the socket and the disks. Nothing on the data path crosses threads.
+//! With 2..N threads on N CPUs each thread is pinned to a CPU and takes the connections
+//! that arrive there (`placement`); a thread carrying a lone stream of large requests is
+//! let run on any CPU while that lasts (`spread`, the policy, applied by `spreader`).
 //!
 //! # Connections
 //!
@@ -91,7 +94,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Pin thread `i` to the `i`-th CPU and hand each new connection to the thread on the
     /// CPU its SYN arrived on (see `net/placement.rs`); applies with 2 to N threads on N
-    /// usable CPUs.
+    /// usable CPUs. A thread carrying a lone stream of large requests then runs on any
+    /// CPU while that lasts (`net/spread.rs`).
     pub pin_threads: bool,
     /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,

@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 
 /// How often the traffic is looked at.
 pub const WINDOW: Duration = Duration::from_millis(100);
+/// After a change logged at info level, further changes within this time are logged at
+/// debug level only (a workload that alternates between large and small requests would
+/// otherwise fill the log).
+const QUIET_AFTER_LOGGING: Duration = Duration::from_secs(60);
 /// [`Spreader::unpinned`]'s stored value for "no thread".
 const NONE: usize = usize::MAX;
 
@@ -46,6 +50,7 @@ impl Spreader {
             tids,
             stop: stop.clone(),
             unpinned: unpinned.clone(),
+            logged_at: None,
         };
         let handle = std::thread::Builder::new()
             .name("array-spread".to_owned())
@@ -81,10 +86,12 @@ struct Watch {
     tids: ThreadIds,
     stop: Arc<AtomicBool>,
     unpinned: Arc<AtomicUsize>,
+    /// When a change was last logged at info level.
+    logged_at: Option<Instant>,
 }
 
 impl Watch {
-    fn run(self) {
+    fn run(mut self) {
         let mut policy = SpreadPolicy::new();
         let mut seen = HashMap::new();
         while self.sleep_window() {
@@ -111,7 +118,7 @@ impl Watch {
     }
 
     /// Pins the thread that ran unpinned, then lets `unpinned` go.
-    fn apply(&self, unpinned: Option<usize>) {
+    fn apply(&mut self, unpinned: Option<usize>) {
         let before = self
             .unpinned
             .swap(unpinned.unwrap_or(NONE), Ordering::Relaxed);
@@ -123,22 +130,36 @@ impl Watch {
         }
     }
 
-    fn set_pinned(&self, index: usize, pinned: bool) {
+    fn set_pinned(&mut self, index: usize, pinned: bool) {
         let tid = self.tids[index].load(Ordering::Relaxed);
         if tid == 0 {
             return; // not started (it pins itself when it does)
         }
-        match self.placement.set_thread_pinned(index, tid, pinned) {
-            Ok(()) if pinned => log::info!(
+        if let Err(error) = self.placement.set_thread_pinned(index, tid, pinned) {
+            log::warn!("{error}");
+            return;
+        }
+        let change = if pinned {
+            format!(
                 "server thread {index} pinned to CPU {} again",
                 self.placement.cpus[index]
-            ),
-            Ok(()) => log::info!(
+            )
+        } else {
+            format!(
                 "server thread {index} carries a lone stream of large requests: it runs on \
                  any of CPUs {:?} while that lasts",
                 self.placement.allowed
-            ),
-            Err(error) => log::warn!("{error}"),
+            )
+        };
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < QUIET_AFTER_LOGGING)
+        {
+            log::debug!("{change}");
+        } else {
+            log::info!("{change} (further changes within {QUIET_AFTER_LOGGING:?} at debug level)");
+            self.logged_at = Some(now);
         }
     }
 }
