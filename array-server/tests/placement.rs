@@ -147,7 +147,7 @@ fn read_until(client: &mut Client, len: u32, what: &str, done: impl Fn() -> bool
 }
 
 #[test]
-fn a_lone_stream_of_large_requests_lets_its_thread_run_on_any_cpu() {
+fn large_requests_let_the_threads_run_on_any_cpu_and_small_ones_pin_them_again() {
     let cpus = allowed_cpus();
     assert!(
         cpus.len() >= 2,
@@ -156,31 +156,26 @@ fn a_lone_stream_of_large_requests_lets_its_thread_run_on_any_cpu() {
     let rig = assigned(2, 4 << 20);
     let server = start(rig.array, cpus.len(), true);
     let addr = server.local_addr();
-    let (secret, partition) = (rig.secret.clone(), rig.partition.id);
-    // Dialled from the first CPU: served by thread 0 (the test above).
-    let mut client = on_cpu(cpus[0], move || {
-        Client::lane(addr, "h", &secret, partition, 0, 0)
-    });
-    let pinned_cpu = cpus[0].to_string();
-    assert_eq!(thread_cpus("array-net-0"), pinned_cpu);
-    assert_eq!(server.stats().unpinned_thread, None);
+    let mut client = Client::lane(addr, "h", &rig.secret, rig.partition.id, 0, 0);
+    let pinned: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+    let threads: Vec<String> = (0..cpus.len()).map(|i| format!("array-net-{i}")).collect();
+    let affinities = || threads.iter().map(|t| thread_cpus(t)).collect::<Vec<_>>();
+    assert_eq!(affinities(), pinned);
+    assert!(!server.stats().threads_unpinned);
 
-    read_until(&mut client, 256 << 10, "thread 0 to be let go", || {
-        server.stats().unpinned_thread == Some(0)
+    read_until(&mut client, 256 << 10, "the threads to be let go", || {
+        server.stats().threads_unpinned
     });
-    assert_ne!(
-        thread_cpus("array-net-0"),
-        pinned_cpu,
-        "thread 0 runs on every CPU"
-    );
-    assert_eq!(
-        thread_cpus("array-net-1"),
-        cpus[1].to_string(),
-        "the idle thread stays"
+    let unpinned = affinities();
+    assert!(
+        unpinned
+            .iter()
+            .all(|cpus| cpus == &unpinned[0] && cpus.contains(['-', ','])),
+        "every thread runs on every CPU: {unpinned:?}"
     );
 
-    read_until(&mut client, 4096, "thread 0 to be pinned again", || {
-        server.stats().unpinned_thread.is_none()
+    read_until(&mut client, 4096, "the threads to be pinned again", || {
+        !server.stats().threads_unpinned
     });
-    assert_eq!(thread_cpus("array-net-0"), pinned_cpu);
+    assert_eq!(affinities(), pinned);
 }

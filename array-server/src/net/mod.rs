@@ -8,8 +8,8 @@
 //! the threads, and a connection lives on the thread that accepted it, with its own
 //! io_uring for the socket and the disks. Nothing on the data path crosses threads.
 //! With 2..N threads on N CPUs each thread is pinned to a CPU and takes the connections
-//! that arrive there (`placement`); a thread carrying a lone stream of large requests is
-//! let run on any CPU while that lasts (`spread`, the policy, applied by `spreader`).
+//! that arrive there (`placement`); while the requests are large on average, the threads
+//! run on any CPU (`spread`, the policy, applied by `spreader`).
 //!
 //! # Connections
 //!
@@ -94,8 +94,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Pin thread `i` to the `i`-th CPU and hand each new connection to the thread on the
     /// CPU its SYN arrived on (see `net/placement.rs`); applies with 2 to N threads on N
-    /// usable CPUs. A thread carrying a lone stream of large requests then runs on any
-    /// CPU while that lasts (`net/spread.rs`).
+    /// usable CPUs. While the requests are large on average, the threads run on any CPU
+    /// (`net/spread.rs`).
     pub pin_threads: bool,
     /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,
@@ -172,9 +172,9 @@ pub struct StatsView {
     pub accept_failures: u64,
     /// Authenticated connections open now.
     pub live_connections: usize,
-    /// The pinned server thread let run on any CPU while it carries a lone stream of
-    /// large requests (see `net/spread.rs`), if any.
-    pub unpinned_thread: Option<usize>,
+    /// Whether the pinned server threads run on any CPU now, while the requests are large
+    /// on average (see `net/spread.rs`).
+    pub threads_unpinned: bool,
 }
 
 /// What every thread shares.
@@ -215,8 +215,8 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
-    /// Lets a pinned thread go for a lone stream of large requests; `None` when threads
-    /// are not pinned.
+    /// Lets the pinned threads go while the requests are large; `None` when threads are
+    /// not pinned.
     spreader: Option<spreader::Spreader>,
 }
 
@@ -263,10 +263,10 @@ impl RunningServer {
             evicted_unauthenticated: get(&stats.evicted_unauthenticated),
             accept_failures: get(&stats.accept_failures),
             live_connections: self.shared.live.load(Ordering::Relaxed),
-            unpinned_thread: self
+            threads_unpinned: self
                 .spreader
                 .as_ref()
-                .and_then(spreader::Spreader::unpinned),
+                .is_some_and(spreader::Spreader::unpinned),
         }
     }
 
@@ -359,8 +359,7 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
                     log::warn!("{error}; the thread runs unpinned");
                 }
                 tids[index].store(placement::current_thread_id(), Ordering::Relaxed);
-                let thread = run_thread(index, listener, shared, shutdown_rx, ready);
-                tokio_uring::start(thread)
+                tokio_uring::start(run_thread(listener, shared, shutdown_rx, ready))
             })
             .map_err(|e| Error::io("starting a server thread", e))?;
         handles.push(handle);
@@ -431,7 +430,6 @@ fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
 /// Accepts on every one of the thread's `listeners` (one per listen address) until the
 /// shutdown.
 async fn run_thread(
-    index: usize,
     listeners: Vec<StdListener>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -456,7 +454,6 @@ async fn run_thread(
         .into_iter()
         .map(|listener| {
             tokio_uring::spawn(accept_loop(
-                index,
                 TcpListener::from_std(listener),
                 shared.clone(),
                 disks.clone(),
@@ -470,10 +467,9 @@ async fn run_thread(
     }
 }
 
-/// Accepts connections on `listener` until the shutdown, on server thread `thread`;
-/// `waiting` is the thread's unauthenticated connections, shared by its listeners.
+/// Accepts connections on `listener` until the shutdown; `waiting` is the thread's
+/// unauthenticated connections, shared by its listeners.
 async fn accept_loop(
-    thread: usize,
     listener: TcpListener,
     shared: Arc<Shared>,
     disks: Rc<DiskSet>,
@@ -492,8 +488,7 @@ async fn accept_loop(
                         shared.stats.evicted_unauthenticated.fetch_add(1, Ordering::Relaxed);
                     }
                     let slot = WaitingSlot { waiting: waiting.clone(), id };
-                    let serving = Serving { shared: shared.clone(), disks: disks.clone(), thread };
-                    tokio_uring::spawn(connection(serving, stream, peer, slot));
+                    tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer, slot));
                 }
                 Err(error) => {
                     shared.stats.accept_failures.fetch_add(1, Ordering::Relaxed);
@@ -530,20 +525,9 @@ impl Drop for LiveGuard {
     }
 }
 
-/// What a connection needs of the thread that serves it.
-struct Serving {
+async fn connection(
     shared: Arc<Shared>,
     disks: Rc<DiskSet>,
-    /// The thread's index.
-    thread: usize,
-}
-
-async fn connection(
-    Serving {
-        shared,
-        disks,
-        thread,
-    }: Serving,
     stream: Rc<TcpStream>,
     peer: SocketAddr,
     slot: WaitingSlot,
@@ -586,7 +570,7 @@ async fn connection(
     let _live = LiveGuard(shared.live.clone());
     let guard = shared
         .sessions
-        .register(&admitted.host, (peer, local), admitted.purpose, thread);
+        .register(&admitted.host, (peer, local), admitted.purpose);
     if let Err(error) = send_message(&stream, &wire::ProofReply::Welcome(admitted.welcome)).await {
         log::debug!("{peer}: {error}");
         return;

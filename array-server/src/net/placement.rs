@@ -36,7 +36,7 @@ pub struct Placement {
     /// The CPU each thread is pinned to (thread `i` on `cpus[i]`); empty: not pinned, no
     /// steering.
     pub cpus: Vec<usize>,
-    /// Every CPU the process may use: where a thread runs when let go (`net/spread.rs`).
+    /// Every CPU the process may use: where the threads run when let go (`net/spread.rs`).
     pub allowed: Vec<usize>,
 }
 

@@ -194,8 +194,6 @@ pub struct Session {
     /// The CPU the server thread serving it ran on when it registered (the thread's own
     /// CPU when threads are pinned; see `net/placement.rs`); `None` if unknown.
     pub cpu: Option<u32>,
-    /// The index of the server thread serving it.
-    pub thread: usize,
     /// When the handshake completed.
     pub since: SystemTime,
     /// What the connection carried.
@@ -464,7 +462,6 @@ impl Sessions {
         host: &str,
         (peer, local): (SocketAddr, SocketAddr),
         purpose: Purpose,
-        thread: usize,
     ) -> SessionGuard {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -473,7 +470,6 @@ impl Sessions {
             local,
             purpose,
             cpu: current_cpu(),
-            thread,
             since: SystemTime::now(),
             counters: LaneCounters::default(),
             admitted: AtomicU64::new(0),

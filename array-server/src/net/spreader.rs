@@ -1,10 +1,10 @@
 //! The thread that applies [`SpreadPolicy`] to pinned server threads: every [`WINDOW`] it
-//! sums each thread's data traffic from the sessions' counters (which the data path
-//! counts anyway, so this adds nothing to it) and pins or lets go the thread the policy
-//! names. It runs only while threads are pinned.
+//! sums the data traffic from the sessions' counters (which the data path counts anyway,
+//! so this adds nothing to it) and lets the threads go or pins them again when the policy
+//! says so. It runs only while threads are pinned.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,8 +20,6 @@ pub const WINDOW: Duration = Duration::from_millis(100);
 /// debug level only (a workload that alternates between large and small requests would
 /// otherwise fill the log).
 const QUIET_AFTER_LOGGING: Duration = Duration::from_secs(60);
-/// [`Spreader::unpinned`]'s stored value for "no thread".
-const NONE: usize = usize::MAX;
 
 /// The kernel ids of the server threads, filled in by each thread as it starts (0 until
 /// then).
@@ -31,7 +29,7 @@ pub type ThreadIds = Arc<[AtomicI32]>;
 #[derive(Debug)]
 pub struct Spreader {
     stop: Arc<AtomicBool>,
-    unpinned: Arc<AtomicUsize>,
+    unpinned: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -43,7 +41,7 @@ impl Spreader {
         tids: ThreadIds,
     ) -> Result<Spreader> {
         let stop = Arc::new(AtomicBool::new(false));
-        let unpinned = Arc::new(AtomicUsize::new(NONE));
+        let unpinned = Arc::new(AtomicBool::new(false));
         let watch = Watch {
             placement,
             sessions,
@@ -63,9 +61,9 @@ impl Spreader {
         })
     }
 
-    /// The server thread that runs unpinned now, if any.
-    pub fn unpinned(&self) -> Option<usize> {
-        Some(self.unpinned.load(Ordering::Relaxed)).filter(|&index| index != NONE)
+    /// Whether the server threads run unpinned now.
+    pub fn unpinned(&self) -> bool {
+        self.unpinned.load(Ordering::Relaxed)
     }
 }
 
@@ -85,7 +83,7 @@ struct Watch {
     sessions: Arc<Sessions>,
     tids: ThreadIds,
     stop: Arc<AtomicBool>,
-    unpinned: Arc<AtomicUsize>,
+    unpinned: Arc<AtomicBool>,
     /// When a change was last logged at info level.
     logged_at: Option<Instant>,
 }
@@ -95,8 +93,8 @@ impl Watch {
         let mut policy = SpreadPolicy::new();
         let mut seen = HashMap::new();
         while self.sleep_window() {
-            let traffic = window_traffic(&self.sessions.list(), self.tids.len(), &mut seen);
-            if let Some(unpinned) = policy.window(&traffic) {
+            let traffic = window_traffic(&self.sessions.list(), &mut seen);
+            if let Some(unpinned) = policy.window(traffic) {
                 self.apply(unpinned);
             }
         }
@@ -117,38 +115,27 @@ impl Watch {
         }
     }
 
-    /// Pins the thread that ran unpinned, then lets `unpinned` go.
-    fn apply(&mut self, unpinned: Option<usize>) {
-        let before = self
-            .unpinned
-            .swap(unpinned.unwrap_or(NONE), Ordering::Relaxed);
-        if before != NONE {
-            self.set_pinned(before, true);
+    /// Lets every thread run on any allowed CPU (`unpinned`), or pins each to its CPU.
+    fn apply(&mut self, unpinned: bool) {
+        self.unpinned.store(unpinned, Ordering::Relaxed);
+        for (index, tid) in self.tids.iter().enumerate() {
+            let tid = tid.load(Ordering::Relaxed);
+            if tid == 0 {
+                continue; // not started (it pins itself when it does)
+            }
+            if let Err(error) = self.placement.set_thread_pinned(index, tid, !unpinned) {
+                log::warn!("{error}");
+            }
         }
-        if let Some(index) = unpinned {
-            self.set_pinned(index, false);
-        }
-    }
-
-    fn set_pinned(&mut self, index: usize, pinned: bool) {
-        let tid = self.tids[index].load(Ordering::Relaxed);
-        if tid == 0 {
-            return; // not started (it pins itself when it does)
-        }
-        if let Err(error) = self.placement.set_thread_pinned(index, tid, pinned) {
-            log::warn!("{error}");
-            return;
-        }
-        let change = if pinned {
+        let change = if unpinned {
             format!(
-                "server thread {index} pinned to CPU {} again",
-                self.placement.cpus[index]
+                "large requests: the server threads run on any of CPUs {:?} while they last",
+                self.placement.allowed
             )
         } else {
             format!(
-                "server thread {index} carries a lone stream of large requests: it runs on \
-                 any of CPUs {:?} while that lasts",
-                self.placement.allowed
+                "server threads pinned to CPUs {:?} again",
+                self.placement.cpus
             )
         };
         let now = Instant::now();
@@ -164,15 +151,11 @@ impl Watch {
     }
 }
 
-/// Each thread's data traffic since the last call: the growth of every data session's
-/// counters, summed by the thread serving it. `seen` holds the counters of the last call,
-/// by session id; a session not seen before counts from zero.
-fn window_traffic(
-    sessions: &[Arc<Session>],
-    threads: usize,
-    seen: &mut HashMap<u64, Traffic>,
-) -> Vec<Traffic> {
-    let mut per_thread = vec![Traffic::default(); threads];
+/// The data traffic since the last call: the growth of every data session's counters.
+/// `seen` holds the counters of the last call, by session id; a session not seen before
+/// counts from zero.
+fn window_traffic(sessions: &[Arc<Session>], seen: &mut HashMap<u64, Traffic>) -> Traffic {
+    let mut window = Traffic::default();
     let mut now_seen = HashMap::with_capacity(seen.len());
     for session in sessions.iter().filter(|s| s.partition().is_some()) {
         let counters = session.counters.snapshot();
@@ -181,14 +164,12 @@ fn window_traffic(
             bytes: counters.read_bytes + counters.write_bytes,
         };
         let before = seen.get(&session.id).copied().unwrap_or_default();
-        if let Some(thread) = per_thread.get_mut(session.thread) {
-            thread.add(Traffic {
-                requests: total.requests.saturating_sub(before.requests),
-                bytes: total.bytes.saturating_sub(before.bytes),
-            });
-        }
+        window.add(Traffic {
+            requests: total.requests.saturating_sub(before.requests),
+            bytes: total.bytes.saturating_sub(before.bytes),
+        });
         now_seen.insert(session.id, total);
     }
     *seen = now_seen;
-    per_thread
+    window
 }
