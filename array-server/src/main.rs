@@ -152,8 +152,8 @@ struct ServeCommand {
     threads: Option<usize>,
     /// leave the threads unpinned and let the kernel hash new connections over them
     /// (default: with 2..N threads on N CPUs, thread i runs on CPU i and takes the
-    /// connections whose packets arrive on that CPU; a thread carrying a lone stream of
-    /// large requests runs on any CPU while that lasts)
+    /// connections whose packets arrive on that CPU; while the requests average 64 KiB
+    /// or more the threads run on any CPU)
     #[argh(switch)]
     no_pin_threads: bool,
     /// most live connections (default 4096)
