@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lab-desc: 4k random reads at QD1 and QD32 and 1 MiB reads at QD8 (2 jobs) on kernel NBD and on two of our devices in one guest: array-server with pinned, CPU-steered threads (the default) and with --no-pin-threads; medians of alternating rounds
+# lab-desc: 4k random reads at QD1 and QD32 and 1 MiB reads at QD8 (2 jobs) on kernel NBD and on two of our devices in one guest: array-server with pinned, CPU-steered threads (the default, which lets them go for large requests) and with --no-pin-threads; medians of alternating rounds
 # lab-optional: benchmark of the CPU placement (array-server/src/net/placement.rs): scripts/lab qd1-placement
 # An older server measured in the same boot (a third, pinned device): copy its binary to a
 # file named array-server-before and pass it with room for a third array in the guest:
@@ -89,3 +89,6 @@ for job in "${JOBS[@]}"; do
 	metric "${name}_pinned_vs_unpinned" "$(ratio "$p" "$f")" x
 	log "$name ($bs $rw QD$depth x$FIO_JOBS), medians of $ROUNDS: kernel NBD $nbd, pinned $p ($(ratio "$p" "$nbd")x NBD), unpinned $f ($(ratio "$f" "$nbd")x NBD); pinned/unpinned $(ratio "$p" "$f")x"
 done
+# The 1 MiB job's requests let the pinned server's threads run on any CPU (net/spread.rs).
+grep -q 'large requests: the server threads run on any' "$LAB_WORK/server-pinned.log" ||
+	fail "the default server kept its threads pinned through 1 MiB requests"
