@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use array_server::Array;
-use common::probe::wait_server_consumed;
+use common::probe::{wait_server_consumed, wait_server_received};
 use common::*;
 use wire::frame::{self, Limits};
 use wire::{Access, Op, Request, Status};
@@ -112,11 +112,12 @@ fn stalled_write_payload(disks: Disks) {
     let mut head_and_first = write_header(READS, 0, WRITE_LEN);
     head_and_first.extend_from_slice(first);
     a.stream.write_all(&head_and_first).unwrap();
-    wait_server_consumed(&a.stream);
-    // The server consumed the header; what it reads now is payload, so the write is
-    // admitted and waiting for the rest of its bytes.
+    // The server took the header (what it reads now is payload), so the write is
+    // admitted and waiting for the rest of its bytes; with the payload this large the
+    // server leaves the bytes that came so far in its socket until all have arrived.
+    wait_server_received(&a.stream, first.len() as u64);
     a.stream.write_all(second).unwrap();
-    wait_server_consumed(&a.stream);
+    wait_server_received(&a.stream, (first.len() + second.len()) as u64);
 
     let fill = pattern(2, PART as usize);
     let (mut b, _) = hand_space_to_b(&array, &server, &fill);

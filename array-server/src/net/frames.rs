@@ -9,7 +9,7 @@ use tokio_uring::net::TcpStream;
 use wire::frame::{self, FrameDecoder, FrameHeader, FramePrefix, Limits, Progress};
 use wire::{WireError, MAX_HEADER_LEN, PREFIX_LEN};
 
-use super::recv_all::recv_all;
+use super::recv_all::{recv_all, LowWater};
 use crate::array::io::buffer::{AlignedBuf, DATA_OFFSET};
 use crate::array::io::MappedTarget;
 use crate::error::{Error, Result};
@@ -105,13 +105,16 @@ impl FrameReader {
         let copied = self.decoder.consume_payload(self.buffered().len());
         buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
         self.start += copied;
+        let mut low_water = LowWater::new(&self.stream);
         while self.decoder.payload_remaining() > 0 {
+            let until = low_water.raise(self.decoder.payload_remaining());
             // The slice's initialised part is what has been received: `recv_all` goes on
             // from there.
             buffer.set_len(DATA_OFFSET + len - self.decoder.payload_remaining());
             let (result, mut slices) = recv_all(
                 &self.stream,
                 vec![buffer.slice(DATA_OFFSET..DATA_OFFSET + len)],
+                until,
             )
             .await;
             buffer = slices.pop().expect("one slice in, one out").into_inner();
@@ -135,9 +138,11 @@ impl FrameReader {
                 pending.push(target);
             }
         }
+        let mut low_water = LowWater::new(&self.stream);
         while !pending.is_empty() {
+            let until = low_water.raise(self.decoder.payload_remaining());
             // Advances each target's filled part (see `MappedTarget`).
-            let (result, mut targets) = recv_all(&self.stream, pending).await;
+            let (result, mut targets) = recv_all(&self.stream, pending, until).await;
             self.received(result)?;
             targets.retain(|target| target.remaining() > 0);
             pending = targets;

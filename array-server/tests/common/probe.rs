@@ -29,6 +29,18 @@ fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
     })
 }
 
+/// Waits until every byte sent on `client` has reached the server's socket (none left in
+/// `client`'s send queue) and at most `unread` of them are still there: the server has
+/// taken the rest. A server receiving a large payload leaves its first bytes in the socket
+/// until all of it has arrived (its low-water mark, `net/recv_all.rs`).
+pub fn wait_server_received(client: &TcpStream, unread: u64) {
+    let (local, server) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    super::eventually("the server to receive everything sent", || {
+        let sent = tcp_queues(local, server).is_some_and(|(tx, _)| tx == 0);
+        sent && server_rx_queue(client).is_some_and(|rx| rx <= unread)
+    });
+}
+
 /// Waits until the server has taken every byte sent on `client` out of its socket.
 pub fn wait_server_consumed(client: &TcpStream) {
     super::eventually("the server to read everything sent", || {

@@ -130,6 +130,27 @@ fn cork_needed(pieces: &[Piece]) -> bool {
     payloads().count() > 1 && payloads().any(|len| len < CORK_BELOW)
 }
 
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): it reports itself readable,
+/// and wakes a waiting receive, only once `bytes` are there (or it closes, or its buffer
+/// fills). Returns whether it took; a failure is logged: it costs wakeups, not data.
+pub(crate) fn set_receive_low_water(fd: RawFd, bytes: usize) -> bool {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: passes a live c_int and its size; the call is synchronous.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        log::debug!("SO_RCVLOWAT {bytes}: {}", io::Error::last_os_error());
+    }
+    result == 0
+}
+
 /// Corks or uncorks the socket (`TCP_CORK`): while corked, only full segments leave;
 /// uncorking sends what is queued. A failure is logged: it costs speed, not data.
 fn set_cork(fd: RawFd, cork: bool) {
@@ -298,10 +319,45 @@ pub(crate) async unsafe fn recv_into(
     len: usize,
     flags: i32,
 ) -> Result<usize> {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { recv_into_when(fd, dest, len, flags, ReceiveWhen::AtOnce) }.await
+}
+
+/// `IORING_RECVSEND_POLL_FIRST` (`linux/io_uring.h`, 5.19): a receive's `ioprio` flag that
+/// waits for readiness before the first try.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// When a receive first tries the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReceiveWhen {
+    /// Right away, taking what is there.
+    AtOnce,
+    /// Once the socket reports itself readable (`IORING_RECVSEND_POLL_FIRST`): with a
+    /// raised low-water mark, once all of it is there. Fixed-buffer reads ignore it.
+    Readable,
+}
+
+/// [`recv_into`], first trying the socket `when` asked.
+///
+/// # Safety
+///
+/// As [`recv_into`].
+pub(crate) async unsafe fn recv_into_when(
+    fd: RawFd,
+    dest: BufRef,
+    len: usize,
+    flags: i32,
+    when: ReceiveWhen,
+) -> Result<usize> {
     let len = len.min(u32::MAX as usize) as u32;
+    let ioprio = match when {
+        ReceiveWhen::AtOnce => 0,
+        ReceiveWhen::Readable => RECVSEND_POLL_FIRST,
+    };
     let sqe = match dest {
         BufRef::Ptr(ptr) => opcode::Recv::new(types::Fd(fd), ptr, len)
             .flags(flags)
+            .ioprio(ioprio)
             .build(),
         BufRef::Fixed { index, addr } => {
             opcode::ReadFixed::new(types::Fd(fd), addr as *mut u8, len, index).build()

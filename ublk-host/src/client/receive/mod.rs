@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use wire::{FrameDecoder, FramePrefix, Limits, Op, Progress, Reply, Status, PREFIX_LEN};
 
 use crate::client::slot::{BufRef, Slot};
-use crate::client::transfer::recv_into;
+use crate::client::transfer::{recv_into, recv_into_when, set_receive_low_water, ReceiveWhen};
 use crate::error::{HostError, Result};
 
 /// Size of a lane's reply buffer: many reply headers per receive, and the start of a
@@ -24,6 +24,9 @@ const RECV_BUF_LEN: usize = 32 * 1024;
 /// Most bytes an exact receive looks at ahead (`MSG_PEEK`): room for a hundred reply
 /// heads, little to copy twice when what follows is a read's data.
 const PEEK_LEN: usize = 4096;
+/// A read's data owed from this size on is received with the socket's low-water mark
+/// raised to what is owed ([`LowWater`]).
+const LOW_WATER_FROM: usize = 128 * 1024;
 
 /// Buffered reply bytes `data[start..end]`, and wire's decoder that walks them (the one
 /// decoder every reader of the protocol uses).
@@ -219,13 +222,19 @@ impl RecvBuf {
         self.consume(have);
         slot.set_busy(true);
         let mut outcome = Ok(());
+        let mut low_water = LowWater { fd, raised: false };
         while self.decoder.payload_remaining() > 0 {
             let done = len - self.decoder.payload_remaining();
+            let (flags, when) = match low_water.raise(len - done) {
+                // One wakeup when all of it is there; the loop takes a short receive.
+                true => (0, ReceiveWhen::Readable),
+                false => (libc::MSG_WAITALL, ReceiveWhen::AtOnce),
+            };
             // SAFETY: `done < len`, inside the slot's buffer (see above), which is marked
             // busy so its issuer does not release it before the receive completes.
             let received = unsafe {
                 let dest = slot.buf.add(done);
-                recv_into(fd, dest, len - done, libc::MSG_WAITALL).await
+                recv_into_when(fd, dest, len - done, flags, when).await
             };
             outcome = match received {
                 Ok(n) => self.decoder.payload_received(n).map_err(HostError::from),
@@ -237,6 +246,48 @@ impl RecvBuf {
         }
         slot.set_busy(false);
         outcome
+    }
+}
+
+/// The socket's receive low-water mark while a large payload is owed.
+///
+/// At the default mark every arriving segment wakes the receive, which takes what is there
+/// and waits again: a 1 MiB read's data cost about one wakeup per 64 KiB on loopback, each
+/// paid by the sender too (the server's `sendmsg` runs the wakeup; a profile of 1 MiB reads
+/// put a fifth of the server thread's time there). Raised to the bytes still owed, the
+/// socket wakes the receive once they are all there. The mark never exceeds what is owed,
+/// so it is always reached (the kernel also wakes a receive whose buffer fills, and caps
+/// the mark at half the largest buffer, so a mark above that means several wakeups, never
+/// none); with `MSG_WAITALL` the ring would retry with the mark left above what is still
+/// owed, so a raised receive takes what one wakeup brings and the loop asks again. Put
+/// back to one byte when dropped, before any reply head is awaited.
+struct LowWater {
+    fd: RawFd,
+    raised: bool,
+}
+
+impl LowWater {
+    /// Raises the mark to `owed` bytes when that is at least [`LOW_WATER_FROM`]; returns
+    /// whether the mark is raised.
+    fn raise(&mut self, owed: usize) -> bool {
+        if owed < LOW_WATER_FROM {
+            self.lower();
+            return false;
+        }
+        self.raised = set_receive_low_water(self.fd, owed);
+        self.raised
+    }
+
+    fn lower(&mut self) {
+        if std::mem::take(&mut self.raised) {
+            set_receive_low_water(self.fd, 1);
+        }
+    }
+}
+
+impl Drop for LowWater {
+    fn drop(&mut self) {
+        self.lower();
     }
 }
 
