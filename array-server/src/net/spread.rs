@@ -14,7 +14,8 @@
 //!   QD8 131-135 against 178-183 MiB/s (4k reads at QD32 7310-8468 against 7289-7325
 //!   IOPS, at QD1 1111-1146 against 1371-1437);
 //! - two jobs, the last measurement before this policy: 1 MiB 168 against 178 MiB/s
-//!   (4k QD32 12377 against 11394 IOPS, QD1 2436 against 2119).
+//!   (4k QD32 12377 against 11394 IOPS, QD1 2436 against 2119); with it (`scripts/lab
+//!   qd1-placement`): 161 against 140 MiB/s, 12689 against 11013, 2460 against 2120.
 //!
 //! With one fio job the scheduler moves fio between CPUs, and the stream with it from one
 //! host queue (and so one server thread) to the other, so "one busy thread" is no test
