@@ -63,30 +63,28 @@ impl Placement {
 
     /// Pins the calling thread to thread `index`'s CPU (nothing when not pinned).
     pub fn pin_current_thread(&self, index: usize) -> Result<()> {
-        let Some(&cpu) = self.cpus.get(index) else {
-            return Ok(());
-        };
-        set_affinity(CALLING_THREAD, &[cpu])
-            .map_err(|e| Error::io(format!("pinning server thread {index} to CPU {cpu}"), e))
+        self.set_thread_pinned(index, CALLING_THREAD, true)
     }
 
-    /// Pins thread `index` (kernel thread id `tid`) to its CPU again, or lets it run on
-    /// every allowed CPU (`pinned == false`); nothing when not pinned.
+    /// Pins thread `index` (kernel thread id `tid`) to its CPU, or lets it run on every
+    /// allowed CPU (`pinned == false`); nothing when not pinned.
     pub fn set_thread_pinned(&self, index: usize, tid: libc::pid_t, pinned: bool) -> Result<()> {
         let Some(&cpu) = self.cpus.get(index) else {
             return Ok(());
         };
-        let cpus = if pinned {
-            std::slice::from_ref(&cpu)
-        } else {
-            &self.allowed[..]
-        };
-        set_affinity(tid, cpus).map_err(|e| {
-            Error::io(
-                format!("setting server thread {index}'s CPUs to {cpus:?}"),
-                e,
+        let (cpus, what) = if pinned {
+            (
+                std::slice::from_ref(&cpu),
+                format!("pinning server thread {index} to CPU {cpu}"),
             )
-        })
+        } else {
+            let cpus = &self.allowed[..];
+            (
+                cpus,
+                format!("letting server thread {index} run on CPUs {cpus:?}"),
+            )
+        };
+        set_affinity(tid, cpus).map_err(|e| Error::io(what, e))
     }
 
     /// Attaches the steering program to the reuseport group of `listener` (any member of
