@@ -21,6 +21,17 @@ pub(crate) fn os_error(context: &'static str, result: i32) -> HostError {
 /// 0.6-0.8x (larger payloads fill segments by themselves; the cork only delays them).
 const CORK_BELOW: usize = 32 * 1024;
 
+/// One `sendmsg` carries the iovecs up to and including the one that brings it to this
+/// many bytes: a batch of small requests still leaves in one call, a batch of large ones
+/// in one call per request. One call copying a whole batch of 1 MiB writes (up to the
+/// socket's 4 MiB buffer) holds the socket for that long, and the acknowledgements
+/// arriving meanwhile are handled in a burst when it lets go; on loopback with BBR (this
+/// machine's default) that reorders segments, with 1.4 % of them retransmitted against
+/// 0.04 % for fio's nbd engine. `bench --rw write --bs 1m --iodepth 8`, 3 rounds each:
+/// 7.0-7.2 GB/s in calls of one request against 4.9-5.9 GB/s in calls of the batch under
+/// BBR, level under CUBIC (6.8-7.6 against 6.8-7.8).
+const SEND_CALL_BYTES: usize = 256 * 1024;
+
 /// One step of sending a batch: frames (with any payloads in ordinary memory) by
 /// `sendmsg`, or a payload in a fixed buffer by a fixed-buffer write.
 #[derive(Debug)]
@@ -252,7 +263,7 @@ async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Resul
         // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
         let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
         message.msg_iov = iovecs[first..].as_mut_ptr();
-        message.msg_iovlen = iovecs.len() - first;
+        message.msg_iovlen = call_end(iovecs, first) - first;
         let flags = libc::MSG_NOSIGNAL | flags;
         let sent = if direct {
             direct = false;
@@ -286,6 +297,19 @@ async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Resul
         first = advance(iovecs, first, sent as usize);
     }
     Ok(())
+}
+
+/// The end (exclusive) of the iovecs one `sendmsg` from `first` carries: at least one,
+/// and up to the one that reaches [`SEND_CALL_BYTES`].
+fn call_end(iovecs: &[libc::iovec], first: usize) -> usize {
+    let mut bytes = 0;
+    for (index, iovec) in iovecs.iter().enumerate().skip(first) {
+        bytes += iovec.iov_len;
+        if bytes >= SEND_CALL_BYTES {
+            return index + 1;
+        }
+    }
+    iovecs.len()
 }
 
 /// Consumes `sent` bytes from `iovecs[first..]`; returns the new first unsent iovec.
@@ -374,7 +398,7 @@ pub(crate) async unsafe fn recv_into_when(
 
 #[cfg(test)]
 mod tests {
-    use super::{advance, cork_needed, Piece, CORK_BELOW};
+    use super::{advance, call_end, cork_needed, Piece, CORK_BELOW, SEND_CALL_BYTES};
 
     fn fixed(len: usize) -> Piece {
         Piece::Fixed {
@@ -401,6 +425,37 @@ mod tests {
             "large payloads fill segments by themselves"
         );
         assert!(!cork_needed(&[head()]), "no payload");
+    }
+
+    fn iovecs(lens: &[usize]) -> Vec<libc::iovec> {
+        lens.iter()
+            .map(|&iov_len| libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_call_carries_small_requests_together_and_large_ones_alone() {
+        let head = 32;
+        let small: Vec<usize> = (0..100).flat_map(|_| [head, 4096]).collect();
+        assert_eq!(
+            call_end(&iovecs(&small), 0),
+            2 * 64,
+            "64 4k writes reach it"
+        );
+        assert_eq!(
+            call_end(&iovecs(&small[..20]), 0),
+            20,
+            "a short batch goes whole"
+        );
+        let large = iovecs(&[head, 1 << 20, head, 1 << 20, head]);
+        assert_eq!(call_end(&large, 0), 2, "one 1 MiB write per call");
+        assert_eq!(call_end(&large, 2), 4);
+        assert_eq!(call_end(&large, 4), 5, "a trailing head alone");
+        let exact = iovecs(&[SEND_CALL_BYTES, 1]);
+        assert_eq!(call_end(&exact, 0), 1);
     }
 
     #[test]
