@@ -22,15 +22,17 @@ pub(crate) fn os_error(context: &'static str, result: i32) -> HostError {
 const CORK_BELOW: usize = 32 * 1024;
 
 /// One `sendmsg` carries the iovecs up to and including the one that brings it to this
-/// many bytes: a batch of small requests still leaves in one call, a batch of large ones
-/// in one call per request. One call copying a whole batch of 1 MiB writes (up to the
+/// many bytes: a batch of small requests still leaves in one call, a batch of 1 MiB
+/// writes in one call per write. One call copying a whole batch of them (up to the
 /// socket's 4 MiB buffer) holds the socket for that long, and the acknowledgements
 /// arriving meanwhile are handled in a burst when it lets go; on loopback with BBR (this
-/// machine's default) that reorders segments, with 1.4 % of them retransmitted against
-/// 0.04 % for fio's nbd engine. `bench --rw write --bs 1m --iodepth 8`, 3 rounds each:
-/// 7.0-7.2 GB/s in calls of one request against 4.9-5.9 GB/s in calls of the batch under
-/// BBR, level under CUBIC (6.8-7.6 against 6.8-7.8).
-const SEND_CALL_BYTES: usize = 256 * 1024;
+/// machine's default) the segments then arrived out of order and 1.4 % were retransmitted,
+/// against 0.04 % for fio's nbd engine (one request per call). `bench --rw write --bs 1m
+/// --iodepth 8` on loopback, rounds alternating: 7.0-7.3 GB/s in calls of one write
+/// against 5.7-5.8 GB/s in calls of the batch under BBR, level under CUBIC (6.8-7.6
+/// against 6.8-7.8). Calls of 256 KiB did as well at 1 MiB but cost 128 KiB writes at
+/// depth 16 about 5 % (two writes per call instead of eight).
+const SEND_CALL_BYTES: usize = 1 << 20;
 
 /// One step of sending a batch: frames (with any payloads in ordinary memory) by
 /// `sendmsg`, or a payload in a fixed buffer by a fixed-buffer write.
@@ -249,26 +251,29 @@ async unsafe fn send_chain(fd: RawFd, mut pieces: Vec<Piece>) -> Result<()> {
     Ok(())
 }
 
-/// Sends everything `iovecs` points at (nothing if empty), resuming short sends.
+/// Sends everything `iovecs` points at (nothing if empty), in calls of up to
+/// [`SEND_CALL_BYTES`], resuming short sends.
 ///
-/// The first attempt is a direct non-blocking `sendmsg`: with room in the socket buffer
-/// (nearly always) it sends everything at once and saves a ring round trip (an
+/// A call is first tried as a direct non-blocking `sendmsg`: with room in the socket
+/// buffer (nearly always) it leaves at once and saves a ring round trip (an
 /// `io_uring_enter` that returns with only the send's completion, and a wakeup of this
-/// task). Whatever the socket does not take at once goes through the ring, which waits
-/// for room.
+/// task). Direct calls go on while the socket takes each whole; what it does not take goes
+/// through the ring, which waits for room, and the call after that is tried directly again.
 async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Result<()> {
     let mut first = 0;
     let mut direct = true;
     while first < iovecs.len() {
+        let end = call_end(iovecs, first);
         // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
         let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
         message.msg_iov = iovecs[first..].as_mut_ptr();
-        message.msg_iovlen = call_end(iovecs, first) - first;
+        message.msg_iovlen = end - first;
         let flags = libc::MSG_NOSIGNAL | flags;
         let sent = if direct {
-            direct = false;
             // SAFETY: `message` points at live iovecs (see below); the call is synchronous.
             let sent = unsafe { libc::sendmsg(fd, &message, flags | libc::MSG_DONTWAIT) };
+            let whole: usize = iovecs[first..end].iter().map(|iovec| iovec.iov_len).sum();
+            direct = usize::try_from(sent).is_ok_and(|sent| sent == whole);
             match sent {
                 n if n >= 0 => n as i32,
                 _ => match io::Error::last_os_error().raw_os_error() {
@@ -278,6 +283,7 @@ async fn send_iovecs(fd: RawFd, iovecs: &mut [libc::iovec], flags: i32) -> Resul
                 },
             }
         } else {
+            direct = true;
             let sqe = opcode::SendMsg::new(types::Fd(fd), &message)
                 .flags(flags as u32)
                 .build();
@@ -439,11 +445,11 @@ mod tests {
     #[test]
     fn a_call_carries_small_requests_together_and_large_ones_alone() {
         let head = 32;
-        let small: Vec<usize> = (0..100).flat_map(|_| [head, 4096]).collect();
+        let small: Vec<usize> = (0..300).flat_map(|_| [head, 4096]).collect();
         assert_eq!(
             call_end(&iovecs(&small), 0),
-            2 * 64,
-            "64 4k writes reach it"
+            2 * 255,
+            "255 4k writes reach it"
         );
         assert_eq!(
             call_end(&iovecs(&small[..20]), 0),
