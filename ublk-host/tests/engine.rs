@@ -88,6 +88,53 @@ fn concurrent_requests_from_many_tasks() {
     });
 }
 
+/// A batch of large writes leaves in several `sendmsg` calls (at most 1 MiB each, cut
+/// between iovecs): large and small writes queued together arrive whole and in place.
+#[test]
+fn a_batch_of_large_and_small_writes_arrives_whole() {
+    within(LIMIT, || {
+        let server = FakeServer::start(Options::new(partition(PART_SIZE, Access::ReadWrite)));
+        let config = config(&server, 1, 0);
+        let part = server.shared.options.partition.clone();
+        let shared = server.shared.clone();
+        run_queue_thread(&config, &part, 0, move |engine| async move {
+            let sizes: Vec<usize> = (0..12u32)
+                .map(|i| {
+                    if i % 3 == 2 {
+                        4096
+                    } else {
+                        (MIB + 512 * i) as usize
+                    }
+                })
+                .collect();
+            let tasks: Vec<_> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    let engine = engine.clone();
+                    engine.clone().spawn(async move {
+                        let offset = i as u64 * 2 * u64::from(MIB);
+                        let data = pattern(offset, len, i as u8 + 1);
+                        write(&engine, offset, data.clone()).await.unwrap();
+                        (offset, data)
+                    })
+                })
+                .collect();
+            let mut written = Vec::new();
+            for task in tasks {
+                written.push(task.await);
+            }
+            for (offset, data) in written {
+                let stored = shared.store.lock().unwrap()[offset as usize..][..data.len()].to_vec();
+                assert!(stored == data, "{} B at {offset} stored whole", data.len());
+                let back = read(&engine, offset, data.len() as u32).await.unwrap();
+                assert!(back == data, "{} B at {offset} read back", data.len());
+            }
+        })
+        .unwrap();
+    });
+}
+
 #[test]
 fn out_of_order_replies_match_their_requests() {
     within(LIMIT, || {
