@@ -150,38 +150,47 @@ fn cork_needed(pieces: &[Piece]) -> bool {
 /// fills). Returns whether it took; a failure is logged: it costs wakeups, not data.
 pub(crate) fn set_receive_low_water(fd: RawFd, bytes: usize) -> bool {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: passes a live c_int and its size; the call is synchronous.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        log::debug!("SO_RCVLOWAT {bytes}: {}", io::Error::last_os_error());
+    let set = set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value);
+    if let Err(error) = &set {
+        log::debug!("SO_RCVLOWAT {bytes}: {error}");
     }
-    result == 0
+    set.is_ok()
 }
 
 /// Corks or uncorks the socket (`TCP_CORK`): while corked, only full segments leave;
 /// uncorking sends what is queued. A failure is logged: it costs speed, not data.
 fn set_cork(fd: RawFd, cork: bool) {
-    let value = libc::c_int::from(cork);
+    let set = set_int_option(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_CORK,
+        libc::c_int::from(cork),
+    );
+    if let Err(error) = set {
+        log::debug!("TCP_CORK {cork}: {error}");
+    }
+}
+
+/// Sets the socket option `level`/`name` to the integer `value`.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a live c_int and its size; the call is synchronous.
     let result = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
+            level,
+            name,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if result != 0 {
-        log::debug!("TCP_CORK {cork}: {}", io::Error::last_os_error());
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
