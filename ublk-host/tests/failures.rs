@@ -123,6 +123,40 @@ fn a_reply_that_trickles_in_slower_than_the_dead_bound_is_not_dead() {
 }
 
 #[test]
+fn a_malformed_run_drops_the_lane_and_the_read_is_reissued() {
+    within(LIMIT, || {
+        let mut setup = rig(|options| {
+            options.bad_run_at = Some(2);
+        });
+        // A lane that receives exactly flags its reads for runs (the fake server offers
+        // them); owned buffers, so the test sees the data.
+        setup.config.zero_copy = true;
+        let shared = setup.server.shared.clone();
+        let stats = run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+            let data = pattern(0, 16 * 1024, 5);
+            write(&engine, 0, data.clone()).await.unwrap();
+            // Its reply claims a run of two replies after one `Later` head.
+            assert!(read(&engine, 0, 16 * 1024).await.unwrap() == data);
+            engine.lane_stats()
+        })
+        .unwrap();
+        assert_eq!(stats[0].reconnects, 1, "{stats:?}");
+        assert_eq!(stats[0].runs, 0, "{stats:?}");
+        let log = shared.log.lock().unwrap();
+        let reads: Vec<_> = log.iter().filter(|r| r.op == wire::Op::Read).collect();
+        assert_eq!(
+            reads.len(),
+            1,
+            "the reissued read (the first never reached the log)"
+        );
+        assert!(
+            reads.iter().all(|r| r.may_run()),
+            "reads are flagged: {reads:?}"
+        );
+    });
+}
+
+#[test]
 fn busy_lane_with_a_live_server_is_not_declared_dead() {
     within(LIMIT, || {
         let setup = rig(|options| {

@@ -29,7 +29,7 @@
 //! | C→S | [`ControlRequest`] | – | control: `ListPartitions`, `Ping` |
 //! | S→C | [`ControlEvent`] | – | control: `Partitions` (asked for, or pushed on change), `Pong` |
 //! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, `Heartbeat`, FUA flag |
-//! | S→C | [`Reply`] | read data (`len`) | data: `tag`, `Ok` or `Errno(e)`; any order |
+//! | S→C | [`Reply`] | read data (`len`) | data: `tag`, `Ok` or `Errno(e)`; any order; reads flagged [`FLAG_RUN`] may come as a run: `Later` heads, then one `Run` frame with their data |
 //!
 //! A request the server cannot honour (out of range, misaligned, read-only, revoked) gets
 //! an errno reply and the connection lives on; a frame that does not decode closes that

@@ -196,8 +196,11 @@ impl Features {
     pub const WRITE_ZEROES: Features = Features(1 << 2);
     /// A flush on any lane covers writes acknowledged on every lane (NBD's CAN_MULTI_CONN).
     pub const MULTI_LANE_FLUSH: Features = Features(1 << 3);
+    /// Reads flagged [`FLAG_RUN`] may be answered in runs ([`Status::Later`],
+    /// [`Status::Run`]).
+    pub const REPLY_RUNS: Features = Features(1 << 4);
     /// Everything this version of the server does.
-    pub const ALL: Features = Features(0b1111);
+    pub const ALL: Features = Features(0b1_1111);
 
     /// Whether every bit of `other` is set in `self`.
     pub fn contains(self, other: Features) -> bool {
@@ -250,6 +253,10 @@ pub enum Op {
 
 /// Request flag: the write is durable before it is acknowledged.
 pub const FLAG_FUA: u8 = 1;
+/// Request flag on a read: its reply may be part of a run ([`Status::Later`]). Set only
+/// where the partition offers [`Features::REPLY_RUNS`]; a server that does not know the
+/// flag ignores it and answers as usual.
+pub const FLAG_RUN: u8 = 1 << 1;
 
 /// Client → server on a data connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,15 +286,31 @@ impl Request {
     pub fn fua(&self) -> bool {
         self.flags & FLAG_FUA != 0
     }
+
+    /// Whether this is a read whose reply may be part of a run.
+    pub fn may_run(&self) -> bool {
+        self.op == Op::Read && self.flags & FLAG_RUN != 0
+    }
 }
 
 /// How a request ended.
+///
+/// `Later` and `Run` make a *run*: the heads of several read replies, then one frame with
+/// all their data, so a host that receives each payload into its own (fixed) buffer takes
+/// the heads with one receive and the payloads with one chain of receives, instead of a
+/// receive per head. Only reads flagged [`FLAG_RUN`] are answered this way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     /// Done.
     Ok,
     /// Failed with this positive Linux errno (`EIO`, `EROFS`, `EINVAL`, `EACCES`...).
     Errno(i32),
+    /// A read done; its `len` bytes of data come in the next `Run` frame, not in this one
+    /// (whose payload is empty).
+    Later,
+    /// Not the reply to a request: the data of the `Later` replies since the last run, in
+    /// their order. `tag` is how many replies it carries, `len` their bytes in all.
+    Run,
 }
 
 /// Server → client on a data connection; replies come in any order.
@@ -297,6 +320,17 @@ pub struct Reply {
     pub tag: u32,
     /// Outcome.
     pub status: Status,
-    /// Bytes of payload that follow: the data of a successful read, else 0.
+    /// Bytes of payload that follow: the data of a successful read, else 0 (for `Later`,
+    /// the bytes its run will carry; for `Run`, all of them).
     pub len: u32,
+}
+
+impl Reply {
+    /// Bytes of payload that follow this reply's header.
+    pub fn payload_len(&self) -> u32 {
+        match self.status {
+            Status::Ok | Status::Run => self.len,
+            Status::Errno(_) | Status::Later => 0,
+        }
+    }
 }

@@ -109,23 +109,22 @@ fn any_request_frame() -> impl Strategy<Value = (Request, Vec<u8>)> {
         })
 }
 
-/// A reply and its payload (a read's data).
+/// A reply and its payload (a read's data; a run's data for `Run`; none for `Later`,
+/// whose data comes in a run).
 fn any_reply_frame() -> impl Strategy<Value = (Reply, Vec<u8>)> {
-    (
-        any::<u32>(),
-        0u32..MAX_TEST_PAYLOAD,
-        any::<bool>(),
-        any::<u8>(),
-    )
-        .prop_map(|(tag, len, ok, fill)| {
-            let (status, len) = if ok {
-                (Status::Ok, len)
-            } else {
-                (Status::Errno(libc_errno::EIO), 0)
+    (any::<u32>(), 0u32..MAX_TEST_PAYLOAD, 0u8..4, any::<u8>()).prop_map(
+        |(tag, len, kind, fill)| {
+            let (status, len) = match kind {
+                0 => (Status::Ok, len),
+                1 => (Status::Errno(libc_errno::EIO), 0),
+                2 => (Status::Later, len),
+                _ => (Status::Run, len),
             };
-            let payload = (0..len).map(|i| fill ^ i as u8).collect();
-            (Reply { tag, status, len }, payload)
-        })
+            let reply = Reply { tag, status, len };
+            let payload = (0..reply.payload_len()).map(|i| fill ^ i as u8).collect();
+            (reply, payload)
+        },
+    )
 }
 
 /// Encodes frames into one stream; returns it and where each frame ends.

@@ -299,3 +299,45 @@ fn unknown_op_variant_is_malformed() {
         }
     ));
 }
+
+/// Decodes `reply`'s head, encoded with `payload_len` bytes of payload announced.
+fn decode_reply_with(reply: Reply, payload_len: u32) -> Result<Reply, WireError> {
+    let mut bytes = Vec::new();
+    frame::encode_head(&reply, payload_len, &mut bytes).unwrap();
+    let prefix = FramePrefix::decode(bytes.first_chunk().unwrap(), Limits::data(1 << 20)).unwrap();
+    frame::decode_reply(&bytes[PREFIX_LEN..prefix.head_len()], prefix)
+}
+
+#[test]
+fn a_run_carries_the_data_of_its_later_replies() {
+    let later = Reply {
+        tag: 7,
+        status: Status::Later,
+        len: 4096,
+    };
+    assert_eq!(
+        decode_reply_with(later, 0),
+        Ok(later),
+        "its data comes in the run"
+    );
+    assert_eq!(
+        decode_reply_with(later, 4096),
+        Err(WireError::PayloadMismatch {
+            expected: 0,
+            actual: 4096
+        }),
+        "a Later reply carries no payload of its own"
+    );
+    let run = Reply {
+        tag: 2,
+        status: Status::Run,
+        len: 8192,
+    };
+    assert_eq!(decode_reply_with(run, 8192), Ok(run));
+    assert!(
+        decode_reply_with(run, 4096).is_err(),
+        "a run carries all of it"
+    );
+    assert_eq!(run.payload_len(), 8192);
+    assert_eq!(later.payload_len(), 0);
+}

@@ -32,6 +32,7 @@ use wire::{Op, Reply, Request, Status};
 use super::budget::{Credit, LaneBudget};
 use super::frames::FrameReader;
 use super::reply_queue::{reply_queue, Receiver, Sender};
+use super::reply_run::Run;
 use super::sessions::{AdmittedGuard, LaneCounters, Session};
 use super::Shared;
 use crate::array::gate::{DiskPass, LaneGate};
@@ -51,6 +52,16 @@ enum Outgoing {
         head: Vec<u8>,
         data: Vec<MappedSlice>,
     },
+    /// A read reply the host lets go into a run (`FLAG_RUN`; see `reply_run`).
+    RunRead { tag: u32, len: u32, data: RunData },
+}
+
+/// The data of a read reply bound for a run.
+enum RunData {
+    /// In an aligned buffer's data area.
+    Buffer(AlignedBuf),
+    /// Straight from the disks' mappings.
+    Mapped(Vec<MappedSlice>),
 }
 
 /// One lane's state, shared by its reader and its request tasks (one thread).
@@ -103,7 +114,13 @@ pub async fn serve(
     // The channel holds at most one message per slot: every message carries one.
     let (replies, outgoing) = reply_queue();
     let gate = registration.gate.clone();
-    let writer = tokio_uring::spawn(write_replies(stream.clone(), gate.clone(), outgoing));
+    let max_io = shared.config.max_io;
+    let writer = tokio_uring::spawn(write_replies(
+        stream.clone(),
+        gate.clone(),
+        outgoing,
+        max_io,
+    ));
     let budget = LaneBudget::new(
         shared.config.max_in_flight,
         lane_byte_budget(&shared.config),
@@ -279,6 +296,12 @@ impl Lane {
         let counted = outcome.is_ok().then_some(());
         LaneCounters::count(count, counted.and(bytes.map(|b| (b, request.len.into()))));
         match outcome {
+            Ok(Done::Mapped(data)) if request.may_run() => {
+                self.reply_run(request, RunData::Mapped(data), credit)
+            }
+            Ok(Done::Data(buffer)) if request.may_run() => {
+                self.reply_run(request, RunData::Buffer(buffer), credit)
+            }
             // Mapped views are sent under a pass too: the writer checks the gate at send time.
             Ok(Done::Mapped(data)) => self.reply_mapped(request.tag, data, request.len, credit),
             Ok(Done::Data(buffer)) => self.reply_data(request.tag, buffer, request.len, credit),
@@ -332,6 +355,12 @@ impl Lane {
         if frame::encode_head(&reply, len, &mut head).is_ok() {
             self.replies.send((Outgoing::Mapped { head, data }, credit));
         }
+    }
+
+    fn reply_run(&self, request: &Request, data: RunData, credit: Credit) {
+        let (tag, len) = (request.tag, request.len);
+        self.replies
+            .send((Outgoing::RunRead { tag, len, data }, credit));
     }
 
     fn reply_data(&self, tag: u32, mut buffer: AlignedBuf, len: u32, credit: Credit) {
@@ -447,9 +476,11 @@ async fn write_replies(
     stream: Rc<TcpStream>,
     gate: Arc<LaneGate>,
     mut outgoing: Receiver<(Outgoing, Credit)>,
+    max_io: u32,
 ) {
     let mut batch: Vec<OutBuf> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
     let mut credits: Vec<Credit> = Vec::with_capacity(MAX_REPLIES_PER_SEND);
+    let mut run = Run::new(max_io);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
         let mut mapped = false;
@@ -463,11 +494,24 @@ async fn write_replies(
                     batch.push(OutBuf::Head(head));
                     batch.extend(data.into_iter().map(OutBuf::Mapped));
                 }
+                Outgoing::RunRead { tag, len, data } => {
+                    if !run.has_room(len) {
+                        run.take_into(&mut batch, OutBuf::Head);
+                    }
+                    mapped |= matches!(data, RunData::Mapped(_));
+                    match data {
+                        RunData::Buffer(buffer) => run.push(tag, len, [buffer.into()]),
+                        RunData::Mapped(data) => {
+                            run.push(tag, len, data.into_iter().map(OutBuf::Mapped))
+                        }
+                    }
+                }
             }
-            if batch.len() < MAX_REPLIES_PER_SEND {
+            if batch.len() + run.buffers() < MAX_REPLIES_PER_SEND {
                 next = outgoing.try_recv();
             }
         }
+        run.take_into(&mut batch, OutBuf::Head);
         let sent = if mapped {
             guarded(&gate, send_all(&stream, &mut batch)).await
         } else {
@@ -575,6 +619,16 @@ enum OutBuf {
     Head(Vec<u8>),
     Data { buffer: AlignedBuf, start: usize },
     Mapped(MappedSlice),
+}
+
+impl From<AlignedBuf> for OutBuf {
+    /// A read's data alone (no head before it).
+    fn from(buffer: AlignedBuf) -> OutBuf {
+        OutBuf::Data {
+            buffer,
+            start: DATA_OFFSET,
+        }
+    }
 }
 
 impl OutBuf {

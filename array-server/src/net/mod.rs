@@ -32,6 +32,7 @@ mod liveness;
 mod placement;
 mod recv_all;
 mod reply_queue;
+mod reply_run;
 mod sessions;
 mod spread;
 mod spreader;

@@ -69,13 +69,15 @@ trace_timers() {
 	grep -v '^#' "$LAB_WORK/trace-$name.txt" | awk 'NR <= 60'
 }
 
-# counters DEV FILE: "name value" lines: the device's completed reads, /proc/stat's context
+# counters DEV FILE: "name value" lines: the device's completed requests ("reads": reads
+# and writes), /proc/stat's context
 # switches and interrupts, the CPUs' idle and total time, each kind of interrupt of
 # /proc/interrupts summed over the CPUs, and the TCP segments sent (both ends of every
 # connection are in this guest, so requests and replies alike)
 counters() {
 	{
-		echo "reads $(awk '{ print $1 }' /sys/block/"${1#/dev/}"/stat)"
+		# completed requests of both directions (a write job profiles too)
+		echo "reads $(awk '{ print $1 + $5 }' /sys/block/"${1#/dev/}"/stat)"
 		awk '$1 == "Tcp:" && !named { for (i = 2; i <= NF; i++) column[$i] = i; named = 1; next }
 			$1 == "Tcp:" { print "tcp_segments", $column["OutSegs"] }' /proc/net/snmp
 		awk '$1 == "ctxt" || $1 == "intr" { print $1, $2 }

@@ -27,14 +27,14 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use wire::{Op, PartitionInfo, Purpose, Request, Status};
+use wire::{Features, Op, PartitionInfo, Purpose, Request, Status, FLAG_RUN};
 
 use crate::client::config::{EngineConfig, HEARTBEAT_AFTER};
 use crate::client::connect::{bytes_received, next_lane_epoch, Connection};
 use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
 use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
-use crate::client::receive::{check_reply, RecvBuf};
+use crate::client::receive::{check_reply, RecvBuf, RunSlot};
 use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
 use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::send_batch;
@@ -86,6 +86,9 @@ pub(crate) struct Lane {
     failures: RateLimited,
     /// The connection's received byte count at the last tick ([`bytes_received`]).
     received: Cell<u64>,
+    /// Reads go out flagged `FLAG_RUN` (a zero-copy lane, and the server offers runs):
+    /// their replies may come in runs, and the receiver does not look ahead.
+    runs: bool,
 }
 
 impl Lane {
@@ -114,6 +117,7 @@ impl Lane {
                 partition.id, info.id
             )));
         }
+        let runs = config.zero_copy && info.features.contains(Features::REPLY_RUNS);
         let timers = Timers {
             heartbeat_after: HEARTBEAT_AFTER.min(config.client.dead_after),
             dead_after: config.client.dead_after,
@@ -134,6 +138,7 @@ impl Lane {
             pending: RefCell::new(None),
             failures: RateLimited::default(),
             received: Cell::new(0),
+            runs,
         });
         let task = executor.spawn(run(lane.clone(), connection));
         Ok((lane, info, task))
@@ -180,12 +185,16 @@ impl Lane {
             let path_stats = &self.config.path_stats;
             path_stats.issued(self.via(), request.len.into());
         }
+        let run = match request.op {
+            Op::Read if self.runs => FLAG_RUN,
+            _ => 0,
+        };
         let wire_request = Request {
             tag: *admitted.as_ref().unwrap_or(&0),
             op: request.op,
             offset: request.offset,
             len: request.len,
-            flags: request.flags,
+            flags: request.flags | run,
         };
         // SAFETY: the caller vouches for `request.buf`.
         let slot = Rc::new(unsafe { Slot::new(wire_request, request.buf, keep) });
@@ -559,9 +568,10 @@ async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
     let limits = wire::Limits::data(lane.max_io);
     let mut buf = RecvBuf::new(limits);
     let mut ahead = VecDeque::new();
-    let error = receive_loop(lane, fd, &mut buf, &mut ahead).await;
+    let mut later = Vec::new();
+    let error = receive_loop(lane, fd, &mut buf, &mut ahead, &mut later).await;
     // Requests whose replies were seen but not finished are reissued like any other.
-    for taken in ahead {
+    for taken in ahead.into_iter().chain(later) {
         lane.restore(taken.tag, taken.slot);
     }
     error
@@ -572,9 +582,12 @@ async fn receive_loop(
     fd: RawFd,
     buf: &mut RecvBuf,
     ahead: &mut VecDeque<TakenAhead>,
+    later: &mut Vec<TakenAhead>,
 ) -> HostError {
     loop {
-        if lane.config.zero_copy && ahead.is_empty() {
+        // With runs the server gathers a batch's read replies itself: looking ahead would
+        // only copy their data once more (see `receive/run.rs`).
+        if lane.config.zero_copy && !lane.runs && ahead.is_empty() {
             if let Err(error) = receive_ahead(lane, fd, buf, ahead).await {
                 return error;
             }
@@ -583,6 +596,12 @@ async fn receive_loop(
             Ok(reply) => reply,
             Err(error) => return error,
         };
+        if reply.status == Status::Run {
+            if let Err(error) = receive_run(lane, fd, buf, &reply, later).await {
+                return error;
+            }
+            continue;
+        }
         let (slot, received) = match ahead.pop_front() {
             Some(taken) if taken.tag == reply.tag => (taken.slot, taken.received),
             Some(taken) => {
@@ -602,11 +621,23 @@ async fn receive_loop(
             lane.restore(reply.tag, slot);
             return error;
         }
+        if reply.status == Status::Later {
+            // Out of the in-flight set now, its data still to come: the lane stays
+            // watched for a dead server until the run is in.
+            lane.core.borrow_mut().set_receiving(true);
+            let tag = reply.tag;
+            later.push(TakenAhead {
+                tag,
+                slot,
+                received: 0, // a lane with runs does not look ahead
+            });
+            continue;
+        }
         if reply.len > 0 {
             let len = reply.len as usize;
             lane.core.borrow_mut().set_receiving(true);
             let outcome = buf.receive_payload(fd, &slot, len, received).await;
-            lane.core.borrow_mut().set_receiving(false);
+            lane.core.borrow_mut().set_receiving(!later.is_empty());
             if let Err(error) = outcome {
                 lane.restore(reply.tag, slot);
                 return error;
@@ -614,10 +645,56 @@ async fn receive_loop(
             lane.core.borrow_mut().heard(Instant::now());
         }
         slot.finish(match reply.status {
-            Status::Ok => Ok(()),
             Status::Errno(e) => Err(Errno(e)),
+            _ => Ok(()),
         });
     }
+}
+
+/// Receives the data of a run (`reply`, a `Run` frame's head) into the buffers of the
+/// `later` replies before it, and finishes them. A run that does not match them
+/// (count, bytes) is a protocol error; on any error they stay in `later`, to be reissued.
+async fn receive_run(
+    lane: &Lane,
+    fd: RawFd,
+    buf: &mut RecvBuf,
+    reply: &wire::Reply,
+    later: &mut Vec<TakenAhead>,
+) -> Result<()> {
+    let bytes: u64 = later
+        .iter()
+        .map(|taken| u64::from(taken.slot.request.len))
+        .sum();
+    if reply.tag as usize != later.len() || u64::from(reply.len) != bytes {
+        return Err(HostError::Protocol(format!(
+            "a run of {} replies and {} bytes after {} replies of {bytes} bytes",
+            reply.tag,
+            reply.len,
+            later.len()
+        )));
+    }
+    let slots: Vec<RunSlot> = later
+        .iter()
+        .map(|taken| RunSlot {
+            slot: taken.slot.clone(),
+            len: taken.slot.request.len as usize,
+        })
+        .collect();
+    let finished = Cell::new(0);
+    let outcome = buf
+        .receive_run(fd, &slots, |i| {
+            slots[i].slot.finish(Ok(()));
+            finished.set(i + 1);
+        })
+        .await;
+    // Finished slots are done with; the rest stay in `later`, reissued on an error.
+    later.drain(..finished.get());
+    outcome?;
+    let mut core = lane.core.borrow_mut();
+    core.set_receiving(false);
+    core.heard(Instant::now());
+    core.ran(slots.len());
+    Ok(())
 }
 
 /// On a zero-copy lane, between replies: waits for the next bytes, and receives every

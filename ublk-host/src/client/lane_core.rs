@@ -79,6 +79,10 @@ pub struct LaneStats {
     pub failed: u64,
     /// Final refusals received while reconnecting.
     pub refusals: u64,
+    /// Runs of read replies received (wire's `Status::Run`).
+    pub runs: u64,
+    /// Read replies those runs carried.
+    pub run_replies: u64,
 }
 
 /// What a request is to the lane.
@@ -157,6 +161,12 @@ impl<S: Clone> LaneCore<S> {
     /// long as it is, even with no request in flight.
     pub fn set_receiving(&mut self, receiving: bool) {
         self.receiving = receiving;
+    }
+
+    /// Counts a run of `replies` read replies received whole.
+    pub fn ran(&mut self, replies: usize) {
+        self.stats.runs += 1;
+        self.stats.run_replies += replies as u64;
     }
 
     /// The link state.

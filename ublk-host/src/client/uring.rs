@@ -111,6 +111,24 @@ pub const MAX_LINKED: usize = 32;
 ///
 /// As for [`submit`], for every entry.
 pub async unsafe fn submit_linked(sqes: Vec<squeue::Entry>) -> Vec<i32> {
+    // SAFETY: the caller's contract; every operation is awaited here.
+    let ops = unsafe { push_linked(sqes) };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(op.await);
+    }
+    results
+}
+
+/// Pushes `sqes` as one chain, as [`submit_linked`] does, and returns each operation's
+/// future, in order: a caller that awaits them in turn can act on each completion while
+/// the rest of the chain runs.
+///
+/// # Safety
+///
+/// As for [`submit`], for every entry, and every future must be awaited to completion
+/// (the operations' memory stays in use until then).
+pub unsafe fn push_linked(sqes: Vec<squeue::Entry>) -> Vec<UblkUringOpFuture> {
     let ops: Vec<UblkUringOpFuture> = sqes
         .iter()
         .map(|_| UblkUringOpFuture::new(TARGET_IO))
@@ -131,11 +149,7 @@ pub async unsafe fn submit_linked(sqes: Vec<squeue::Entry>) -> Vec<i32> {
         })
         .collect();
     push(&chain);
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        results.push(op.await);
-    }
-    results
+    ops
 }
 
 /// How many linked operations fit in the thread's submission queue at once.

@@ -83,6 +83,10 @@ pub struct Options {
     /// its head, then its data in ten pieces `Duration` apart (a slow link, not a dead
     /// server).
     pub trickle_reply_at: Option<(usize, Duration)>,
+    /// When the server's request count reaches this and that request is a read flagged
+    /// `FLAG_RUN`, its reply is a malformed run: a `Later` head, then a `Run` frame that
+    /// claims one reply more than it carries.
+    pub bad_run_at: Option<usize>,
 }
 
 impl Options {
@@ -100,6 +104,7 @@ impl Options {
             revoke_at: None,
             stall_mid_reply_at: None,
             trickle_reply_at: None,
+            bad_run_at: None,
         }
     }
 }
@@ -342,6 +347,24 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
                 }
                 continue;
             }
+        }
+        if shared.options.bad_run_at == Some(count) && request.may_run() {
+            let (reply, data) = execute(shared, &request, &payload);
+            let later = Reply {
+                status: Status::Later,
+                ..reply
+            };
+            let run = Reply {
+                tag: 2,
+                status: Status::Run,
+                len: reply.len,
+            };
+            let mut out = Vec::new();
+            encode_head(&later, 0, &mut out).unwrap();
+            if (&stream).write_all(&out).is_err() || send_reply(&stream, &run, &data).is_err() {
+                return;
+            }
+            continue;
         }
         if shared.options.revoke_at == Some(count) {
             shared.revoked.store(true, Ordering::SeqCst);

@@ -264,13 +264,13 @@ pub fn decode_request(header: &[u8], prefix: FramePrefix) -> Result<Request, Wir
 /// Decodes a data reply header and checks it against the frame's payload length.
 pub fn decode_reply(header: &[u8], prefix: FramePrefix) -> Result<Reply, WireError> {
     let reply: Reply = decode_header(header, "Reply")?;
-    if reply.len != prefix.payload_len {
+    if reply.payload_len() != prefix.payload_len {
         return Err(WireError::PayloadMismatch {
-            expected: reply.len,
+            expected: reply.payload_len(),
             actual: prefix.payload_len,
         });
     }
-    if reply.status != Status::Ok && reply.len != 0 {
+    if matches!(reply.status, Status::Errno(_)) && reply.len != 0 {
         return Err(WireError::PayloadMismatch {
             expected: 0,
             actual: reply.len,

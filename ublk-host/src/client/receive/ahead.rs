@@ -195,7 +195,7 @@ enum ChainOp {
 }
 
 /// A receive of `len` payload bytes into `buf` (a fixed-buffer read for a fixed buffer).
-fn payload_sqe(fd: RawFd, buf: BufRef, len: usize) -> Result<squeue::Entry> {
+pub(super) fn payload_sqe(fd: RawFd, buf: BufRef, len: usize) -> Result<squeue::Entry> {
     let len =
         u32::try_from(len).map_err(|_| HostError::Protocol(format!("a payload of {len} bytes")))?;
     Ok(match buf {

@@ -6,9 +6,13 @@
 //!
 //! - this module: [`RecvBuf`], the lane's reply buffer and its receives (buffered, or
 //!   exact on a zero-copy lane), and [`check_reply`];
-//! - `ahead`: a zero-copy lane's look-ahead, many small reads received in one chain.
+//! - `ahead`: a zero-copy lane's look-ahead, many small reads received in one chain;
+//! - `run`: a run's data (wire's `Status::Run`), received into its replies' buffers.
 
 mod ahead;
+mod run;
+
+pub(crate) use run::RunSlot;
 
 use std::os::fd::RawFd;
 
@@ -23,7 +27,7 @@ use crate::error::{HostError, Result};
 const RECV_BUF_LEN: usize = 32 * 1024;
 /// Most bytes an exact receive looks at ahead (`MSG_PEEK`): room for a hundred reply
 /// heads, little to copy twice when what follows is a read's data.
-const PEEK_LEN: usize = 4096;
+const PEEK_LEN: usize = 1024;
 /// A read's data owed from this size on is received with the socket's low-water mark
 /// raised to what is owed ([`LowWater`]).
 const LOW_WATER_FROM: usize = 128 * 1024;
@@ -332,10 +336,18 @@ fn head_bytes_ahead(bytes: &[u8], limits: Limits) -> usize {
 }
 
 /// Checks that a reply carries the data its request expects (a successful read's length,
-/// nothing otherwise).
+/// nothing otherwise; a `Later` reply, the length its run will carry, only for a read the
+/// lane let go into runs). A `Run` frame answers no request: the lane takes it apart.
 pub(crate) fn check_reply(slot: &Slot, reply: &Reply) -> Result<()> {
     let expected = match reply.status {
         Status::Ok if slot.request.op == Op::Read => slot.request.len,
+        Status::Later if slot.request.may_run() && slot.request.len > 0 => slot.request.len,
+        Status::Later | Status::Run => {
+            return Err(HostError::Protocol(format!(
+                "reply to tag {} is {:?}, which its request does not allow",
+                reply.tag, reply.status
+            )))
+        }
         _ => 0,
     };
     if reply.len != expected {
