@@ -43,6 +43,11 @@ use crate::error::{Errno, HostError, Result};
 
 /// Most frames one `sendmsg` carries.
 const MAX_BATCH: usize = 64;
+/// Largest read a lane lets go into a run. A larger read's head costs little beside its
+/// data, and it comes alone, received with the socket's low-water mark raised to it (one
+/// wakeup when all of it is there; see `receive`), which a run's chain of receives cannot
+/// do.
+const RUN_READ_MAX: u32 = 64 * 1024;
 /// How often the lane's clock ticks its core (the resolution of heartbeats, dead-lane
 /// detection and the failure policy).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -186,7 +191,7 @@ impl Lane {
             path_stats.issued(self.via(), request.len.into());
         }
         let run = match request.op {
-            Op::Read if self.runs => FLAG_RUN,
+            Op::Read if self.runs && request.len <= RUN_READ_MAX => FLAG_RUN,
             _ => 0,
         };
         let wire_request = Request {
