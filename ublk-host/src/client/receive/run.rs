@@ -67,7 +67,7 @@ impl RecvBuf {
         let mut at = RunAt::default();
         let mut have = self.decoder.consume_payload(self.bytes().len());
         while have > 0 {
-            let RunSlot { slot, len, .. } = &slots[at.slot]; // the decoder owes their total
+            let RunSlot { slot, len } = &slots[at.slot]; // the decoder owes their total
             let take = have.min(len - at.done);
             match slot.buf {
                 // SAFETY: the slot's buffer holds `len` bytes (its request's length,
