@@ -8,6 +8,11 @@ log "kernel $(uname -r); modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 log "$(uname -v); preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
 log "scheduler features: $(cat /sys/kernel/debug/sched/features 2>/dev/null || echo unknown)"
 log "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) (of $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource))"
+# How the kernel copies to and from user memory depends on these (FSRM: an inline `rep movsb`;
+# ERMS: `rep movsb` in rep_movs_alternative; neither: `rep movsq`); under TCG those copies
+# profiled at about 7x a kernel memcpy of the same bytes (README, per-request cost).
+copy_flags=$(grep -m1 -ow -E 'erms|fsrm' /proc/cpuinfo | tr '\n' ' ' || true)
+log "string-copy CPU flags (erms, fsrm): ${copy_flags:-neither}"
 for v in /sys/devices/system/cpu/vulnerabilities/*; do
 	log "mitigation ${v##*/}: $(cat "$v")"
 done
