@@ -34,7 +34,7 @@ use crate::client::connect::{bytes_received, next_lane_epoch, Connection};
 use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
 use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
-use crate::client::receive::{check_reply, RecvBuf, RunSlot};
+use crate::client::receive::{check_reply, RecvBuf};
 use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
 use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::send_batch;
@@ -576,8 +576,11 @@ async fn receive_replies(lane: &Lane, fd: RawFd) -> HostError {
     let mut later = Vec::new();
     let error = receive_loop(lane, fd, &mut buf, &mut ahead, &mut later).await;
     // Requests whose replies were seen but not finished are reissued like any other.
-    for taken in ahead.into_iter().chain(later) {
+    for taken in ahead {
         lane.restore(taken.tag, taken.slot);
+    }
+    for slot in later {
+        lane.restore(slot.request.tag, slot);
     }
     error
 }
@@ -587,7 +590,7 @@ async fn receive_loop(
     fd: RawFd,
     buf: &mut RecvBuf,
     ahead: &mut VecDeque<TakenAhead>,
-    later: &mut Vec<TakenAhead>,
+    later: &mut Vec<Rc<Slot>>,
 ) -> HostError {
     loop {
         // With runs the server gathers a batch's read replies itself: looking ahead would
@@ -630,12 +633,7 @@ async fn receive_loop(
             // Out of the in-flight set now, its data still to come: the lane stays
             // watched for a dead server until the run is in.
             lane.core.borrow_mut().set_receiving(true);
-            let tag = reply.tag;
-            later.push(TakenAhead {
-                tag,
-                slot,
-                received: 0, // a lane with runs does not look ahead
-            });
+            later.push(slot); // a lane with runs does not look ahead: nothing received yet
             continue;
         }
         if reply.len > 0 {
@@ -657,48 +655,38 @@ async fn receive_loop(
 }
 
 /// Receives the data of a run (`reply`, a `Run` frame's head) into the buffers of the
-/// `later` replies before it, and finishes them. A run that does not match them
-/// (count, bytes) is a protocol error; on any error they stay in `later`, to be reissued.
+/// `later` replies before it, and finishes them. A run that does not match them in count
+/// (here) or bytes (`RecvBuf::receive_run`) is a protocol error; on any error the
+/// unfinished ones stay in `later`, to be reissued.
 async fn receive_run(
     lane: &Lane,
     fd: RawFd,
     buf: &mut RecvBuf,
     reply: &wire::Reply,
-    later: &mut Vec<TakenAhead>,
+    later: &mut Vec<Rc<Slot>>,
 ) -> Result<()> {
-    let bytes: u64 = later
-        .iter()
-        .map(|taken| u64::from(taken.slot.request.len))
-        .sum();
-    if reply.tag as usize != later.len() || u64::from(reply.len) != bytes {
+    if reply.tag as usize != later.len() {
         return Err(HostError::Protocol(format!(
-            "a run of {} replies and {} bytes after {} replies of {bytes} bytes",
+            "a run of {} replies after {} Later replies",
             reply.tag,
-            reply.len,
             later.len()
         )));
     }
-    let slots: Vec<RunSlot> = later
-        .iter()
-        .map(|taken| RunSlot {
-            slot: taken.slot.clone(),
-            len: taken.slot.request.len as usize,
-        })
-        .collect();
     let finished = Cell::new(0);
     let outcome = buf
-        .receive_run(fd, &slots, |i| {
-            slots[i].slot.finish(Ok(()));
+        .receive_run(fd, later, |i| {
+            later[i].finish(Ok(()));
             finished.set(i + 1);
         })
         .await;
+    let replies = later.len();
     // Finished slots are done with; the rest stay in `later`, reissued on an error.
     later.drain(..finished.get());
     outcome?;
     let mut core = lane.core.borrow_mut();
     core.set_receiving(false);
     core.heard(Instant::now());
-    core.ran(slots.len());
+    core.ran(replies);
     Ok(())
 }
 

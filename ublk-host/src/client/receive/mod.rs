@@ -12,8 +12,6 @@
 mod ahead;
 mod run;
 
-pub(crate) use run::RunSlot;
-
 use std::os::fd::RawFd;
 
 use wire::{FrameDecoder, FramePrefix, Limits, Op, Progress, Reply, Status, PREFIX_LEN};

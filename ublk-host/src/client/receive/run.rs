@@ -17,13 +17,10 @@ use crate::client::transfer::os_error;
 use crate::client::uring::{linked_room, push_linked};
 use crate::error::{HostError, Result};
 
-/// One reply of a run: its slot and its data length.
-#[derive(Debug)]
-pub(crate) struct RunSlot {
-    /// The read's slot.
-    pub slot: Rc<Slot>,
-    /// Bytes of its data (its request's length).
-    pub len: usize,
+/// Bytes of a run reply's data: its request's length (`check_reply` matched its `Later`
+/// head to it).
+fn data_len(slot: &Slot) -> usize {
+    slot.request.len as usize
 }
 
 /// Where a run's receive stands: the slot being filled and the bytes of it already in.
@@ -35,16 +32,16 @@ struct RunAt {
 
 impl RecvBuf {
     /// Receives the payload of the `Run` frame whose head was just decoded: `slots` (the
-    /// run's order) get their data in their own buffers. Calls `done` with each slot's
+    /// `Later` replies before it, in order) get their data in their own buffers. Calls `done` with each slot's
     /// index, in order, as soon as all of its data is in (so the lane finishes it while
     /// the rest of the run is still arriving; no operation uses its buffer any more).
     pub async fn receive_run(
         &mut self,
         fd: RawFd,
-        slots: &[RunSlot],
+        slots: &[Rc<Slot>],
         mut done: impl FnMut(usize),
     ) -> Result<()> {
-        let total: usize = slots.iter().map(|run| run.len).sum();
+        let total: usize = slots.iter().map(|slot| data_len(slot)).sum();
         let owed = self.decoder.payload_remaining();
         if owed != total {
             return Err(HostError::Protocol(format!(
@@ -55,19 +52,20 @@ impl RecvBuf {
         let at = self.copy_buffered(slots)?;
         (0..at.slot).for_each(&mut done);
         let rest = &slots[at.slot..];
-        rest.iter().for_each(|run| run.slot.set_busy(true));
+        rest.iter().for_each(|slot| slot.set_busy(true));
         let outcome = self.receive_run_chains(fd, slots, at, &mut done).await;
-        rest.iter().for_each(|run| run.slot.set_busy(false));
+        rest.iter().for_each(|slot| slot.set_busy(false));
         outcome
     }
 
     /// Moves run data that arrived with the heads into the slots' buffers (none on a lane
     /// that receives exactly); returns where the socket's data starts.
-    fn copy_buffered(&mut self, slots: &[RunSlot]) -> Result<RunAt> {
+    fn copy_buffered(&mut self, slots: &[Rc<Slot>]) -> Result<RunAt> {
         let mut at = RunAt::default();
         let mut have = self.decoder.consume_payload(self.bytes().len());
         while have > 0 {
-            let RunSlot { slot, len } = &slots[at.slot]; // the decoder owes their total
+            let slot = &slots[at.slot]; // the decoder owes their total
+            let len = data_len(slot);
             let take = have.min(len - at.done);
             match slot.buf {
                 // SAFETY: the slot's buffer holds `len` bytes (its request's length,
@@ -86,7 +84,7 @@ impl RecvBuf {
             }
             self.consume(take);
             have -= take;
-            at = advance(at, take, *len);
+            at = advance(at, take, len);
         }
         Ok(at)
     }
@@ -95,7 +93,7 @@ impl RecvBuf {
     async fn receive_run_chains(
         &mut self,
         fd: RawFd,
-        slots: &[RunSlot],
+        slots: &[Rc<Slot>],
         mut at: RunAt,
         done: &mut impl FnMut(usize),
     ) -> Result<()> {
@@ -103,12 +101,12 @@ impl RecvBuf {
         while at.slot < slots.len() {
             let mut sqes = Vec::with_capacity(room.min(slots.len() - at.slot));
             let mut wants = Vec::with_capacity(sqes.capacity());
-            for (i, run) in slots.iter().enumerate().skip(at.slot).take(room) {
-                let done = if i == at.slot { at.done } else { 0 };
+            for (i, slot) in slots.iter().enumerate().skip(at.slot).take(room) {
+                let (done, len) = (if i == at.slot { at.done } else { 0 }, data_len(slot));
                 // SAFETY: `done < len`, inside the slot's buffer.
-                let buf = unsafe { run.slot.buf.add(done) };
-                sqes.push(payload_sqe(fd, buf, run.len - done)?);
-                wants.push((run.len - done, run.len));
+                let buf = unsafe { slot.buf.add(done) };
+                sqes.push(payload_sqe(fd, buf, len - done)?);
+                wants.push((len - done, len));
             }
             // SAFETY: every receive goes to a slot buffer that holds it, valid while the
             // slot is unfinished and marked busy (by the caller) until its operation
@@ -141,7 +139,7 @@ impl RecvBuf {
                 let filling = at.slot;
                 at = advance(at, got, len);
                 if at.slot > filling {
-                    slots[filling].slot.set_busy(false);
+                    slots[filling].set_busy(false);
                     done(filling);
                 }
                 if got < want {
