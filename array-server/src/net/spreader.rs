@@ -115,9 +115,10 @@ impl Watch {
         }
     }
 
-    /// Lets every thread run on any allowed CPU (`unpinned`), or pins each to its CPU.
+    /// Lets every thread run on any allowed CPU (`unpinned`), or pins each to its CPU;
+    /// the new state is published (`Spreader::unpinned`, the server's stats) only once
+    /// every thread has it.
     fn apply(&mut self, unpinned: bool) {
-        self.unpinned.store(unpinned, Ordering::Relaxed);
         for (index, tid) in self.tids.iter().enumerate() {
             let tid = tid.load(Ordering::Relaxed);
             if tid == 0 {
@@ -127,6 +128,7 @@ impl Watch {
                 log::warn!("{error}");
             }
         }
+        self.unpinned.store(unpinned, Ordering::Relaxed);
         let change = if unpinned {
             format!(
                 "large requests: the server threads run on any of CPUs {:?} while they last",
