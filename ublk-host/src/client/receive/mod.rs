@@ -23,8 +23,9 @@ use crate::error::{HostError, Result};
 /// Size of a lane's reply buffer: many reply headers per receive, and the start of a
 /// read's data (copied out; the rest is received straight into the caller's buffer).
 const RECV_BUF_LEN: usize = 32 * 1024;
-/// Most bytes an exact receive looks at ahead (`MSG_PEEK`): room for a hundred reply
-/// heads, little to copy twice when what follows is a read's data.
+/// Most bytes an exact receive looks at ahead (`MSG_PEEK`): room for some sixty reply heads
+/// (a run's, or a batch of write replies), little to copy twice when what follows is a
+/// read's data.
 const PEEK_LEN: usize = 1024;
 /// A read's data owed from this size on is received with the socket's low-water mark
 /// raised to what is owed ([`LowWater`]).
