@@ -28,7 +28,7 @@
 //! | S→C | [`ProofReply`]: [`Welcome`] or [`Refused`] | – | `HMAC(secret, "multilane v1 server" ‖ transcript)`, `max_io`, array id, partition, boot epoch, announced addresses |
 //! | C→S | [`ControlRequest`] | – | control: `ListPartitions`, `Ping` |
 //! | S→C | [`ControlEvent`] | – | control: `Partitions` (asked for, or pushed on change), `Pong` |
-//! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, `Heartbeat`, FUA flag |
+//! | C→S | [`Request`] | write data (`len`) | data: `Read`, `Write`, `Flush`, `Discard`, `WriteZeroes`, `Heartbeat`, FUA flag; writes flagged [`FLAG_LATER`] come as a run: their heads, then one `Run` request with their data |
 //! | S→C | [`Reply`] | read data (`len`) | data: `tag`, `Ok` or `Errno(e)`; any order; reads flagged [`FLAG_RUN`] may come as a run: `Later` heads, then one `Run` frame with their data |
 //!
 //! A request the server cannot honour (out of range, misaligned, read-only, revoked) gets

@@ -199,8 +199,10 @@ impl Features {
     /// Reads flagged [`FLAG_RUN`] may be answered in runs ([`Status::Later`],
     /// [`Status::Run`]).
     pub const REPLY_RUNS: Features = Features(1 << 4);
+    /// Writes flagged [`FLAG_LATER`] and [`Op::Run`] requests are understood.
+    pub const REQUEST_RUNS: Features = Features(1 << 5);
     /// Everything this version of the server does.
-    pub const ALL: Features = Features(0b1_1111);
+    pub const ALL: Features = Features(0b11_1111);
 
     /// Whether every bit of `other` is set in `self`.
     pub fn contains(self, other: Features) -> bool {
@@ -249,6 +251,12 @@ pub enum Op {
     /// `len` are 0). A host sends it on a lane that has requests outstanding and has heard
     /// nothing for a while; no answer within the dead-lane bound means the lane is dead.
     Heartbeat,
+    /// Not a request of its own: the payloads of the writes flagged [`FLAG_LATER`] since
+    /// the last run, in their order. `tag` is how many writes it carries (1 to
+    /// [`MAX_RUN_REQUESTS`]), `len` their bytes in all, `offset` and `flags` are 0. It gets
+    /// no reply; each write does. Sent only where the partition offers
+    /// [`Features::REQUEST_RUNS`].
+    Run,
 }
 
 /// Request flag: the write is durable before it is acknowledged.
@@ -257,6 +265,15 @@ pub const FLAG_FUA: u8 = 1;
 /// where the partition offers [`Features::REPLY_RUNS`]; a server that does not know the
 /// flag ignores it and answers as usual.
 pub const FLAG_RUN: u8 = 1 << 1;
+/// Request flag on a write: its payload is not in its own frame but comes in the next
+/// [`Op::Run`] (a *request run*: the heads of several writes, then one frame with all their
+/// data, so a host that sends each payload from its own fixed buffer sends the heads with
+/// one call instead of one per write). A server that does not know the flag refuses the
+/// frame (its payload length does not match), it never misreads the stream.
+pub const FLAG_LATER: u8 = 1 << 2;
+/// Most writes one [`Op::Run`] may carry: a server holds at most this many heads waiting
+/// for their data.
+pub const MAX_RUN_REQUESTS: u32 = 128;
 
 /// Client → server on a data connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,9 +294,15 @@ impl Request {
     /// Bytes of payload that follow this request's header: the data of a write.
     pub fn payload_len(&self) -> u32 {
         match self.op {
-            Op::Write => self.len,
+            Op::Write if !self.data_later() => self.len,
+            Op::Run => self.len,
             _ => 0,
         }
+    }
+
+    /// Whether this is a write whose payload comes in the next [`Op::Run`].
+    pub fn data_later(&self) -> bool {
+        self.op == Op::Write && self.flags & FLAG_LATER != 0
     }
 
     /// Whether the FUA flag is set.

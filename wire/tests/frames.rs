@@ -341,3 +341,89 @@ fn a_run_carries_the_data_of_its_later_replies() {
     assert_eq!(run.payload_len(), 8192);
     assert_eq!(later.payload_len(), 0);
 }
+
+/// Decodes `request`'s head, encoded with `payload_len` bytes of payload announced.
+fn decode_request_with(request: Request, payload_len: u32) -> Result<Request, WireError> {
+    let mut bytes = Vec::new();
+    frame::encode_head(&request, payload_len, &mut bytes).unwrap();
+    let prefix = FramePrefix::decode(bytes.first_chunk().unwrap(), Limits::data(1 << 20)).unwrap();
+    frame::decode_request(&bytes[PREFIX_LEN..prefix.head_len()], prefix)
+}
+
+#[test]
+fn a_request_run_carries_the_data_of_its_later_writes() {
+    let later = Request {
+        tag: 7,
+        op: Op::Write,
+        offset: 8192,
+        len: 4096,
+        flags: FLAG_LATER | FLAG_FUA,
+    };
+    assert!(later.data_later() && later.fua());
+    assert_eq!(later.payload_len(), 0);
+    assert_eq!(
+        decode_request_with(later, 0),
+        Ok(later),
+        "its data comes in the run"
+    );
+    assert_eq!(
+        decode_request_with(later, 4096),
+        Err(WireError::PayloadMismatch {
+            expected: 0,
+            actual: 4096
+        }),
+        "a later write carries no payload of its own"
+    );
+    let read = Request {
+        op: Op::Read,
+        ..later
+    };
+    assert!(!read.data_later(), "only writes come later");
+    let run = Request {
+        tag: 2,
+        op: Op::Run,
+        offset: 0,
+        len: 8192,
+        flags: 0,
+    };
+    assert_eq!(run.payload_len(), 8192);
+    assert_eq!(decode_request_with(run, 8192), Ok(run));
+    assert!(
+        decode_request_with(run, 4096).is_err(),
+        "a run carries all of it"
+    );
+}
+
+#[test]
+fn a_request_run_of_no_writes_too_many_or_with_an_offset_or_flags_is_malformed() {
+    let run = Request {
+        tag: 1,
+        op: Op::Run,
+        offset: 0,
+        len: 512,
+        flags: 0,
+    };
+    let malformed = |request: Request| {
+        matches!(
+            decode_request_with(request, request.len),
+            Err(WireError::Malformed {
+                what: "Request",
+                ..
+            })
+        )
+    };
+    assert!(malformed(Request { tag: 0, ..run }));
+    assert!(malformed(Request {
+        tag: MAX_RUN_REQUESTS + 1,
+        ..run
+    }));
+    assert!(malformed(Request { offset: 512, ..run }));
+    assert!(malformed(Request {
+        flags: FLAG_FUA,
+        ..run
+    }));
+    assert!(!malformed(Request {
+        tag: MAX_RUN_REQUESTS,
+        ..run
+    }));
+}

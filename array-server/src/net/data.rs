@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio_uring::buf::{BoundedBuf, IoBuf, Slice};
 use tokio_uring::net::TcpStream;
 use wire::frame::{self, Limits};
-use wire::{Op, Reply, Request, Status};
+use wire::{Op, Reply, Request, Status, MAX_RUN_REQUESTS};
 
 use super::budget::{Credit, LaneBudget};
 use super::frames::FrameReader;
@@ -174,7 +174,9 @@ async fn read_requests(
     reader: &mut FrameReader,
     budget: &Rc<LaneBudget>,
 ) -> Result<()> {
-    let limits = Limits::data(lane.shared.config.max_io);
+    let max_io = lane.shared.config.max_io;
+    let limits = Limits::data(max_io);
+    let mut later = LaterWrites::default();
     loop {
         let slot = budget.slot().await;
         let Some(prefix) = reader.next_head(limits).await? else {
@@ -182,38 +184,141 @@ async fn read_requests(
         };
         let request = frame::decode_request(reader.header(&prefix), prefix)?;
         reader.consume_head(&prefix);
-        // Counted from here until the request is finished (fencing waits for it).
-        let ticket = lane.session.admit();
-        // Admitted first (range, access), so that a write's payload can be received
-        // straight into the disks' mappings; a refused write's payload is drained into a
-        // buffer and dropped, never written.
-        let admitted = lane.admit(&request);
-        let credit = match (&admitted, request.op) {
-            (Ok(_), Op::Read | Op::Write) => budget.add_bytes(slot, request.len.into()).await,
-            _ => slot,
+        if request.data_later() {
+            later.hold(request, max_io)?;
+            continue;
+        }
+        let flow = match request.op {
+            Op::Run => serve_run(lane, reader, budget, slot, later.take(&request)?).await?,
+            _ => serve_request(lane, reader, budget, slot, request).await?,
         };
-        match admitted {
-            Ok(grant) => {
-                let command = plan(lane, reader, &grant, &request).await?;
-                start(lane, request, command, credit, ticket);
-            }
-            Err(Error::Revoked) => {
-                log::info!(
-                    "host {:?} lost partition {}; closing lane",
-                    lane.host,
-                    lane.partition
-                );
-                lane.reply_error(&request, &Error::Revoked, credit);
-                return Ok(());
-            }
-            Err(error) => {
-                if request.op == Op::Write {
-                    drop(reader.read_payload(request.len as usize).await?);
-                }
-                lane.reply_error(&request, &error, credit);
-            }
+        if flow == Flow::Stop {
+            return Ok(());
         }
     }
+}
+
+/// Whether the lane reads on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The lane was revoked: its reader stops.
+    Stop,
+}
+
+/// The heads of writes flagged `FLAG_LATER` whose data the next `Op::Run` brings (see
+/// `wire::FLAG_LATER`). A held head costs no slot and no bytes of the lane's budget (so
+/// a run can never wait on budget its own writes hold): it is admitted, and takes both,
+/// when its data arrives, exactly as a write whose data follows its head.
+#[derive(Debug, Default)]
+struct LaterWrites {
+    heads: Vec<Request>,
+    bytes: u64,
+}
+
+impl LaterWrites {
+    /// Holds `write` until its run; a lane's peer that holds more than
+    /// `MAX_RUN_REQUESTS` heads or a write larger than `max_io` breaks the protocol.
+    fn hold(&mut self, write: Request, max_io: u32) -> Result<()> {
+        if self.heads.len() >= MAX_RUN_REQUESTS as usize || write.len > max_io {
+            return Err(Error::Wire(wire::WireError::Malformed {
+                what: "Request",
+                reason: format!(
+                    "a later write of {} bytes after {} held (at most {MAX_RUN_REQUESTS}, \
+                     each at most {max_io} bytes)",
+                    write.len,
+                    self.heads.len()
+                ),
+            }));
+        }
+        self.bytes += u64::from(write.len);
+        self.heads.push(write);
+        Ok(())
+    }
+
+    /// The held heads, in order, for `run`: it must carry as many writes and exactly
+    /// their bytes.
+    fn take(&mut self, run: &Request) -> Result<Vec<Request>> {
+        if run.tag as usize != self.heads.len() || u64::from(run.len) != self.bytes {
+            return Err(Error::Wire(wire::WireError::Malformed {
+                what: "Request",
+                reason: format!(
+                    "a run of {} writes and {} bytes after {} later writes of {} bytes",
+                    run.tag,
+                    run.len,
+                    self.heads.len(),
+                    self.bytes
+                ),
+            }));
+        }
+        self.bytes = 0;
+        Ok(std::mem::take(&mut self.heads))
+    }
+}
+
+/// Serves the writes of a run, each as its data arrives, in order; the run's own slot
+/// goes to the first.
+async fn serve_run(
+    lane: &Rc<Lane>,
+    reader: &mut FrameReader,
+    budget: &Rc<LaneBudget>,
+    slot: Credit,
+    writes: Vec<Request>,
+) -> Result<Flow> {
+    let mut slot = Some(slot);
+    for write in writes {
+        let slot = match slot.take() {
+            Some(slot) => slot,
+            None => budget.slot().await,
+        };
+        if serve_request(lane, reader, budget, slot, write).await? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// Admits one request (its head read, its slot held), receives a write's payload, and
+/// starts it; or answers it with its error.
+async fn serve_request(
+    lane: &Rc<Lane>,
+    reader: &mut FrameReader,
+    budget: &Rc<LaneBudget>,
+    slot: Credit,
+    request: Request,
+) -> Result<Flow> {
+    // Counted from here until the request is finished (fencing waits for it).
+    let ticket = lane.session.admit();
+    // Admitted first (range, access), so that a write's payload can be received
+    // straight into the disks' mappings; a refused write's payload is drained into a
+    // buffer and dropped, never written.
+    let admitted = lane.admit(&request);
+    let credit = match (&admitted, request.op) {
+        (Ok(_), Op::Read | Op::Write) => budget.add_bytes(slot, request.len.into()).await,
+        _ => slot,
+    };
+    match admitted {
+        Ok(grant) => {
+            let command = plan(lane, reader, &grant, &request).await?;
+            start(lane, request, command, credit, ticket);
+        }
+        Err(Error::Revoked) => {
+            log::info!(
+                "host {:?} lost partition {}; closing lane",
+                lane.host,
+                lane.partition
+            );
+            lane.reply_error(&request, &Error::Revoked, credit);
+            return Ok(Flow::Stop);
+        }
+        Err(error) => {
+            if request.op == Op::Write {
+                drop(reader.read_payload(request.len as usize).await?);
+            }
+            lane.reply_error(&request, &error, credit);
+        }
+    }
+    Ok(Flow::Continue)
 }
 
 /// Turns an admitted request into its command (none for a heartbeat, which touches no
@@ -228,7 +333,8 @@ async fn plan(
     let disks = &lane.disks;
     let plan = || disks.plan(grant, request.offset, u64::from(request.len));
     Ok(Some(match request.op {
-        Op::Heartbeat => return Ok(None),
+        // A run never gets here: the reader serves its writes (`serve_run`).
+        Op::Heartbeat | Op::Run => return Ok(None),
         Op::Read => Command::Read { plan: plan() },
         Op::Write => {
             let plan = plan();
@@ -291,7 +397,7 @@ impl Lane {
             Op::Discard => (&counters.discards, None),
             Op::WriteZeroes => (&counters.write_zeroes, None),
             // A heartbeat touches no disk (it has no command) and is not counted.
-            Op::Heartbeat => return self.reply_ok(request.tag, credit),
+            Op::Heartbeat | Op::Run => return self.reply_ok(request.tag, credit),
         };
         let counted = outcome.is_ok().then_some(());
         LaneCounters::count(count, counted.and(bytes.map(|b| (b, request.len.into()))));

@@ -97,20 +97,21 @@ impl FrameReader {
         self.start += prefix.head_len();
     }
 
-    /// Receives the current frame's `len`-byte payload into a fresh aligned buffer's
-    /// data area.
+    /// Receives the next `len` bytes of the current frame's payload (all of it, or one
+    /// write's part of a run's) into a fresh aligned buffer's data area.
     pub async fn read_payload(&mut self, len: usize) -> Result<AlignedBuf> {
         self.expect_payload(len)?;
         let mut buffer = AlignedBuf::for_data(len);
-        let copied = self.decoder.consume_payload(self.buffered().len());
+        let copied = self.decoder.consume_payload(self.buffered().len().min(len));
         buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
         self.start += copied;
+        let mut owed = len - copied;
         let mut low_water = LowWater::new(&self.stream);
-        while self.decoder.payload_remaining() > 0 {
-            let until = low_water.raise(self.decoder.payload_remaining());
+        while owed > 0 {
+            let until = low_water.raise(owed);
             // The slice's initialised part is what has been received: `recv_all` goes on
             // from there.
-            buffer.set_len(DATA_OFFSET + len - self.decoder.payload_remaining());
+            buffer.set_len(DATA_OFFSET + len - owed);
             let (result, mut slices) = recv_all(
                 &self.stream,
                 vec![buffer.slice(DATA_OFFSET..DATA_OFFSET + len)],
@@ -118,18 +119,20 @@ impl FrameReader {
             )
             .await;
             buffer = slices.pop().expect("one slice in, one out").into_inner();
-            self.received(result)?;
+            owed -= self.received(result)?;
         }
         buffer.set_len(DATA_OFFSET + len);
         Ok(buffer)
     }
 
-    /// Receives the current frame's payload straight into `targets` (in order; their
-    /// lengths add up to the payload's). On an error or a cut-off stream the targets are
-    /// left partly written.
+    /// Receives the next bytes of the current frame's payload (all of it, or one write's
+    /// part of a run's) straight into `targets` (in order). On an error or a cut-off
+    /// stream the targets are left partly written.
     pub async fn read_payload_into(&mut self, targets: Vec<MappedTarget>) -> Result<()> {
-        self.expect_payload(targets.iter().map(MappedTarget::remaining).sum())?;
-        let staged_end = self.start + self.decoder.consume_payload(self.buffered().len());
+        let len = targets.iter().map(MappedTarget::remaining).sum();
+        self.expect_payload(len)?;
+        let staged = self.decoder.consume_payload(self.buffered().len().min(len));
+        let staged_end = self.start + staged;
         let mut pending = Vec::with_capacity(targets.len());
         for mut target in targets {
             let took = target.fill_from(&self.staging[self.start..staged_end]);
@@ -138,12 +141,13 @@ impl FrameReader {
                 pending.push(target);
             }
         }
+        let mut owed = len - staged;
         let mut low_water = LowWater::new(&self.stream);
         while !pending.is_empty() {
-            let until = low_water.raise(self.decoder.payload_remaining());
+            let until = low_water.raise(owed);
             // Advances each target's filled part (see `MappedTarget`).
             let (result, mut targets) = recv_all(&self.stream, pending, until).await;
-            self.received(result)?;
+            owed -= self.received(result)?;
             targets.retain(|target| target.remaining() > 0);
             pending = targets;
         }
@@ -152,16 +156,17 @@ impl FrameReader {
 
     /// Accounts a payload receive's outcome; a stream that ended mid-payload is an error
     /// (the decoder's: the frame is cut off).
-    fn received(&mut self, result: std::io::Result<usize>) -> Result<()> {
+    fn received(&mut self, result: std::io::Result<usize>) -> Result<usize> {
         let read = result.map_err(|e| Error::io("receiving a write payload", e))?;
         self.decoder.payload_received(read)?;
-        Ok(())
+        Ok(read)
     }
 
-    /// Checks that the caller is about to receive exactly the payload the decoder owes.
+    /// Checks that the caller is about to receive no more than the payload the decoder
+    /// owes (a run's payload is received a write at a time).
     fn expect_payload(&self, len: usize) -> Result<()> {
         let owed = self.decoder.payload_remaining();
-        if len != owed {
+        if len > owed {
             return Err(WireError::PayloadMismatch {
                 expected: u32::try_from(owed).unwrap_or(u32::MAX),
                 actual: u32::try_from(len).unwrap_or(u32::MAX),

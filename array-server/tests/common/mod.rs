@@ -79,7 +79,11 @@ pub struct Assigned {
 /// `disk_count` disks of [`DISK_SIZE`] formatted with [`CHUNK`], and a private partition
 /// `p` of `partition_size` bytes assigned read-write to host `h`.
 pub fn assigned(disk_count: usize, partition_size: u64) -> Assigned {
-    let disks = temp_disks(disk_count, DISK_SIZE);
+    assigned_on(temp_disks(disk_count, DISK_SIZE), partition_size)
+}
+
+/// As [`assigned`], on `disks`.
+pub fn assigned_on(disks: Disks, partition_size: u64) -> Assigned {
     let array = format(&disks, CHUNK);
     let partition = array.create_partition("p", partition_size, false).unwrap();
     let secret = array.create_host("h").unwrap().secret;

@@ -506,8 +506,10 @@ async fn life(lane: &Lane, first: Connection) {
     let mut connection = (first, lane.via());
     loop {
         let fd = connection.0.stream.as_raw_fd();
+        let run_bytes = request_runs(&connection.0);
         let generation = lane.install(connection.0, connection.1);
-        smol::future::zip(sender(lane, generation, fd), receiver(lane, generation, fd)).await;
+        let sending = sender(lane, generation, fd, run_bytes);
+        smol::future::zip(sending, receiver(lane, generation, fd)).await;
         // Both users of the descriptor are done: now it may close.
         *lane.socket.borrow_mut() = None;
         match lane.reconnect().await {
@@ -526,7 +528,18 @@ async fn clock(lane: &Lane) {
     }
 }
 
-async fn sender(lane: &Lane, generation: u64, fd: RawFd) {
+/// Whether this connection's server takes request runs (see `request_run`), and their
+/// largest payload (its `max_io`). Decided per connection: a lane may reconnect to a
+/// server that does not.
+fn request_runs(connection: &Connection) -> Option<u32> {
+    let welcome = &connection.welcome;
+    let features = welcome.partition.as_ref()?.features;
+    features
+        .contains(Features::REQUEST_RUNS)
+        .then_some(welcome.max_io)
+}
+
+async fn sender(lane: &Lane, generation: u64, fd: RawFd, run_bytes: Option<u32>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         std::future::poll_fn(|cx| {
@@ -544,11 +557,15 @@ async fn sender(lane: &Lane, generation: u64, fd: RawFd) {
         }
         lane.core.borrow_mut().next_batch(&mut batch, MAX_BATCH);
         batch.iter().for_each(|slot| slot.set_busy(true));
-        let sent = send_batch(fd, &batch).await;
+        let sent = send_batch(fd, &batch, run_bytes).await;
         batch.drain(..).for_each(|slot| slot.set_busy(false));
-        if let Err(error) = sent {
-            lane.lost(generation, &error);
-            return;
+        match sent {
+            Ok((0, _)) => {}
+            Ok((runs, writes)) => lane.core.borrow_mut().sent_runs(runs, writes),
+            Err(error) => {
+                lane.lost(generation, &error);
+                return;
+            }
         }
     }
 }

@@ -83,6 +83,10 @@ pub struct LaneStats {
     pub runs: u64,
     /// Read replies those runs carried.
     pub run_replies: u64,
+    /// Runs of writes sent (wire's `Op::Run`).
+    pub write_runs: u64,
+    /// Writes those runs carried.
+    pub run_writes: u64,
 }
 
 /// What a request is to the lane.
@@ -167,6 +171,12 @@ impl<S: Clone> LaneCore<S> {
     pub fn ran(&mut self, replies: usize) {
         self.stats.runs += 1;
         self.stats.run_replies += replies as u64;
+    }
+
+    /// Counts `runs` runs of writes sent, carrying `writes` writes.
+    pub fn sent_runs(&mut self, runs: usize, writes: usize) {
+        self.stats.write_runs += runs as u64;
+        self.stats.run_writes += writes as u64;
     }
 
     /// The link state.

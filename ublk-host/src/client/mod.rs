@@ -17,6 +17,7 @@ mod lane;
 mod lane_core;
 mod receive;
 mod reconnect;
+mod request_run;
 mod slot;
 mod split;
 mod transfer;

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
+use crate::client::request_run::{self, Step};
 use crate::client::slot::{BufRef, Slot};
 use crate::client::uring::{linked_room, submit, submit_linked};
 use crate::error::{HostError, Result};
@@ -70,23 +71,36 @@ impl Piece {
     }
 }
 
-/// Sends the frames of `batch` (head, then a write's payload from the caller's buffer).
-/// Without fixed buffers that is one `sendmsg` (more only if the socket takes part of
-/// it); a payload in a fixed buffer goes out with a fixed-buffer write between the
-/// `sendmsg`s of the frames around it, all submitted as one linked chain (see
-/// [`send_chain`]).
-pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
+/// Sends the frames of `batch` (head, then a write's payload from the caller's buffer),
+/// small writes from fixed buffers in runs where `run_bytes` (the server's `max_io`) is
+/// given (see [`request_run`]). Without fixed buffers that is one `sendmsg` (more only if
+/// the socket takes part of it); a payload in a fixed buffer goes out with a fixed-buffer
+/// write between the `sendmsg`s of the frames around it, all submitted as one linked
+/// chain (see [`send_chain`]). Returns the runs sent and the writes they carried.
+pub(crate) async fn send_batch(
+    fd: RawFd,
+    batch: &[Rc<Slot>],
+    run_bytes: Option<u32>,
+) -> Result<(usize, usize)> {
+    // Not moved or changed until the send is done: the iovecs point into its heads.
+    let layout = request_run::layout(batch, run_bytes);
+    let runs = (layout.runs, layout.run_writes);
     let mut pieces = Vec::new();
-    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
-    for slot in batch {
-        iovecs.push(libc::iovec {
-            iov_base: slot.head.as_bytes().as_ptr() as *mut libc::c_void,
-            iov_len: slot.head.as_bytes().len(),
-        });
-        let payload = slot.request.payload_len() as usize;
-        if payload == 0 {
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(layout.steps.len());
+    for step in &layout.steps {
+        let (bytes, payload) = match *step {
+            Step::SlotHead(index) => (batch[index].head.as_bytes(), None),
+            Step::OwnHead(index) => (layout.heads[index].as_bytes(), None),
+            Step::Payload(index) => (&[][..], Some(&batch[index])),
+        };
+        let Some(slot) = payload else {
+            iovecs.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
             continue;
-        }
+        };
+        let payload = slot.request.len as usize;
         match slot.buf {
             BufRef::Ptr(ptr) => iovecs.push(libc::iovec {
                 iov_base: ptr.cast(),
@@ -109,7 +123,7 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
         }
     }
     if pieces.is_empty() {
-        return send_iovecs(fd, &mut iovecs, 0).await;
+        return send_iovecs(fd, &mut iovecs, 0).await.map(|()| runs);
     }
     if !iovecs.is_empty() {
         pieces.push(Piece::Frames(iovecs));
@@ -118,14 +132,15 @@ pub(crate) async fn send_batch(fd: RawFd, batch: &[Rc<Slot>]) -> Result<()> {
     if cork {
         set_cork(fd, true);
     }
-    // SAFETY: every piece points at a slot's head (owned by the slot, which the caller's
-    // batch keeps alive) or payload (valid and, for a fixed buffer, registered while the
-    // slot is unfinished, by `Slot::new`'s contract; the caller marked the slots busy).
+    // SAFETY: every piece points at a head (owned by a slot, which the caller's batch
+    // keeps alive, or by `layout`, alive and unchanged until the end of this function) or
+    // a payload (valid and, for a fixed buffer, registered while the slot is unfinished,
+    // by `Slot::new`'s contract; the caller marked the slots busy).
     let sent = unsafe { send_chain(fd, pieces).await };
     if cork {
         set_cork(fd, false);
     }
-    sent
+    sent.map(|()| runs)
 }
 
 /// Whether a batch of `pieces` goes out corked. A fixed-buffer write has no MSG_MORE:

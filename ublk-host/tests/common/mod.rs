@@ -307,9 +307,45 @@ fn read_request(mut stream: &TcpStream) -> Option<(Request, Vec<u8>)> {
     Some((request, payload))
 }
 
+/// A lane's requests in order, with the writes of request runs (wire's `FLAG_LATER`,
+/// `Op::Run`) given their payloads from the run, as the array server serves them.
+#[derive(Default)]
+struct Requests {
+    held: Vec<Request>,
+    ready: std::collections::VecDeque<(Request, Vec<u8>)>,
+}
+
+impl Requests {
+    /// The next request and its payload; `None` at the end of the stream or on a
+    /// malformed run.
+    fn next(&mut self, stream: &TcpStream) -> Option<(Request, Vec<u8>)> {
+        while self.ready.is_empty() {
+            let (request, payload) = read_request(stream)?;
+            if request.data_later() {
+                self.held.push(request);
+            } else if request.op == Op::Run {
+                let bytes: u64 = self.held.iter().map(|w| u64::from(w.len)).sum();
+                if request.tag as usize != self.held.len() || bytes != u64::from(request.len) {
+                    return None;
+                }
+                let mut at = 0;
+                for write in self.held.drain(..) {
+                    let end = at + write.len as usize;
+                    self.ready.push_back((write, payload[at..end].to_vec()));
+                    at = end;
+                }
+            } else {
+                self.ready.push_back((request, payload));
+            }
+        }
+        self.ready.pop_front()
+    }
+}
+
 fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
     let mut pending = Vec::new();
-    while let Some((request, payload)) = read_request(&stream) {
+    let mut requests = Requests::default();
+    while let Some((request, payload)) = requests.next(&stream) {
         let count = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if shared.options.drop_at == Some(count) {
             if shared.options.dead_after_drop {
@@ -436,7 +472,7 @@ fn execute(shared: &Shared, request: &Request, payload: &[u8]) -> (Reply, Vec<u8
             store[start..end].fill(0);
             Vec::new()
         }
-        Op::Flush | Op::Heartbeat => Vec::new(),
+        Op::Flush | Op::Heartbeat | Op::Run => Vec::new(),
     };
     let reply = Reply {
         tag: request.tag,

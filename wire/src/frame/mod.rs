@@ -24,7 +24,7 @@ mod decoder;
 pub use decoder::{FrameDecoder, FrameHeader, Head, Progress};
 
 use crate::error::WireError;
-use crate::messages::{Reply, Request, Status};
+use crate::messages::{Op, Reply, Request, Status, MAX_RUN_REQUESTS};
 
 /// Bytes in the fixed frame prefix.
 pub const PREFIX_LEN: usize = 8;
@@ -258,7 +258,28 @@ pub fn decode_request(header: &[u8], prefix: FramePrefix) -> Result<Request, Wir
             actual: prefix.payload_len,
         });
     }
+    if request.op == Op::Run {
+        check_run_request(&request)?;
+    }
     Ok(request)
+}
+
+/// An [`Op::Run`] carries 1 to [`MAX_RUN_REQUESTS`] writes' data and nothing else.
+fn check_run_request(run: &Request) -> Result<(), WireError> {
+    let malformed = |reason: String| WireError::Malformed {
+        what: "Request",
+        reason,
+    };
+    if !(1..=MAX_RUN_REQUESTS).contains(&run.tag) {
+        return Err(malformed(format!(
+            "a run of {} writes (1 to {MAX_RUN_REQUESTS})",
+            run.tag
+        )));
+    }
+    if run.offset != 0 || run.flags != 0 {
+        return Err(malformed("a run with an offset or flags".into()));
+    }
+    Ok(())
 }
 
 /// Decodes a data reply header and checks it against the frame's payload length.
