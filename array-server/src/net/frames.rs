@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 
 /// Bytes of the staging buffer: the largest head plus room to batch small frames.
 const STAGING_LEN: usize = PREFIX_LEN + MAX_HEADER_LEN as usize + (64 << 10);
+/// A write payload smaller than this that is not all staged yet is topped up through
+/// the staging buffer: one receive that also takes whatever follows (the next frames, or
+/// in a request run the next writes' data) instead of a receive of its own bytes only.
+/// In a run of 4k writes the data after the first staging read used to cost a receive
+/// per write, which made the server's share per write in the 7.3 lab 1.4x copy mode's.
+const STAGE_BELOW: usize = 16 * 1024;
 
 /// Reads frames from one connection with wire's [`FrameDecoder`].
 ///
@@ -101,6 +107,7 @@ impl FrameReader {
     /// write's part of a run's) into a fresh aligned buffer's data area.
     pub async fn read_payload(&mut self, len: usize) -> Result<AlignedBuf> {
         self.expect_payload(len)?;
+        self.stage_small(len).await?;
         let mut buffer = AlignedBuf::for_data(len);
         let copied = self.decoder.consume_payload(self.buffered().len().min(len));
         buffer.data_mut()[..copied].copy_from_slice(&self.buffered()[..copied]);
@@ -131,6 +138,7 @@ impl FrameReader {
     pub async fn read_payload_into(&mut self, targets: Vec<MappedTarget>) -> Result<()> {
         let len = targets.iter().map(MappedTarget::remaining).sum();
         self.expect_payload(len)?;
+        self.stage_small(len).await?;
         let staged = self.decoder.consume_payload(self.buffered().len().min(len));
         let staged_end = self.start + staged;
         let mut pending = Vec::with_capacity(targets.len());
@@ -150,6 +158,17 @@ impl FrameReader {
             owed -= self.received(result)?;
             targets.retain(|target| target.remaining() > 0);
             pending = targets;
+        }
+        Ok(())
+    }
+
+    /// Tops the staging buffer up until it holds the next `len` bytes of payload, if
+    /// `len` is below [`STAGE_BELOW`] (see there); a stream that ends first is an error.
+    async fn stage_small(&mut self, len: usize) -> Result<()> {
+        while len < STAGE_BELOW && self.buffered().len() < len {
+            if self.fill().await? == 0 {
+                self.decoder.payload_received(0)?;
+            }
         }
         Ok(())
     }
