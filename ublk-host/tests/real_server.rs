@@ -3,13 +3,16 @@
 
 mod common;
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use array_server::net::{self, RunningServer, ServerConfig};
 use common::engine_io::io;
 use common::real::{any_loopback_port, RealArray, ARRAY_CHUNK};
 use common::{pattern, within, KIB, MIB};
-use ublk_host::client::{run_queue_thread, BlockIo, BufRef, ClientConfig, Discovery, EngineConfig};
+use ublk_host::client::{
+    run_queue_thread, BlockIo, BufRef, ClientConfig, Discovery, EngineConfig, QueueEngine,
+};
 use ublk_host::Errno;
 use wire::{libc_errno, Access, Op};
 
@@ -394,6 +397,54 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
     });
 }
 
+/// `(offset, len)` parts covering `area` back to back, the `n`th `len_of(n)` long (the
+/// last cut short).
+fn parts(area: usize, len_of: impl Fn(usize) -> usize) -> Vec<(usize, usize)> {
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < area {
+        let len = len_of(parts.len()).min(area - at);
+        parts.push((at, len));
+        at += len;
+    }
+    parts
+}
+
+/// Runs `op` on every part at once, in a scrambled order, each part at the same offset of
+/// fixed buffer 0 (which starts at `base`), and waits for all of them.
+///
+/// # Safety
+///
+/// Fixed buffer 0 must be registered, start at `base` and cover every part until this
+/// returns.
+async unsafe fn all_at_once(
+    engine: &Rc<QueueEngine>,
+    op: Op,
+    parts: &[(usize, usize)],
+    base: *mut u8,
+) {
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&i| (i * 7919) % parts.len());
+    let tasks: Vec<_> = order
+        .into_iter()
+        .map(|i| {
+            let (at, len) = parts[i];
+            let engine = engine.clone();
+            // SAFETY: inside the registered buffer (the caller's promise).
+            let addr = unsafe { base.add(at) } as u64;
+            engine.clone().spawn(async move {
+                let request = io(op, at as u64, len as u32);
+                let buf = BufRef::Fixed { index: 0, addr };
+                // SAFETY: registered, a part of its own, awaited to completion.
+                unsafe { engine.execute(request, buf) }.await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Writes of a zero-copy lane go out in runs (wire's `FLAG_LATER` and `Op::Run`): many
 /// writes of mixed sizes in flight at once on one lane, each from its own part of a fixed
 /// buffer (the small ones in runs, the large ones whole), must each land exactly where
@@ -413,37 +464,12 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
             let source = buffers[0].as_mut_ptr();
             // 4, 8, 12 and 16 KiB writes and a 128 KiB one now and then (too large for a
             // run), back to back over the area in a scrambled order, all in flight at once.
-            let mut writes = Vec::new();
-            let mut at = 0;
-            while at < AREA {
-                let len = match writes.len() % 9 {
-                    8 => 128 * 1024,
-                    n => (n % 4 + 1) * 4096,
-                };
-                let len = len.min(AREA - at);
-                writes.push((at, len));
-                at += len;
-            }
-            let mut order: Vec<usize> = (0..writes.len()).collect();
-            order.sort_by_key(|&i| (i * 7919) % writes.len());
-            let tasks: Vec<_> = order
-                .into_iter()
-                .map(|i| {
-                    let (at, len) = writes[i];
-                    let engine = engine.clone();
-                    // SAFETY: inside the registered buffer; each write has its own part.
-                    let addr = unsafe { source.add(at) } as u64;
-                    engine.clone().spawn(async move {
-                        let write = io(Op::Write, at as u64, len as u32);
-                        let buf = BufRef::Fixed { index: 0, addr };
-                        // SAFETY: registered, a part of its own, awaited to completion.
-                        unsafe { engine.execute(write, buf) }.await
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
+            let writes = parts(AREA, |n| match n % 9 {
+                8 => 128 * 1024,
+                n => (n % 4 + 1) * 4096,
+            });
+            // SAFETY: the buffer is registered (index 0) and outlives the call.
+            unsafe { all_at_once(&engine, Op::Write, &writes, source) }.await;
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
                 .unwrap();
             drop(buffers);
@@ -484,34 +510,9 @@ fn fixed_reads_come_back_in_runs_each_into_its_own_buffer() {
             let dest = buffers[0].as_mut_ptr();
             // 4, 8, 12 and 16 KiB reads, back to back over the area in a scrambled order,
             // all in flight at once.
-            let mut reads = Vec::new();
-            let mut at = 0;
-            while at < AREA {
-                let len = (reads.len() % 4 + 1) * 4096;
-                let len = len.min(AREA - at);
-                reads.push((at, len));
-                at += len;
-            }
-            let mut order: Vec<usize> = (0..reads.len()).collect();
-            order.sort_by_key(|&i| (i * 7919) % reads.len());
-            let tasks: Vec<_> = order
-                .into_iter()
-                .map(|i| {
-                    let (at, len) = reads[i];
-                    let engine = engine.clone();
-                    // SAFETY: inside the registered buffer; each read has its own part.
-                    let addr = unsafe { dest.add(at) } as u64;
-                    engine.clone().spawn(async move {
-                        let read = io(Op::Read, at as u64, len as u32);
-                        let buf = BufRef::Fixed { index: 0, addr };
-                        // SAFETY: registered, a part of its own, awaited to completion.
-                        unsafe { engine.execute(read, buf) }.await
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
+            let reads = parts(AREA, |n| (n % 4 + 1) * 4096);
+            // SAFETY: the buffer is registered (index 0) and outlives the call.
+            unsafe { all_at_once(&engine, Op::Read, &reads, dest) }.await;
             // SAFETY: every read completed; nothing else uses the buffer.
             let back = unsafe { std::slice::from_raw_parts(dest, AREA) };
             let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
