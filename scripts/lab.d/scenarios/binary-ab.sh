@@ -10,8 +10,20 @@
 need_dev /dev/ublk-control /dev/nbd0
 need_bin array-server ublk-host array-server-a ublk-host-a nbdkit nbd-client fio jq
 
-ROUNDS=3 RUNTIME=3
+ROUNDS=${AB_ROUNDS:-3} RUNTIME=3
 Q=$(nproc)
+# AB_ONLY=name:name... (from LAB_GUEST_ENV) runs only those workloads, e.g.
+# AB_ONLY=randwrite-4k-qd1:randwrite-4k-qd32 AB_ROUNDS=7 for a closer look at two rows.
+WORKLOADS=("randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32"
+	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32" "read-1M-qd8 read 1M 8"
+	"write-1M-qd8 write 1M 8")
+if [ -n "${AB_ONLY:-}" ]; then
+	chosen=()
+	for workload in "${WORKLOADS[@]}"; do
+		case ":$AB_ONLY:" in *":${workload%% *}:"*) chosen+=("$workload") ;; esac
+	done
+	WORKLOADS=("${chosen[@]}")
+fi
 JOBS=${AB_JOBS:-$Q} # fio jobs; LAB_GUEST_ENV=AB_JOBS=1 measures a single stream
 # shellcheck source=../bench.sh
 . /lab/bench.sh
@@ -28,6 +40,4 @@ log "A (array-server-a, ublk-host-a): $dev_a; B (this tree): $dev_b"
 bench_nbd_peer 64M "$Q"
 
 bench_ab "A: array-server-a + ublk-host-a, B: this tree ($Q queues x 1 lane each, fio $JOBS jobs)" \
-	"$dev_a" "$dev_b" "randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32" \
-	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32" "read-1M-qd8 read 1M 8" \
-	"write-1M-qd8 write 1M 8"
+	"$dev_a" "$dev_b" "${WORKLOADS[@]}"
