@@ -397,6 +397,19 @@ fn fixed_buffers_round_trip(lanes: u16, split: u32) {
     });
 }
 
+/// Bytes the run tests write and read.
+const RUN_AREA: usize = 2 * MIB as usize;
+
+/// A server with a 12 MiB partition, the partition, and an engine configuration with
+/// zero-copy lanes (fixed buffers), for the run tests.
+fn zero_copy_lane() -> (Setup, wire::PartitionInfo, EngineConfig) {
+    let setup = setup(12 << 20, Access::ReadWrite);
+    let partition = discover_vol(&setup);
+    let mut config = EngineConfig::new(client(&setup));
+    config.zero_copy = true;
+    (setup, partition, config)
+}
+
 /// `(offset, len)` parts covering `area` back to back, the `n`th `len_of(n)` long (the
 /// last cut short).
 fn parts(area: usize, len_of: impl Fn(usize) -> usize) -> Vec<(usize, usize)> {
@@ -452,19 +465,15 @@ async unsafe fn all_at_once(
 #[test]
 fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
     within(Duration::from_secs(120), || {
-        let setup = setup(12 << 20, Access::ReadWrite);
-        let partition = discover_vol(&setup);
-        let mut config = EngineConfig::new(client(&setup));
-        config.zero_copy = true;
-        const AREA: usize = 2 * MIB as usize;
-        let data = pattern(0, AREA, 29);
+        let (_setup, partition, config) = zero_copy_lane();
+        let data = pattern(0, RUN_AREA, 29);
         let stats = run_queue_thread(&config, &partition, 0, move |engine| async move {
             let mut buffers = vec![data.clone()];
             register_fixed(&mut buffers);
             let source = buffers[0].as_mut_ptr();
             // 4, 8, 12 and 16 KiB writes and a 128 KiB one now and then (too large for a
             // run), back to back over the area in a scrambled order, all in flight at once.
-            let writes = parts(AREA, |n| match n % 9 {
+            let writes = parts(RUN_AREA, |n| match n % 9 {
                 8 => 128 * 1024,
                 n => (n % 4 + 1) * 4096,
             });
@@ -473,8 +482,8 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
                 .unwrap();
             drop(buffers);
-            let read = io(Op::Read, 0, AREA as u32);
-            let (result, back) = engine.execute_owned(read, vec![0u8; AREA]).await;
+            let read = io(Op::Read, 0, RUN_AREA as u32);
+            let (result, back) = engine.execute_owned(read, vec![0u8; RUN_AREA]).await;
             result.unwrap();
             let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
             assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
@@ -496,25 +505,21 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
 #[test]
 fn fixed_reads_come_back_in_runs_each_into_its_own_buffer() {
     within(Duration::from_secs(120), || {
-        let setup = setup(12 << 20, Access::ReadWrite);
-        let partition = discover_vol(&setup);
-        let mut config = EngineConfig::new(client(&setup));
-        config.zero_copy = true;
-        const AREA: usize = 2 * MIB as usize;
-        let data = pattern(0, AREA, 23);
+        let (_setup, partition, config) = zero_copy_lane();
+        let data = pattern(0, RUN_AREA, 23);
         let stats = run_queue_thread(&config, &partition, 0, move |engine| async move {
-            let write = io(Op::Write, 0, AREA as u32);
+            let write = io(Op::Write, 0, RUN_AREA as u32);
             engine.execute_owned(write, data.clone()).await.0.unwrap();
-            let mut buffers = vec![vec![0u8; AREA]];
+            let mut buffers = vec![vec![0u8; RUN_AREA]];
             register_fixed(&mut buffers);
             let dest = buffers[0].as_mut_ptr();
             // 4, 8, 12 and 16 KiB reads, back to back over the area in a scrambled order,
             // all in flight at once.
-            let reads = parts(AREA, |n| (n % 4 + 1) * 4096);
+            let reads = parts(RUN_AREA, |n| (n % 4 + 1) * 4096);
             // SAFETY: the buffer is registered (index 0) and outlives the call.
             unsafe { all_at_once(&engine, Op::Read, &reads, dest) }.await;
             // SAFETY: every read completed; nothing else uses the buffer.
-            let back = unsafe { std::slice::from_raw_parts(dest, AREA) };
+            let back = unsafe { std::slice::from_raw_parts(dest, RUN_AREA) };
             let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
             assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
