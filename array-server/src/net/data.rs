@@ -221,15 +221,12 @@ impl LaterWrites {
     /// `MAX_RUN_REQUESTS` heads or a write larger than `max_io` breaks the protocol.
     fn hold(&mut self, write: Request, max_io: u32) -> Result<()> {
         if self.heads.len() >= MAX_RUN_REQUESTS as usize || write.len > max_io {
-            return Err(Error::Wire(wire::WireError::Malformed {
-                what: "Request",
-                reason: format!(
-                    "a later write of {} bytes after {} held (at most {MAX_RUN_REQUESTS}, \
-                     each at most {max_io} bytes)",
-                    write.len,
-                    self.heads.len()
-                ),
-            }));
+            return Err(malformed_run(format!(
+                "a later write of {} bytes after {} held (at most {MAX_RUN_REQUESTS}, each at \
+                 most {max_io} bytes)",
+                write.len,
+                self.heads.len()
+            )));
         }
         self.bytes += u64::from(write.len);
         self.heads.push(write);
@@ -240,20 +237,25 @@ impl LaterWrites {
     /// their bytes.
     fn take(&mut self, run: &Request) -> Result<Vec<Request>> {
         if run.tag as usize != self.heads.len() || u64::from(run.len) != self.bytes {
-            return Err(Error::Wire(wire::WireError::Malformed {
-                what: "Request",
-                reason: format!(
-                    "a run of {} writes and {} bytes after {} later writes of {} bytes",
-                    run.tag,
-                    run.len,
-                    self.heads.len(),
-                    self.bytes
-                ),
-            }));
+            return Err(malformed_run(format!(
+                "a run of {} writes and {} bytes after {} later writes of {} bytes",
+                run.tag,
+                run.len,
+                self.heads.len(),
+                self.bytes
+            )));
         }
         self.bytes = 0;
         Ok(std::mem::take(&mut self.heads))
     }
+}
+
+/// A request run that breaks the protocol: the lane closes, as for any malformed frame.
+fn malformed_run(reason: String) -> Error {
+    Error::Wire(wire::WireError::Malformed {
+        what: "Request",
+        reason,
+    })
 }
 
 /// Serves the writes of a run, each as its data arrives, in order; the run's own slot

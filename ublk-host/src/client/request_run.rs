@@ -9,8 +9,9 @@
 //! N writes. The server holds the flagged heads until the run and then serves each write
 //! as its data arrives, so nothing else changes for it.
 //!
-//! [`layout`] decides the order, as indices into the batch (sans-IO, tested here);
-//! `transfer::send_batch` turns it into iovecs and fixed-buffer writes.
+//! [`layout`] decides the order, as indices into the batch (sans-IO, tested here); a
+//! batch without runs goes in the plain order ([`plain_steps`]), computed as it is sent;
+//! `transfer::send_batch` turns either into iovecs and fixed-buffer writes.
 
 use std::rc::Rc;
 
@@ -55,27 +56,45 @@ struct OpenRun {
     bytes: u32,
 }
 
-/// Lays `batch` out: every request in order, small writes with fixed-buffer payloads in
-/// runs when `run_bytes` (the server's `max_io`, a run's largest payload) is given and
-/// there are at least two of them: a run of one saves no operation and costs two more
-/// heads to encode and decode (4k zero-copy writes at QD1 in the 7.3 lab ran 0.93x of the
-/// build before with runs of one, in two boots).
-pub fn layout(batch: &[Rc<Slot>], run_bytes: Option<u32>) -> Layout {
+/// The largest payload of a run of `batch` (`run_bytes`, the server's `max_io`, where it
+/// takes runs), if the batch has at least two writes that go in runs: a run of one saves
+/// no operation and costs two more heads to encode and decode (4k zero-copy writes at QD1
+/// in the 7.3 lab ran 0.93x of the build before with runs of one, in two boots). `None`:
+/// the batch goes in the plain order ([`plain_steps`]).
+pub fn runs_apply(batch: &[Rc<Slot>], run_bytes: Option<u32>) -> Option<u32> {
     let several = batch
         .iter()
         .filter(|slot| goes_later(slot))
         .nth(1)
         .is_some();
-    let run_bytes = run_bytes.filter(|_| several);
+    run_bytes.filter(|_| several)
+}
+
+/// Every request of `batch` in order, each head followed by its payload: the layout of a
+/// batch without runs, computed as it is sent.
+pub fn plain_steps(batch: &[Rc<Slot>]) -> impl Iterator<Item = Step> + '_ {
+    batch
+        .iter()
+        .enumerate()
+        .flat_map(|(index, slot)| plain(index, slot))
+}
+
+/// The slot at `index`: its own head, then its payload if it has one.
+fn plain(index: usize, slot: &Slot) -> impl Iterator<Item = Step> {
+    let payload = (slot.request.payload_len() > 0).then_some(Step::Payload(index));
+    std::iter::once(Step::SlotHead(index)).chain(payload)
+}
+
+/// Lays `batch` out: every request in order, small writes with fixed-buffer payloads in
+/// runs where [`runs_apply`].
+pub fn layout(batch: &[Rc<Slot>], run_bytes: Option<u32>) -> Layout {
+    let run_bytes = runs_apply(batch, run_bytes);
     let mut out = Layout::default();
     let mut run = OpenRun::default();
     for (index, slot) in batch.iter().enumerate() {
         let request = &slot.request;
         let Some(max) = run_bytes.filter(|_| goes_later(slot)) else {
-            out.steps.push(Step::SlotHead(index));
-            if request.payload_len() > 0 {
-                out.steps.push(Step::Payload(index));
-            }
+            out.steps.extend(plain(index, slot));
             continue;
         };
         if run.writes.len() == MAX_RUN_REQUESTS as usize || run.bytes + request.len > max {

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
+use wire::frame::InlineHead;
 
 use crate::client::request_run::{self, Step};
 use crate::client::slot::{BufRef, Slot};
@@ -82,65 +83,103 @@ pub(crate) async fn send_batch(
     batch: &[Rc<Slot>],
     run_bytes: Option<u32>,
 ) -> Result<(usize, usize)> {
+    if request_run::runs_apply(batch, run_bytes).is_none() {
+        let frames = gather(batch, request_run::plain_steps(batch), &[])?;
+        return send_frames(fd, frames).await.map(|()| (0, 0));
+    }
     // Not moved or changed until the send is done: the iovecs point into its heads.
     let layout = request_run::layout(batch, run_bytes);
-    let runs = (layout.runs, layout.run_writes);
+    let steps = layout.steps.iter().copied();
+    let frames = gather(batch, steps, &layout.heads)?;
+    send_frames(fd, frames).await?;
+    Ok((layout.runs, layout.run_writes))
+}
+
+/// A batch's bytes, gathered: iovecs only, or pieces for a chain with fixed buffers.
+enum Frames {
+    Iovecs(Vec<libc::iovec>),
+    Pieces(Vec<Piece>),
+}
+
+/// Gathers the bytes `steps` name: heads of the slots of `batch` or of `heads`, and the
+/// slots' payloads.
+fn gather(
+    batch: &[Rc<Slot>],
+    steps: impl Iterator<Item = Step>,
+    heads: &[InlineHead],
+) -> Result<Frames> {
     let mut pieces = Vec::new();
-    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(layout.steps.len());
-    for step in &layout.steps {
-        let (bytes, payload) = match *step {
-            Step::SlotHead(index) => (batch[index].head.as_bytes(), None),
-            Step::OwnHead(index) => (layout.heads[index].as_bytes(), None),
-            Step::Payload(index) => (&[][..], Some(&batch[index])),
-        };
-        let Some(slot) = payload else {
-            iovecs.push(libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            });
-            continue;
-        };
-        let payload = slot.request.len as usize;
-        match slot.buf {
-            BufRef::Ptr(ptr) => iovecs.push(libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: payload,
-            }),
-            BufRef::Fixed { index, addr } => {
-                pieces.push(Piece::Frames(std::mem::take(&mut iovecs)));
-                pieces.push(Piece::Fixed {
-                    index,
-                    addr,
-                    len: payload,
-                });
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch.len() * 2);
+    for step in steps {
+        let bytes = match step {
+            Step::SlotHead(index) => batch[index].head.as_bytes(),
+            Step::OwnHead(index) => heads[index].as_bytes(),
+            Step::Payload(index) => {
+                push_payload(&batch[index], &mut iovecs, &mut pieces)?;
+                continue;
             }
-            BufRef::None => {
-                return Err(HostError::Protocol(format!(
-                    "tag {} carries data but has no buffer",
-                    slot.request.tag
-                )))
-            }
-        }
+        };
+        iovecs.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
     }
     if pieces.is_empty() {
-        return send_iovecs(fd, &mut iovecs, 0).await.map(|()| runs);
+        return Ok(Frames::Iovecs(iovecs));
     }
     if !iovecs.is_empty() {
         pieces.push(Piece::Frames(iovecs));
     }
+    Ok(Frames::Pieces(pieces))
+}
+
+/// Adds `slot`'s payload: to the iovecs from ordinary memory, or as a fixed-buffer piece
+/// after the iovecs gathered so far.
+fn push_payload(slot: &Slot, iovecs: &mut Vec<libc::iovec>, pieces: &mut Vec<Piece>) -> Result<()> {
+    let payload = slot.request.len as usize;
+    match slot.buf {
+        BufRef::Ptr(ptr) => iovecs.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: payload,
+        }),
+        BufRef::Fixed { index, addr } => {
+            pieces.push(Piece::Frames(std::mem::take(iovecs)));
+            pieces.push(Piece::Fixed {
+                index,
+                addr,
+                len: payload,
+            });
+        }
+        BufRef::None => {
+            return Err(HostError::Protocol(format!(
+                "tag {} carries data but has no buffer",
+                slot.request.tag
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Sends gathered `frames`: iovecs by `sendmsg`, pieces as linked chains, corked where
+/// [`cork_needed`].
+async fn send_frames(fd: RawFd, frames: Frames) -> Result<()> {
+    let pieces = match frames {
+        Frames::Iovecs(mut iovecs) => return send_iovecs(fd, &mut iovecs, 0).await,
+        Frames::Pieces(pieces) => pieces,
+    };
     let cork = cork_needed(&pieces);
     if cork {
         set_cork(fd, true);
     }
     // SAFETY: every piece points at a head (owned by a slot, which the caller's batch
-    // keeps alive, or by `layout`, alive and unchanged until the end of this function) or
-    // a payload (valid and, for a fixed buffer, registered while the slot is unfinished,
-    // by `Slot::new`'s contract; the caller marked the slots busy).
+    // keeps alive, or by the caller's layout, alive and unchanged until the send is done)
+    // or a payload (valid and, for a fixed buffer, registered while the slot is
+    // unfinished, by `Slot::new`'s contract; the caller marked the slots busy).
     let sent = unsafe { send_chain(fd, pieces).await };
     if cork {
         set_cork(fd, false);
     }
-    sent.map(|()| runs)
+    sent
 }
 
 /// Whether a batch of `pieces` goes out corked. A fixed-buffer write has no MSG_MORE:
