@@ -183,23 +183,35 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
 
 /// The flags a new device is created with: user recovery; zero copy with automatic buffer
 /// registration when the driver offers it (asked with `GET_FEATURES`, never inferred from
-/// the kernel version) and `copy` does not forbid it; `UBLK_F_QUIESCE` when the driver
-/// offers it (a planned handover then drains the queues, see [`mod@crate::ublk::handover`]).
+/// the kernel version) and `copy` does not forbid it, with user copy beside it when offered
+/// (small writes are then copied, see `ublk/small_writes.rs`); `UBLK_F_QUIESCE` when the
+/// driver offers it (a planned handover then drains the queues, see
+/// [`mod@crate::ublk::handover`]).
 pub(crate) fn device_flags(copy: bool) -> u64 {
     let auto_buf_reg = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
+    let user_copy = u64::from(libublk::sys::UBLK_F_USER_COPY);
     let quiesce = u64::from(libublk::sys::UBLK_F_QUIESCE);
     let offered = UblkCtrl::get_features().unwrap_or(0);
     let zero_copy = !copy && offered & auto_buf_reg != 0;
     log::info!(
         "ublk driver features {offered:#x}: {} mode, handover by {}",
-        if zero_copy { "zero-copy" } else { "copy" },
+        match (zero_copy, offered & user_copy != 0) {
+            (false, _) => "copy",
+            (true, false) => "zero-copy",
+            (true, true) => "zero-copy (small writes copied)",
+        },
         if offered & quiesce != 0 {
             "quiesce"
         } else {
             "recovery"
         }
     );
-    RECOVERY_FLAGS | (offered & quiesce) | if zero_copy { auto_buf_reg } else { 0 }
+    let zero_copy_flags = if zero_copy {
+        auto_buf_reg | (offered & user_copy)
+    } else {
+        0
+    };
+    RECOVERY_FLAGS | (offered & quiesce) | zero_copy_flags
 }
 
 /// Whether a device with driver flags `flags` runs in zero-copy mode.

@@ -31,6 +31,7 @@ pub mod queue;
 pub mod recover;
 pub mod resize;
 pub mod run;
+pub mod small_writes;
 pub mod state;
 pub mod upgrade;
 

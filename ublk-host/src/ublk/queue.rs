@@ -17,6 +17,7 @@ use crate::client::{BlockIo, BufRef, EngineConfig, QueueEngine};
 use crate::error::Errno;
 use crate::ublk::handover::{Drain, Handover};
 use crate::ublk::params::SECTOR_SHIFT;
+use crate::ublk::small_writes::SmallWrites;
 
 /// Ring operations each lane may have in flight (send, receive, reconnect wait + timer).
 const RING_OPS_PER_LANE: u32 = 4;
@@ -181,13 +182,16 @@ async fn serve_tag(
             addr: 0,
         };
         let room = queue.dev.dev_info.max_io_buf_bytes as usize;
+        let small_writes = SmallWrites::for_tag(queue, tag);
         queue
             .submit_io_prep_cmd(tag, BufDesc::AutoReg(reg), 0, None)
             .await?;
         loop {
             busy.set(busy.get() + 1);
             let result = match engine {
-                Some(engine) => handle(queue, tag, engine, fixed, room).await,
+                Some(engine) => {
+                    handle(queue, tag, engine, fixed, room, small_writes.as_ref()).await
+                }
                 None => Errno::EIO.to_ublk_result(),
             };
             busy.set(busy.get() - 1);
@@ -204,7 +208,8 @@ async fn serve_tag(
         busy.set(busy.get() + 1);
         let result = match engine {
             Some(engine) => {
-                handle(queue, tag, engine, BufRef::Ptr(buf.as_mut_ptr()), buf.len()).await
+                let own = BufRef::Ptr(buf.as_mut_ptr());
+                handle(queue, tag, engine, own, buf.len(), None).await
             }
             None => Errno::EIO.to_ublk_result(),
         };
@@ -215,14 +220,16 @@ async fn serve_tag(
     }
 }
 
-/// Runs the tag's current I/O with its data at `buf` (`room` bytes); returns what it
-/// completes with (bytes, or `-errno`).
+/// Runs the tag's current I/O with its data at `buf` (`room` bytes), or, for a small
+/// write of a zero-copy device that lets it (`small_writes`), copied into the tag's own
+/// buffer; returns what it completes with (bytes, or `-errno`).
 async fn handle(
     queue: &UblkQueue<'_>,
     tag: u16,
     engine: &QueueEngine,
     buf: BufRef,
     room: usize,
+    small_writes: Option<&SmallWrites>,
 ) -> i32 {
     let iod = queue.get_iod(tag);
     let Some(io) = block_io(iod.op_flags, iod.start_sector, iod.nr_sectors) else {
@@ -231,10 +238,17 @@ async fn handle(
     if io.has_data() && io.len as usize > room {
         return Errno::EINVAL.to_ublk_result();
     }
-    // SAFETY: the tag's buffer (its own, or the request's pages the driver registered
-    // at index `tag` until the commit) holds `room >= io.len` bytes (checked above), is
-    // used by nobody else until the commit below, and the future is awaited to
-    // completion right here.
+    let buf = match small_writes {
+        Some(small) if SmallWrites::takes(&io) => match small.copy_in(io.len) {
+            Ok(copied) => copied,
+            Err(errno) => return errno.to_ublk_result(),
+        },
+        _ => buf,
+    };
+    // SAFETY: the buffer (the tag's own, a small write's copy, or the request's pages the
+    // driver registered at index `tag` until the commit) holds at least `io.len` bytes
+    // (checked above, and by `SmallWrites::takes`), is used by nobody else until the
+    // commit below, and the future is awaited to completion right here.
     match unsafe { engine.execute(io, buf) }.await {
         Ok(()) if io.op == Op::Flush => 0,
         Ok(()) => io.len as i32,
