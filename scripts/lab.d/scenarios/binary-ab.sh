@@ -17,6 +17,16 @@ Q=$(nproc)
 WORKLOADS=("randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32"
 	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32" "read-1M-qd8 read 1M 8"
 	"write-1M-qd8 write 1M 8")
+# AB_WORKLOADS=rw/bs/depth:... replaces the list (LAB_GUEST_ENV takes no spaces), e.g.
+# AB_WORKLOADS=randwrite/16k/32:randwrite/64k/32.
+if [ -n "${AB_WORKLOADS:-}" ]; then
+	WORKLOADS=()
+	IFS=':' read -r -a entries <<<"$AB_WORKLOADS"
+	for entry in "${entries[@]}"; do
+		IFS=/ read -r rw bs depth <<<"$entry"
+		WORKLOADS+=("$rw-$bs-qd$depth $rw $bs $depth")
+	done
+fi
 if [ -n "${AB_ONLY:-}" ]; then
 	chosen=()
 	for workload in "${WORKLOADS[@]}"; do
