@@ -95,6 +95,9 @@ thread_times() {
 	{ cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null || true; } |
 		awk '{ sub(/^[0-9]+ \(/, ""); comm = $0; sub(/\).*/, "", comm); rest = $0; sub(/.*\) /, "", rest)
 			split(rest, f, " "); gsub(/[0-9]+$/, "N", comm); gsub(/[\/ ]/, "-", comm)
+			# a kernel worker renames itself after the work it runs: keyed by name, its
+			# whole lifetime would count as busy in the window
+			if (comm ~ /^kworker/) comm = "kworker"
 			user[comm] += f[12]; kern[comm] += f[13] }
 			END { for (c in user) print c, user[c], kern[c] }' >"$1"
 }
@@ -143,7 +146,7 @@ profile() {
 	sleep 1
 	perf record -q -e cpu-clock -F 999 -a -g -o "$LAB_WORK/perf-$name.data" -- sleep 3 2>/dev/null || true
 	wait "$fio_pid"
-	log "$name: fio $(jq -r '.jobs[0].read | "\(.iops | floor) IOPS, completion latency p50 \(.clat_ns.percentile["50.000000"] / 1000 | floor) us, p99 \(.clat_ns.percentile["99.000000"] / 1000 | floor) us"' "$LAB_WORK/fio-$name.json")"
+	log "$name: fio $(jq -r '.jobs[0] | (if .read.iops > 0 then .read else .write end) | "\(.iops | floor) IOPS, completion latency p50 \(.clat_ns.percentile["50.000000"] / 1000 | floor) us, p99 \(.clat_ns.percentile["99.000000"] / 1000 | floor) us"' "$LAB_WORK/fio-$name.json")"
 	trace_timers "$name" "$dev"
 	log "$name: by command"
 	perf report -q -i "$LAB_WORK/perf-$name.data" --sort comm --stdio -g none 2>/dev/null | head -n 12 || true
