@@ -44,15 +44,19 @@ pub fn attach(
     }
     recover::refuse_if_served(options)?;
     let id = options.id.map_or(Ok(-1), ctrl_id)?;
-    let ctrl = UblkCtrlBuilder::default()
-        .name(TARGET_NAME)
-        .id(id)
-        .nr_queues(options.queues)
-        .depth(options.depth)
-        .io_buf_bytes(buf_bytes)
-        .ctrl_flags(device_flags(options.copy))
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
-        .build()?;
+    let flags = device_flags(options.copy);
+    let user_copy = u64::from(libublk::sys::UBLK_F_USER_COPY);
+    let ctrl = match add_device(options, id, buf_bytes, flags) {
+        // User copy beside zero copy only speeds small writes up (`small_writes.rs`): a
+        // driver that offers both but refuses them together still gets a device.
+        Err(error) if flags & user_copy != 0 => {
+            log::warn!(
+                "the driver refused user copy beside zero copy ({error}): all writes go zero copy"
+            );
+            add_device(options, id, buf_bytes, flags & !user_copy)?
+        }
+        added => added?,
+    };
     let dev_id = ctrl.dev_info().dev_id;
     let mut claim = Claim::take(dev_id)?;
     let zero_copy = is_zero_copy(ctrl.dev_info().flags);
@@ -140,3 +144,21 @@ pub fn detach(dev_id: u32, wait: std::time::Duration) -> Result<()> {
 
 /// How often `detach` looks whether the device is gone.
 const DETACH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Creates device `id` (-1: the driver picks) with the driver flags `flags`.
+fn add_device(
+    options: &AttachOptions,
+    id: i32,
+    buf_bytes: u32,
+    flags: u64,
+) -> std::result::Result<UblkCtrl, libublk::UblkError> {
+    UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .id(id)
+        .nr_queues(options.queues)
+        .depth(options.depth)
+        .io_buf_bytes(buf_bytes)
+        .ctrl_flags(flags)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+}

@@ -239,15 +239,12 @@ async fn handle(
         return Errno::EINVAL.to_ublk_result();
     }
     let buf = match small_writes {
-        Some(small) if SmallWrites::takes(&io) => match small.copy_in(io.len) {
-            Ok(copied) => copied,
-            Err(errno) => return errno.to_ublk_result(),
-        },
+        Some(small) if small.takes(&io) => small.copy_in(io.len).unwrap_or(buf),
         _ => buf,
     };
     // SAFETY: the buffer (the tag's own, a small write's copy, or the request's pages the
     // driver registered at index `tag` until the commit) holds at least `io.len` bytes
-    // (checked above, and by `SmallWrites::takes`), is used by nobody else until the
+    // (checked above, and by `SmallWrites::copy_in`), is used by nobody else until the
     // commit below, and the future is awaited to completion right here.
     match unsafe { engine.execute(io, buf) }.await {
         Ok(()) if io.op == Op::Flush => 0,

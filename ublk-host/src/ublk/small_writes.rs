@@ -25,6 +25,7 @@
 //! A device created without user copy (a driver that does not offer it, or a device made
 //! by an older daemon and taken over by `upgrade`) sends every write zero copy.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -34,7 +35,6 @@ use libublk::sys;
 use wire::Op;
 
 use crate::client::{BlockIo, BufRef};
-use crate::error::Errno;
 
 /// The largest write sent copied on a zero-copy device. In the 7.3 lab a build that copied
 /// writes up to 64 KiB, against one that copied up to 16 KiB (`LAB_GUEST_ENV=AB_WORKLOADS=
@@ -53,6 +53,8 @@ pub struct SmallWrites {
     cdev: RawFd,
     /// Where the tag's request data is in the character device.
     pos: libc::off_t,
+    /// Cleared when the driver refused a copy: the tag's writes then all go zero copy.
+    works: Cell<bool>,
 }
 
 impl SmallWrites {
@@ -68,41 +70,46 @@ impl SmallWrites {
             buf: IoBuf::new(SMALL_WRITE_MAX),
             cdev: queue.dev.tgt.fds[0],
             pos: libc::off_t::try_from(pos).ok()?,
+            works: Cell::new(true),
         })
     }
 
     /// Whether `io` goes out copied.
-    pub fn takes(io: &BlockIo) -> bool {
-        io.op == Op::Write && io.len as usize <= SMALL_WRITE_MAX
+    pub fn takes(&self, io: &BlockIo) -> bool {
+        io.op == Op::Write && io.len as usize <= SMALL_WRITE_MAX && self.works.get()
     }
 
     /// Copies the current request's `len` bytes (at most [`SMALL_WRITE_MAX`]) into the
-    /// tag's buffer and returns it, for the lane to send from.
-    pub fn copy_in(&self, len: u32) -> Result<BufRef, Errno> {
+    /// tag's buffer and returns it, for the lane to send from; `None` if the driver did
+    /// not copy them, and the write is to go zero copy. The request's pages are untouched
+    /// either way, so a refused copy costs the optimisation, never the write: after one,
+    /// the tag sends every write zero copy (a driver that allows the flag but not the copy
+    /// would refuse them all).
+    pub fn copy_in(&self, len: u32) -> Option<BufRef> {
         let len = len as usize;
         if len > SMALL_WRITE_MAX {
-            return Err(Errno::EINVAL);
+            return None;
         }
         let ptr = self.buf.as_mut_ptr();
         // SAFETY: the tag's buffer holds SMALL_WRITE_MAX >= len bytes and nothing else
         // uses it now: the tag's previous request completed before this one was fetched,
         // and this one is handed to its lane only after the copy.
         let copied = unsafe { libc::pread(self.cdev, ptr.cast(), len, self.pos) };
-        match usize::try_from(copied) {
-            Ok(copied) if copied == len => Ok(BufRef::Ptr(ptr)),
-            _ => {
-                log::debug!(
-                    "copying a {len}-byte write from the ublk device at {:#x}: {}",
-                    self.pos,
-                    if copied < 0 {
-                        io::Error::last_os_error().to_string()
-                    } else {
-                        format!("only {copied} bytes")
-                    }
-                );
-                Err(Errno::EIO)
-            }
+        if usize::try_from(copied) == Ok(len) {
+            return Some(BufRef::Ptr(ptr));
         }
+        let why = if copied < 0 {
+            io::Error::last_os_error().to_string()
+        } else {
+            format!("only {copied} bytes")
+        };
+        log::warn!(
+            "the ublk driver did not copy a {len}-byte write at {:#x} ({why}): this tag \
+             sends its writes zero copy from now on",
+            self.pos
+        );
+        self.works.set(false);
+        None
     }
 }
 
