@@ -66,12 +66,18 @@ impl SmallWrites {
             return None;
         }
         let pos = UblkIOCtx::ublk_user_copy_pos(queue.get_qid(), tag, 0);
-        Some(SmallWrites {
+        let pos = libc::off_t::try_from(pos).ok()?;
+        Some(SmallWrites::reading(queue.dev.tgt.fds[0], pos))
+    }
+
+    /// A copy path that reads request data from `cdev` at `pos`.
+    fn reading(cdev: RawFd, pos: libc::off_t) -> SmallWrites {
+        SmallWrites {
             buf: IoBuf::new(SMALL_WRITE_MAX),
-            cdev: queue.dev.tgt.fds[0],
-            pos: libc::off_t::try_from(pos).ok()?,
+            cdev,
+            pos,
             works: Cell::new(true),
-        })
+        }
     }
 
     /// Whether `io` goes out copied.
@@ -119,5 +125,67 @@ impl std::fmt::Debug for SmallWrites {
             .field("cdev", &self.cdev)
             .field("pos", &self.pos)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn io(op: Op, len: u32) -> BlockIo {
+        BlockIo {
+            op,
+            offset: 0,
+            len,
+            fua: false,
+        }
+    }
+
+    /// A file standing in for the character device: `len` patterned bytes after `pos`.
+    fn device_file(pos: usize, len: usize) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..pos + len).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        file
+    }
+
+    #[test]
+    fn only_writes_up_to_the_limit_are_copied() {
+        let file = device_file(0, 0);
+        let small = SmallWrites::reading(file.as_raw_fd(), 0);
+        let limit = SMALL_WRITE_MAX as u32;
+        assert!(small.takes(&io(Op::Write, 4096)));
+        assert!(small.takes(&io(Op::Write, limit)));
+        assert!(!small.takes(&io(Op::Write, limit + 512)));
+        assert!(!small.takes(&io(Op::Read, 4096)));
+        assert!(!small.takes(&io(Op::Flush, 0)));
+    }
+
+    #[test]
+    fn the_request_data_is_copied_from_its_position() {
+        let pos = 8192;
+        let file = device_file(pos, SMALL_WRITE_MAX);
+        let small = SmallWrites::reading(file.as_raw_fd(), pos as libc::off_t);
+        let Some(BufRef::Ptr(ptr)) = small.copy_in(4096) else {
+            panic!("the copy did not give the tag's buffer");
+        };
+        // SAFETY: the tag's buffer holds SMALL_WRITE_MAX bytes, 4096 of them just copied.
+        let copied = unsafe { std::slice::from_raw_parts(ptr, 4096) };
+        let expected: Vec<u8> = (pos..pos + 4096).map(|i| (i % 251) as u8).collect();
+        assert_eq!(copied, expected.as_slice());
+        assert!(small.takes(&io(Op::Write, 4096)));
+    }
+
+    /// A copy the device refuses (here: short, past its end) sends the write zero copy,
+    /// and the tag's later writes too.
+    #[test]
+    fn a_refused_copy_turns_copying_off() {
+        let file = device_file(0, 1024);
+        let small = SmallWrites::reading(file.as_raw_fd(), 0);
+        assert!(small.copy_in(4096).is_none());
+        assert!(!small.takes(&io(Op::Write, 4096)));
     }
 }
