@@ -424,7 +424,9 @@ fn parts(area: usize, len_of: impl Fn(usize) -> usize) -> Vec<(usize, usize)> {
 }
 
 /// Runs `op` on every part at once, in a scrambled order, each part at the same offset of
-/// fixed buffer 0 (which starts at `base`), and waits for all of them.
+/// fixed buffer 0 (which starts at `base`), and waits for all of them. A part whose
+/// length `copied` picks goes through the same memory as ordinary memory instead (what a
+/// ublk device's copied small writes are, `ublk/small_writes.rs`).
 ///
 /// # Safety
 ///
@@ -435,6 +437,7 @@ async unsafe fn all_at_once(
     op: Op,
     parts: &[(usize, usize)],
     base: *mut u8,
+    copied: impl Fn(usize) -> bool,
 ) {
     let mut order: Vec<usize> = (0..parts.len()).collect();
     order.sort_by_key(|&i| (i * 7919) % parts.len());
@@ -444,10 +447,17 @@ async unsafe fn all_at_once(
             let (at, len) = parts[i];
             let engine = engine.clone();
             // SAFETY: inside the registered buffer (the caller's promise).
-            let addr = unsafe { base.add(at) } as u64;
+            let addr = unsafe { base.add(at) };
+            let buf = if copied(len) {
+                BufRef::Ptr(addr)
+            } else {
+                BufRef::Fixed {
+                    index: 0,
+                    addr: addr as u64,
+                }
+            };
             engine.clone().spawn(async move {
                 let request = io(op, at as u64, len as u32);
-                let buf = BufRef::Fixed { index: 0, addr };
                 // SAFETY: registered, a part of its own, awaited to completion.
                 unsafe { engine.execute(request, buf) }.await
             })
@@ -478,7 +488,7 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
                 n => (n % 4 + 1) * 4096,
             });
             // SAFETY: the buffer is registered (index 0) and outlives the call.
-            unsafe { all_at_once(&engine, Op::Write, &writes, source) }.await;
+            unsafe { all_at_once(&engine, Op::Write, &writes, source, |_| false) }.await;
             libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
                 .unwrap();
             drop(buffers);
@@ -496,6 +506,43 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
             writes >= 2 * runs,
             "a run carries several writes: {stats:?}"
         );
+    });
+}
+
+/// What a ublk device with user copy sends (`ublk/small_writes.rs`): writes of up to
+/// 32 KiB from ordinary memory (copied) in the same bursts as 48 KiB fixed-buffer writes
+/// (which go in runs) and 128 KiB ones (too large for a run), all in flight at once on one
+/// zero-copy lane; every write must land exactly, and runs must still have been sent.
+#[test]
+fn copied_and_fixed_writes_mix_in_one_burst() {
+    const COPIED_MAX: usize = 32 * 1024;
+    within(Duration::from_secs(120), || {
+        let (_setup, partition, config) = zero_copy_lane();
+        let data = pattern(0, RUN_AREA, 31);
+        let stats = run_queue_thread(&config, &partition, 0, move |engine| async move {
+            let mut buffers = vec![data.clone()];
+            register_fixed(&mut buffers);
+            let source = buffers[0].as_mut_ptr();
+            let writes = parts(RUN_AREA, |n| match n % 6 {
+                5 => 128 * 1024,
+                1 | 3 => 48 * 1024,
+                n => (n + 1) * 8 * 1024, // 8, 24 and 40 KiB: two copied, one in a run
+            });
+            let copied = |len: usize| len <= COPIED_MAX;
+            // SAFETY: the buffer is registered (index 0) and outlives the call.
+            unsafe { all_at_once(&engine, Op::Write, &writes, source, copied) }.await;
+            libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
+                .unwrap();
+            drop(buffers);
+            let read = io(Op::Read, 0, RUN_AREA as u32);
+            let (result, back) = engine.execute_owned(read, vec![0u8; RUN_AREA]).await;
+            result.unwrap();
+            let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
+            assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
+            engine.lane_stats()
+        })
+        .unwrap();
+        assert!(stats[0].write_runs > 0, "no run sent: {stats:?}");
     });
 }
 
@@ -517,7 +564,7 @@ fn fixed_reads_come_back_in_runs_each_into_its_own_buffer() {
             // all in flight at once.
             let reads = parts(RUN_AREA, |n| (n % 4 + 1) * 4096);
             // SAFETY: the buffer is registered (index 0) and outlives the call.
-            unsafe { all_at_once(&engine, Op::Read, &reads, dest) }.await;
+            unsafe { all_at_once(&engine, Op::Read, &reads, dest, |_| false) }.await;
             // SAFETY: every read completed; nothing else uses the buffer.
             let back = unsafe { std::slice::from_raw_parts(dest, RUN_AREA) };
             let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
