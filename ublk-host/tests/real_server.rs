@@ -11,7 +11,8 @@ use common::engine_io::io;
 use common::real::{any_loopback_port, RealArray, ARRAY_CHUNK};
 use common::{pattern, within, KIB, MIB};
 use ublk_host::client::{
-    run_queue_thread, BlockIo, BufRef, ClientConfig, Discovery, EngineConfig, QueueEngine,
+    run_queue_thread, BlockIo, BufRef, ClientConfig, Discovery, EngineConfig, LaneStats,
+    QueueEngine,
 };
 use ublk_host::Errno;
 use wire::{libc_errno, Access, Op};
@@ -468,6 +469,36 @@ async unsafe fn all_at_once(
     }
 }
 
+/// Writes the parts `len_of` cuts of the run area with pattern `seed`, all in flight at
+/// once on one zero-copy lane (those `copied` picks from ordinary memory, the rest from a
+/// fixed buffer), reads the area back and checks it byte for byte; returns the lane
+/// statistics.
+fn write_all_at_once_and_read_back(
+    seed: u8,
+    len_of: impl Fn(usize) -> usize,
+    copied: impl Fn(usize) -> bool + 'static,
+) -> Vec<LaneStats> {
+    let (_setup, partition, config) = zero_copy_lane();
+    let data = pattern(0, RUN_AREA, seed);
+    let writes = parts(RUN_AREA, len_of);
+    run_queue_thread(&config, &partition, 0, move |engine| async move {
+        let mut buffers = vec![data.clone()];
+        register_fixed(&mut buffers);
+        let source = buffers[0].as_mut_ptr();
+        // SAFETY: the buffer is registered (index 0) and outlives the call.
+        unsafe { all_at_once(&engine, Op::Write, &writes, source, copied) }.await;
+        libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers()).unwrap();
+        drop(buffers);
+        let read = io(Op::Read, 0, RUN_AREA as u32);
+        let (result, back) = engine.execute_owned(read, vec![0u8; RUN_AREA]).await;
+        result.unwrap();
+        let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
+        assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
+        engine.lane_stats()
+    })
+    .unwrap()
+}
+
 /// Writes of a zero-copy lane go out in runs (wire's `FLAG_LATER` and `Op::Run`): many
 /// writes of mixed sizes in flight at once on one lane, each from its own part of a fixed
 /// buffer (the small ones in runs, the large ones whole), must each land exactly where
@@ -475,31 +506,13 @@ async unsafe fn all_at_once(
 #[test]
 fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
     within(Duration::from_secs(120), || {
-        let (_setup, partition, config) = zero_copy_lane();
-        let data = pattern(0, RUN_AREA, 29);
-        let stats = run_queue_thread(&config, &partition, 0, move |engine| async move {
-            let mut buffers = vec![data.clone()];
-            register_fixed(&mut buffers);
-            let source = buffers[0].as_mut_ptr();
-            // 4, 8, 12 and 16 KiB writes and a 128 KiB one now and then (too large for a
-            // run), back to back over the area in a scrambled order, all in flight at once.
-            let writes = parts(RUN_AREA, |n| match n % 9 {
-                8 => 128 * 1024,
-                n => (n % 4 + 1) * 4096,
-            });
-            // SAFETY: the buffer is registered (index 0) and outlives the call.
-            unsafe { all_at_once(&engine, Op::Write, &writes, source, |_| false) }.await;
-            libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
-                .unwrap();
-            drop(buffers);
-            let read = io(Op::Read, 0, RUN_AREA as u32);
-            let (result, back) = engine.execute_owned(read, vec![0u8; RUN_AREA]).await;
-            result.unwrap();
-            let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
-            assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
-            engine.lane_stats()
-        })
-        .unwrap();
+        // 4, 8, 12 and 16 KiB writes and a 128 KiB one now and then (too large for a
+        // run), back to back over the area in a scrambled order.
+        let len_of = |n| match n % 9 {
+            8 => 128 * 1024,
+            n => (n % 4 + 1) * 4096,
+        };
+        let stats = write_all_at_once_and_read_back(29, len_of, |_| false);
         let (runs, writes) = (stats[0].write_runs, stats[0].run_writes);
         assert!(runs > 0, "no run sent: {stats:?}");
         assert!(
@@ -517,31 +530,12 @@ fn fixed_writes_go_out_in_runs_each_from_its_own_buffer() {
 fn copied_and_fixed_writes_mix_in_one_burst() {
     const COPIED_MAX: usize = 32 * 1024;
     within(Duration::from_secs(120), || {
-        let (_setup, partition, config) = zero_copy_lane();
-        let data = pattern(0, RUN_AREA, 31);
-        let stats = run_queue_thread(&config, &partition, 0, move |engine| async move {
-            let mut buffers = vec![data.clone()];
-            register_fixed(&mut buffers);
-            let source = buffers[0].as_mut_ptr();
-            let writes = parts(RUN_AREA, |n| match n % 6 {
-                5 => 128 * 1024,
-                1 | 3 => 48 * 1024,
-                n => (n + 1) * 8 * 1024, // 8, 24 and 40 KiB: two copied, one in a run
-            });
-            let copied = |len: usize| len <= COPIED_MAX;
-            // SAFETY: the buffer is registered (index 0) and outlives the call.
-            unsafe { all_at_once(&engine, Op::Write, &writes, source, copied) }.await;
-            libublk::io::with_task_io_ring_mut(|ring| ring.submitter().unregister_buffers())
-                .unwrap();
-            drop(buffers);
-            let read = io(Op::Read, 0, RUN_AREA as u32);
-            let (result, back) = engine.execute_owned(read, vec![0u8; RUN_AREA]).await;
-            result.unwrap();
-            let first_bad = back.iter().zip(&data).position(|(a, b)| a != b);
-            assert!(first_bad.is_none(), "first bad byte {first_bad:?}");
-            engine.lane_stats()
-        })
-        .unwrap();
+        let len_of = |n| match n % 6 {
+            5 => 128 * 1024,
+            1 | 3 => 48 * 1024,
+            n => (n + 1) * 8 * 1024, // 8, 24 and 40 KiB: two copied, one in a run
+        };
+        let stats = write_all_at_once_and_read_back(31, len_of, |len| len <= COPIED_MAX);
         assert!(stats[0].write_runs > 0, "no run sent: {stats:?}");
     });
 }

@@ -18,6 +18,7 @@ use crate::ublk::path_report;
 use crate::ublk::queue::serve_queue;
 use crate::ublk::resize;
 use crate::ublk::run::{run_device, Ended};
+use crate::ublk::small_writes::USER_COPY;
 use crate::ublk::state::{Saved, TargetData};
 
 /// The ublk target name of Multilane devices.
@@ -189,13 +190,12 @@ pub(crate) fn describe_owner(info: &inspect::DeviceInfo) -> String {
 /// [`mod@crate::ublk::handover`]).
 pub(crate) fn device_flags(copy: bool) -> u64 {
     let auto_buf_reg = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
-    let user_copy = u64::from(libublk::sys::UBLK_F_USER_COPY);
     let quiesce = u64::from(libublk::sys::UBLK_F_QUIESCE);
     let offered = UblkCtrl::get_features().unwrap_or(0);
     let zero_copy = !copy && offered & auto_buf_reg != 0;
     log::info!(
         "ublk driver features {offered:#x}: {} mode, handover by {}",
-        match (zero_copy, offered & user_copy != 0) {
+        match (zero_copy, offered & USER_COPY != 0) {
             (false, _) => "copy",
             (true, false) => "zero-copy",
             (true, true) => "zero-copy (small writes copied)",
@@ -207,7 +207,7 @@ pub(crate) fn device_flags(copy: bool) -> u64 {
         }
     );
     let zero_copy_flags = if zero_copy {
-        auto_buf_reg | (offered & user_copy)
+        auto_buf_reg | (offered & USER_COPY)
     } else {
         0
     };

@@ -13,6 +13,7 @@ use crate::ublk::inspect::{self, ctrl_id};
 use crate::ublk::path_report;
 use crate::ublk::progress::Progress;
 use crate::ublk::run::Ended;
+use crate::ublk::small_writes::USER_COPY;
 use crate::ublk::state::{self, Claim, IdsLock};
 use crate::ublk::{names, recover};
 
@@ -45,15 +46,14 @@ pub fn attach(
     recover::refuse_if_served(options)?;
     let id = options.id.map_or(Ok(-1), ctrl_id)?;
     let flags = device_flags(options.copy);
-    let user_copy = u64::from(libublk::sys::UBLK_F_USER_COPY);
     let ctrl = match add_device(options, id, buf_bytes, flags) {
         // User copy beside zero copy only speeds small writes up (`small_writes.rs`): a
         // driver that offers both but refuses them together still gets a device.
-        Err(error) if flags & user_copy != 0 => {
+        Err(error) if flags & USER_COPY != 0 => {
             log::warn!(
                 "the driver refused user copy beside zero copy ({error}): all writes go zero copy"
             );
-            add_device(options, id, buf_bytes, flags & !user_copy)?
+            add_device(options, id, buf_bytes, flags & !USER_COPY)?
         }
         added => added?,
     };

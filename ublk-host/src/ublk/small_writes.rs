@@ -45,6 +45,9 @@ use crate::client::{BlockIo, BufRef};
 /// lies higher, and 32 KiB errs on the side of zero copy.
 pub const SMALL_WRITE_MAX: usize = 32 * 1024;
 
+/// The driver flag that lets the daemon copy request data (`pread` of `/dev/ublkcN`).
+pub const USER_COPY: u64 = sys::UBLK_F_USER_COPY as u64;
+
 /// One tag's copy path for small writes.
 pub struct SmallWrites {
     /// The tag's own buffer, [`SMALL_WRITE_MAX`] bytes.
@@ -61,8 +64,7 @@ impl SmallWrites {
     /// The copy path of `tag`, when the device lets the daemon copy request data
     /// (`UBLK_F_USER_COPY`); `None` otherwise.
     pub fn for_tag(queue: &UblkQueue<'_>, tag: u16) -> Option<SmallWrites> {
-        let user_copy = u64::from(sys::UBLK_F_USER_COPY);
-        if queue.dev.dev_info.flags & user_copy == 0 {
+        if queue.dev.dev_info.flags & USER_COPY == 0 {
             return None;
         }
         let pos = UblkIOCtx::ublk_user_copy_pos(queue.get_qid(), tag, 0);
