@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use array_server::net::{self, RunningServer, ServerConfig};
 use common::probe::open_fds;
 use common::*;
-use wire::Status;
+use wire::{Purpose, Status};
 
 /// Silent connections opened against the handshake deadline.
 const SILENT: usize = 200;
@@ -23,6 +23,8 @@ const CONTROLS: usize = 50;
 const FLOOD: usize = 400;
 /// The server's cap on unauthenticated connections in the flood test.
 const UNAUTHENTICATED_CAP: usize = 64;
+/// The unauthenticated room in the test of a host amid a flood.
+const SMALL_ROOM: usize = 8;
 /// Descriptors the test process may open beyond its own sockets and the server's cap.
 const MARGIN: u64 = 48;
 /// Descriptors that may come and go besides the ones counted (runtime internals).
@@ -174,6 +176,38 @@ fn a_flood_of_silent_connections_cannot_lock_hosts_out() {
         open_fds() <= baseline + FLOOD + UNAUTHENTICATED_CAP + SLACK
     });
     assert!(setup.server.stats().evicted_unauthenticated >= (FLOOD - UNAUTHENTICATED_CAP) as u64);
+}
+
+#[test]
+fn a_host_that_said_hello_outlasts_a_flood_of_silent_connections() {
+    let _turn = turn();
+    let setup = setup(ServerConfig {
+        max_unauthenticated: SMALL_ROOM,
+        threads: 1,
+        ..ServerConfig::default()
+    });
+    let addr = setup.server.local_addr();
+    let mut flood: Vec<TcpStream> = Vec::new();
+    let purpose = Purpose::Data {
+        partition: setup.partition,
+        queue: 0,
+        lane: 0,
+        epoch: next_epoch(),
+    };
+    // The host has its challenge (the server read its hello) when the flood comes, from
+    // the host's own address, and sends its proof only after the flood took every place.
+    let mut lane = Client::connect_pausing(addr, "h", &setup.secret, purpose, || {
+        flood = (0..SMALL_ROOM * 10).map(|_| open_stream(addr)).collect();
+        eventually("the server to take the flood", || {
+            setup.server.stats().accepted > flood.len() as u64
+        });
+    })
+    .expect("the host's handshake outlasts the flood");
+    let data = pattern(11, 4096);
+    assert_eq!(lane.write(0, &data), Status::Ok);
+    assert_eq!(lane.read_ok(0, 4096), data);
+    let evicted = setup.server.stats().evicted_unauthenticated;
+    assert!(evicted >= (SMALL_ROOM * 9) as u64, "evicted {evicted}");
 }
 
 #[test]

@@ -7,9 +7,15 @@
 //! - **Unauthenticated**: at most `max_unauthenticated` connections per server (split
 //!   evenly over the threads, at least one each) between `accept` and the end of their
 //!   handshake, which has a deadline (`handshake_timeout`). When a thread's share is full,
-//!   a new connection evicts the oldest unauthenticated one (its socket is shut down), so
-//!   a flood of silent connections can delay a host by at most its own handshake, never
-//!   lock it out, and holds at most `max_unauthenticated` descriptors.
+//!   a new connection evicts one waiting connection (its socket is shut down): one from
+//!   the peer address that holds the most places, and of those the oldest that has not
+//!   sent a well-formed `Hello` yet, else the oldest ([`pick_victim`]). So a flood holds at
+//!   most `max_unauthenticated` descriptors; one from other addresses never evicts a
+//!   host's connection while the flood holds more places than the host, and a flood of
+//!   silent connections from the host's own address (a shared NAT, loopback) evicts its
+//!   own connections first once the host has said `Hello`. A flood of well-formed hellos
+//!   from the host's own address at a rate above the room divided by the host's round
+//!   trip can still delay it: no bounded room tells such a flood from hosts.
 //! - **Authenticated**: `max_connections` sessions, clamped at start so that they, the
 //!   unauthenticated room and [`FD_RESERVE`] fit in the descriptor limit (raised to its
 //!   hard limit first). A session may hold [`FDS_PER_SESSION`] descriptors.
@@ -17,8 +23,9 @@
 //!   [`ACCEPT_FIRST_BACKOFF`], doubled per failure up to [`ACCEPT_MAX_BACKOFF`]; failures
 //!   are logged at most once per [`ACCEPT_LOG_EVERY`] with the count since the last line.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +90,28 @@ pub fn session_room(fd_limit: u64, max_connections: usize, max_unauthenticated: 
 pub struct Unauthenticated {
     share: usize,
     next_id: u64,
-    waiting: VecDeque<(u64, Rc<TcpStream>)>,
+    waiting: VecDeque<Waiting>,
+}
+
+/// One connection between `accept` and the end of its handshake.
+struct Waiting {
+    id: u64,
+    stream: Rc<TcpStream>,
+    peer: IpAddr,
+    /// Set by the handshake once the peer's `Hello` decoded.
+    spoke: Rc<Cell<bool>>,
+}
+
+/// A connection's place among the unauthenticated ones (see [`Unauthenticated::admit`]).
+#[derive(Debug)]
+pub struct Admission {
+    /// For [`Unauthenticated::leave`].
+    pub id: u64,
+    /// To be set once the peer's `Hello` decoded: such a connection is evicted after the
+    /// silent ones of its address.
+    pub spoke: Rc<Cell<bool>>,
+    /// Whether another connection was shut down to make room.
+    pub evicted: bool,
 }
 
 impl std::fmt::Debug for Unauthenticated {
@@ -105,27 +133,53 @@ impl Unauthenticated {
         }))
     }
 
-    /// Admits `stream`; when the room is full the oldest connection is shut down first
-    /// (returns whether one was). The id is for [`Unauthenticated::leave`].
-    pub fn admit(&mut self, stream: Rc<TcpStream>) -> (u64, bool) {
+    /// Admits `stream` from `peer`; when the room is full one waiting connection is shut
+    /// down first, chosen by [`pick_victim`].
+    pub fn admit(&mut self, stream: Rc<TcpStream>, peer: IpAddr) -> Admission {
         let mut evicted = false;
         while self.waiting.len() >= self.share {
-            if let Some((_, oldest)) = self.waiting.pop_front() {
-                // Its pending receive completes, its handshake fails, its task ends.
-                let _ = oldest.shutdown(std::net::Shutdown::Both);
-                evicted = true;
-            }
+            let places = self.waiting.iter().map(|w| (w.peer, w.spoke.get()));
+            let Some(victim) = pick_victim(places).and_then(|i| self.waiting.remove(i)) else {
+                break;
+            };
+            // Its pending receive completes, its handshake fails, its task ends.
+            let _ = victim.stream.shutdown(std::net::Shutdown::Both);
+            evicted = true;
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back((id, stream));
-        (id, evicted)
+        let spoke = Rc::new(Cell::new(false));
+        self.waiting.push_back(Waiting {
+            id,
+            stream,
+            peer,
+            spoke: spoke.clone(),
+        });
+        Admission { id, spoke, evicted }
     }
 
     /// The connection `id` finished its handshake (or failed it).
     pub fn leave(&mut self, id: u64) {
-        self.waiting.retain(|(other, _)| *other != id);
+        self.waiting.retain(|waiting| waiting.id != id);
     }
+}
+
+/// Which of the waiting connections (peer address, whether it has said `Hello`; oldest
+/// first) to evict: of the address holding the most places (the earliest such address on
+/// a tie), the oldest silent one, else its oldest. `None` when there are none.
+pub fn pick_victim(places: impl Iterator<Item = (IpAddr, bool)> + Clone) -> Option<usize> {
+    let mut held: HashMap<IpAddr, usize> = HashMap::new();
+    for (peer, _) in places.clone() {
+        *held.entry(peer).or_default() += 1;
+    }
+    let most = held.values().copied().max()?;
+    let (busiest, _) = places.clone().find(|(peer, _)| held[peer] == most)?;
+    let mut of_busiest = places.enumerate().filter(|(_, (peer, _))| *peer == busiest);
+    let oldest = of_busiest.clone().next().map(|(index, _)| index);
+    of_busiest
+        .find(|(_, (_, spoke))| !spoke)
+        .map(|(index, _)| index)
+        .or(oldest)
 }
 
 /// Spacing and logging of `accept` retries.
@@ -170,5 +224,44 @@ impl AcceptBackoff {
     /// Notes a success: the next failure waits the shortest pause again.
     pub fn succeeded(&mut self) {
         self.next = ACCEPT_FIRST_BACKOFF;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn the_busiest_address_loses_a_place_before_a_host_with_one() {
+        // A host (address 9) said hello first; a flood from address 1 came after it.
+        let places = [
+            (ip(9), true),
+            (ip(1), false),
+            (ip(1), false),
+            (ip(1), false),
+        ];
+        assert_eq!(pick_victim(places.iter().copied()), Some(1));
+        // Even a silent host is safe while the flood holds more places.
+        let places = [(ip(9), false), (ip(1), true), (ip(1), true)];
+        assert_eq!(pick_victim(places.iter().copied()), Some(1));
+    }
+
+    #[test]
+    fn from_one_address_the_silent_go_before_those_that_said_hello() {
+        let places = [(ip(1), true), (ip(1), false), (ip(1), true), (ip(1), false)];
+        assert_eq!(pick_victim(places.iter().copied()), Some(1));
+        let places = [(ip(1), true), (ip(1), true)];
+        assert_eq!(pick_victim(places.iter().copied()), Some(0), "the oldest");
+    }
+
+    #[test]
+    fn ties_go_to_the_address_seen_first_and_nothing_is_picked_from_nothing() {
+        let places = [(ip(2), true), (ip(3), false), (ip(3), true), (ip(2), false)];
+        assert_eq!(pick_victim(places.iter().copied()), Some(3));
+        assert_eq!(pick_victim(std::iter::empty()), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The server side of the handshake on a fresh connection, with the fencing of the data
 //! connection a new one replaces (see `sessions.rs`).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,13 +46,16 @@ fn fresh_nonce() -> Result<Nonce> {
 }
 
 /// Runs the handshake; `Ok(None)` when the peer left or was refused (already told why).
-/// With `busy`, the hello is answered with `Refused(Busy)`.
+/// With `busy`, the hello is answered with `Refused(Busy)`. `spoke` is set once the hello
+/// decoded (the connection then keeps its place among the unauthenticated ones longer,
+/// see `admission.rs`).
 pub async fn run(
     stream: &TcpStream,
     reader: &mut FrameReader,
     shared: &Shared,
     peer: SocketAddr,
     busy: bool,
+    spoke: &Cell<bool>,
 ) -> Result<Option<Admitted>> {
     let Some(hello) = reader
         .next_message::<Hello>(Limits::HANDSHAKE, "Hello")
@@ -59,6 +63,7 @@ pub async fn run(
     else {
         return Ok(None);
     };
+    spoke.set(true);
     if busy {
         shared.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
         let message = format!(

@@ -484,11 +484,15 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     backoff.succeeded();
                     let stream = Rc::new(stream);
-                    let (id, evicted) = waiting.borrow_mut().admit(stream.clone());
-                    if evicted {
+                    let admission = waiting.borrow_mut().admit(stream.clone(), peer.ip());
+                    if admission.evicted {
                         shared.stats.evicted_unauthenticated.fetch_add(1, Ordering::Relaxed);
                     }
-                    let slot = WaitingSlot { waiting: waiting.clone(), id };
+                    let slot = WaitingSlot {
+                        waiting: waiting.clone(),
+                        id: admission.id,
+                        spoke: admission.spoke,
+                    };
                     tokio_uring::spawn(connection(shared.clone(), disks.clone(), stream, peer, slot));
                 }
                 Err(error) => {
@@ -509,6 +513,8 @@ async fn accept_loop(
 struct WaitingSlot {
     waiting: Rc<RefCell<Unauthenticated>>,
     id: u64,
+    /// Set by the handshake once the peer's `Hello` decoded.
+    spoke: Rc<std::cell::Cell<bool>>,
 }
 
 impl Drop for WaitingSlot {
@@ -546,7 +552,7 @@ async fn connection(
     let mut reader = FrameReader::new(stream.clone());
     let busy = shared.live.load(Ordering::Relaxed) >= shared.session_room;
     let deadline = shared.config.handshake_timeout;
-    let handshake = handshake::run(&stream, &mut reader, &shared, peer, busy);
+    let handshake = handshake::run(&stream, &mut reader, &shared, peer, busy, &slot.spoke);
     let outcome = tokio::time::timeout(deadline, handshake).await;
     drop(slot);
     let admitted = match outcome {

@@ -201,6 +201,18 @@ impl Client {
         secret: &str,
         purpose: Purpose,
     ) -> Result<Client, ConnectError> {
+        Self::connect_pausing(addr, host, secret, purpose, || {})
+    }
+
+    /// [`Client::connect`], running `between` once the challenge has arrived (the server
+    /// has read the hello) and before the proof is sent.
+    pub fn connect_pausing(
+        addr: SocketAddr,
+        host: &str,
+        secret: &str,
+        purpose: Purpose,
+        between: impl FnOnce(),
+    ) -> Result<Client, ConnectError> {
         let secret = Secret::from_hex(secret).map_err(ConnectError::Wire)?;
         let mut stream = open_stream(addr);
         let (mut handshake, hello) =
@@ -208,6 +220,7 @@ impl Client {
         send_frame(&mut stream, &frame::encode_message(&hello).unwrap())
             .map_err(ConnectError::Io)?;
         let reply: HelloReply = read_message(&mut stream, "HelloReply")?;
+        between();
         let proof = handshake
             .on_hello_reply(reply)
             .map_err(ConnectError::Wire)?;
