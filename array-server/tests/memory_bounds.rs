@@ -1,6 +1,7 @@
 //! One connection costs the server a bounded amount of memory however its peer behaves:
 //! a data lane that sends reads and never reads the replies, and a control connection
-//! that floods pings without reading the pongs. The server runs in this process, so its
+//! that floods pings without reading the pongs; and one host costs a bounded amount
+//! however many such lanes it opens. The server runs in this process, so its
 //! resident set is this process's (`VmRSS`); this binary holds only this test.
 
 mod common;
@@ -23,6 +24,16 @@ const PART: u64 = 16 << 20;
 /// What the read flood may add to the resident set: the lane's byte budget (64 MiB of
 /// buffers, `net::DEFAULT_MAX_LANE_BYTES`), the thread's buffer pool and slack.
 const READ_FLOOD_BOUND: u64 = 300 << 20;
+/// Lanes of one host that send reads and never read a reply.
+const LANES: u16 = 8;
+/// Reads each of them sends: more than its own byte budget holds.
+const READS_PER_LANE: u32 = 40;
+/// The host's byte budget in that test (`ServerConfig::max_host_bytes`); its lanes' own
+/// budgets add up to 512 MiB.
+const HOST_BYTES: u64 = 96 << 20;
+/// What the many-lane flood may add to the resident set: the host's budget, the thread's
+/// buffer pool and slack (without the host's budget it grew by about `LANES` x 64 MiB).
+const HOST_FLOOD_BOUND: u64 = 220 << 20;
 /// Bytes of pings the control flood tries to send.
 const PING_BYTES: usize = 64 << 20;
 /// What the ping flood may add to the resident set.
@@ -74,6 +85,7 @@ fn floods_that_never_read_replies_cost_bounded_memory() {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 1,
+        max_host_bytes: HOST_BYTES,
         ..ServerConfig::default()
     };
     let server = net::start(array, config).unwrap();
@@ -112,6 +124,46 @@ fn floods_that_never_read_replies_cost_bounded_memory() {
         assert_eq!(data.len(), READ_LEN as usize);
     }
     drop(lane);
+
+    // Many lanes of the host, each reading more than its own budget, never reading a reply.
+    let mut lanes: Vec<Client> = (0..LANES)
+        .map(|queue| Client::lane(server.local_addr(), "h", &secret, p.id, queue, 0))
+        .collect();
+    let baseline = rss_bytes();
+    let requests = read_heads(READS_PER_LANE, READ_LEN, blocks);
+    for lane in &mut lanes {
+        lane.stream.write_all(&requests).unwrap();
+    }
+    let host_reads = || -> u64 {
+        let sessions = server.sessions().data_lanes("h", p.id);
+        sessions.iter().map(|s| s.counters.snapshot().reads).sum()
+    };
+    let growth = peak_growth(baseline, || host_reads() >= 8, || false);
+    eprintln!(
+        "{LANES}-lane read flood: +{} MiB resident, {} reads run",
+        growth >> 20,
+        host_reads()
+    );
+    assert!(
+        growth < HOST_FLOOD_BOUND,
+        "{LANES} lanes of unread {READ_LEN}-byte reads grew the server by {} MiB ({} reads run)",
+        growth >> 20,
+        host_reads()
+    );
+    // Reading again lets every lane go on (all at once: a lane waits for the host's bytes
+    // that the others hold until their replies are read).
+    std::thread::scope(|scope| {
+        for lane in &mut lanes {
+            scope.spawn(move || {
+                for _ in 0..READS_PER_LANE {
+                    let (reply, data) = lane.recv_reply().unwrap();
+                    assert_eq!(reply.status, Status::Ok);
+                    assert_eq!(data.len(), READ_LEN as usize);
+                }
+            });
+        }
+    });
+    drop(lanes);
 
     // Pings, never reading a pong.
     let mut control = Client::control(server.local_addr(), "h", &secret);

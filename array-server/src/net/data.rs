@@ -10,6 +10,8 @@
 //! them once the send completed. When either runs out the reader stops reading the
 //! socket, so a peer that sends requests and never reads replies holds at most
 //! `max_lane_bytes` of data buffers plus `max_in_flight` reply heads, and TCP pushes back.
+//! The bytes also come from the host's budget (`max_host_bytes`, at least `max_io`),
+//! which all its lanes share: a host that opens many such lanes holds at most that much.
 //!
 //! # Revocation
 //!
@@ -124,6 +126,9 @@ pub async fn serve(
     let budget = LaneBudget::new(
         shared.config.max_in_flight,
         lane_byte_budget(&shared.config),
+        shared
+            .sessions
+            .host_bytes(&session.host, host_byte_budget(&shared.config)),
     );
     let lane = Rc::new(Lane {
         host: session.host.clone(),
@@ -156,6 +161,11 @@ pub async fn serve(
 /// Bytes of reads and writes one lane may hold at once (see the module docs).
 fn lane_byte_budget(config: &super::ServerConfig) -> u64 {
     u64::from(config.max_lane_bytes.max(config.max_io))
+}
+
+/// Bytes of reads and writes all the lanes of one host may hold at once.
+fn host_byte_budget(config: &super::ServerConfig) -> u64 {
+    config.max_host_bytes.max(u64::from(config.max_io))
 }
 
 /// Shuts the socket down once a newer connection for the same lane fences this one: the

@@ -74,6 +74,8 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 /// Default byte budget of one data connection: 16 of the largest reads.
 pub const DEFAULT_MAX_LANE_BYTES: u32 = 64 << 20;
+/// Default byte budget all the data connections of one host share: 16 lanes' worth.
+pub const DEFAULT_MAX_HOST_BYTES: u64 = 1 << 30;
 /// Default deadline for a handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listen backlog of each socket.
@@ -111,6 +113,10 @@ pub struct ServerConfig {
     /// Bytes of read data and write payloads one data connection holds at once (raised to
     /// `max_io` if below); see `data`'s module docs.
     pub max_lane_bytes: u32,
+    /// Bytes of read data and write payloads all the data connections of one host hold at
+    /// once (raised to `max_io` if below): a host cannot hold more of the server's memory
+    /// by opening more lanes.
+    pub max_host_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +133,7 @@ impl Default for ServerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_lane_bytes: DEFAULT_MAX_LANE_BYTES,
+            max_host_bytes: DEFAULT_MAX_HOST_BYTES,
         }
     }
 }

@@ -14,12 +14,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::Notify;
 use wire::Purpose;
+
+use super::budget::HostBytes;
 
 /// Upper bounds of the request latency buckets, in microseconds; one more bucket (`+Inf`)
 /// follows the last.
@@ -343,9 +345,27 @@ pub struct Sessions {
     retired: Mutex<BTreeMap<(String, u32), CounterView>>,
     /// Counters of closed data sessions, per server address they came in on (the path).
     retired_paths: Mutex<BTreeMap<SocketAddr, CounterView>>,
+    /// The byte budget each host's lanes share, while one of them lives.
+    host_bytes: Mutex<BTreeMap<String, Weak<HostBytes>>>,
 }
 
 impl Sessions {
+    /// The byte budget `host`'s data lanes share: the one its live lanes hold, or a new
+    /// one of `bytes`.
+    pub(crate) fn host_bytes(&self, host: &str, bytes: u64) -> Arc<HostBytes> {
+        let mut budgets = self
+            .host_bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(budget) = budgets.get(host).and_then(Weak::upgrade) {
+            return budget;
+        }
+        budgets.retain(|_, budget| budget.strong_count() > 0);
+        let budget = HostBytes::new(bytes);
+        budgets.insert(host.to_owned(), Arc::downgrade(&budget));
+        budget
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
