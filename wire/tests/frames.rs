@@ -309,6 +309,30 @@ fn decode_reply_with(reply: Reply, payload_len: u32) -> Result<Reply, WireError>
 }
 
 #[test]
+fn a_reply_errno_must_be_a_positive_errno() {
+    let reply = |errno| Reply {
+        tag: 3,
+        status: Status::Errno(errno),
+        len: 0,
+    };
+    assert_eq!(decode_reply_with(reply(5), 0), Ok(reply(5)));
+    assert_eq!(
+        decode_reply_with(reply(frame::MAX_ERRNO), 0),
+        Ok(reply(frame::MAX_ERRNO))
+    );
+    // Completed as -errno, these would tell the kernel the request succeeded.
+    for bad in [0, -4096, -5, frame::MAX_ERRNO + 1, i32::MIN, i32::MAX] {
+        assert!(
+            matches!(
+                decode_reply_with(reply(bad), 0),
+                Err(WireError::Malformed { what: "Reply", .. })
+            ),
+            "errno {bad}"
+        );
+    }
+}
+
+#[test]
 fn a_run_carries_the_data_of_its_later_replies() {
     let later = Reply {
         tag: 7,

@@ -291,11 +291,24 @@ pub fn decode_reply(header: &[u8], prefix: FramePrefix) -> Result<Reply, WireErr
             actual: prefix.payload_len,
         });
     }
-    if matches!(reply.status, Status::Errno(_)) && reply.len != 0 {
-        return Err(WireError::PayloadMismatch {
-            expected: 0,
-            actual: reply.len,
-        });
+    if let Status::Errno(errno) = reply.status {
+        if reply.len != 0 {
+            return Err(WireError::PayloadMismatch {
+                expected: 0,
+                actual: reply.len,
+            });
+        }
+        // A ublk I/O completes with `-errno`: zero or a negative one would complete a
+        // failed request as done (and a read with whatever its buffer held).
+        if !(1..=MAX_ERRNO).contains(&errno) {
+            return Err(WireError::Malformed {
+                what: "Reply",
+                reason: format!("errno {errno} is not one (1 to {MAX_ERRNO})"),
+            });
+        }
     }
     Ok(reply)
 }
+
+/// The largest errno a reply may carry (Linux's `MAX_ERRNO`).
+pub const MAX_ERRNO: i32 = 4095;
