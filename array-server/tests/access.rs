@@ -285,3 +285,55 @@ fn connections_beyond_the_cap_are_refused_busy() {
         .wire();
     assert_eq!(refused_code(error).0, RefusedCode::Busy);
 }
+
+/// Space a deleted partition held reads back as zeroes for its next owner, and a partition
+/// grown in place over such space keeps its own data and gains zeroes only.
+#[test]
+fn reused_space_reads_as_zeroes_never_another_tenants_data() {
+    // Whole stripes (3 disks of `CHUNK`), so that sizes are not rounded up.
+    const SIZE: u64 = 6 * 3 * CHUNK;
+    let disks = temp_disks(3, DISK_SIZE);
+    let array = format(&disks, CHUNK);
+    let old = array.create_partition("old", SIZE, false).unwrap();
+    let kept = array.create_partition("kept", SIZE, false).unwrap();
+    let next_to_kept = array.create_partition("next-to-kept", SIZE, false).unwrap();
+    let first = array.create_host("first").unwrap().secret;
+    let second = array.create_host("second").unwrap().secret;
+    for name in ["old", "kept", "next-to-kept"] {
+        array
+            .assign("first", name, wire::Access::ReadWrite)
+            .unwrap();
+    }
+    let server = serve(array.clone());
+    let addr = server.local_addr();
+    let written = pattern(21, SIZE as usize);
+    for id in [old.id, kept.id, next_to_kept.id] {
+        let mut lane = Client::data(addr, "first", &first, id);
+        assert_eq!(lane.write_fua(0, &written), Status::Ok);
+    }
+    array.delete_partition_forced("old").unwrap();
+    array.delete_partition_forced("next-to-kept").unwrap();
+
+    let new = array.create_partition("new", SIZE, false).unwrap();
+    array
+        .assign("second", "new", wire::Access::ReadWrite)
+        .unwrap();
+    let mut lane = Client::data(addr, "second", &second, new.id);
+    let zeroes = |data: Vec<u8>| data.iter().all(|&byte| byte == 0);
+    assert!(
+        zeroes(lane.read_ok(0, SIZE as u32)),
+        "the new partition shows the deleted one's data"
+    );
+
+    let grown = array.grow_partition("kept", 2 * SIZE).unwrap();
+    assert_eq!(grown.size, 2 * SIZE);
+    let mut lane = Client::data(addr, "first", &first, kept.id);
+    assert!(
+        lane.read_ok(0, SIZE as u32) == written,
+        "the partition's own data"
+    );
+    assert!(
+        zeroes(lane.read_ok(SIZE, SIZE as u32)),
+        "the grown part shows the deleted neighbour's data"
+    );
+}

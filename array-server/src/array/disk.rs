@@ -207,6 +207,85 @@ impl MemberDisk {
     }
 }
 
+impl MemberDisk {
+    /// Makes `len` bytes at `offset` read back as zeroes, durably: space handed to a
+    /// partition must not show what an earlier one left there. Block devices use
+    /// `BLKZEROOUT` (the device's write-zeroes command, or the kernel's own writes); files
+    /// get a hole punched, else a zeroed range, else written zeroes. Blocking: for the
+    /// control plane only.
+    pub fn zero_durably(&self, offset: u64, len: u64) -> Result<()> {
+        let error = |source| Error::Disk {
+            path: self.path.clone(),
+            offset,
+            op: DiskOp::WriteZeroes,
+            source,
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let zeroed = if self.block_device {
+            self.zero_out_device(offset, len)
+        } else {
+            self.zero_file_range(offset, len)
+        };
+        zeroed.map_err(error)?;
+        self.control.sync_data().map_err(error)
+    }
+
+    fn zero_out_device(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        /// `ioctl` zeroing a byte range of a block device (`_IO(0x12, 127)`).
+        const BLKZEROOUT: libc::c_ulong = 0x127f;
+        let span: [u64; 2] = [offset, len];
+        // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer, which
+        // points at `span`; the fd is this disk's open control handle.
+        let status = unsafe { libc::ioctl(self.control.as_raw_fd(), BLKZEROOUT, span.as_ptr()) };
+        if status < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn zero_file_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let fd = self.control.as_raw_fd();
+        let (Ok(at), Ok(count)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        for mode in [
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        ] {
+            // SAFETY: plain system call on our open descriptor; no memory is passed.
+            if unsafe { libc::fallocate(fd, mode, at, count) } == 0 {
+                return Ok(());
+            }
+            let error = std::io::Error::last_os_error();
+            if !matches!(
+                error.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            ) {
+                return Err(error);
+            }
+        }
+        write_zeroes(&self.control, offset, len)
+    }
+}
+
+/// Bytes of zeroes one write puts down when a file can neither punch nor zero a range.
+const ZERO_WRITE_LEN: u64 = 1 << 20;
+
+fn write_zeroes(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeroes = vec![0u8; ZERO_WRITE_LEN.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let step = (len - done).min(ZERO_WRITE_LEN) as usize;
+        file.write_all_at(&zeroes[..step], offset + done)?;
+        done += step as u64;
+    }
+    Ok(())
+}
+
 fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     // SAFETY: flock on a file descriptor this `File` owns and keeps open; no memory involved.
     let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

@@ -30,7 +30,7 @@ use catalog::Space;
 use disk::{MemberDisk, SECTOR_SIZE};
 use gate::{GateGuard, LaneGates};
 use grant::LaneGrant;
-use metadata::{ArrayMetadata, CommittedSlots, Slot};
+use metadata::{ArrayMetadata, CommittedSlots, Extent, Slot};
 use stripe::{StripeMap, METADATA_AREA};
 pub use views::{
     ArrayInfo, AssignmentView, HostPartition, HostView, NewSecret, PartitionHolder, PartitionView,
@@ -428,15 +428,46 @@ impl Array {
     /// `shared` partitions may be assigned to several hosts, private ones to one.
     pub fn create_partition(&self, name: &str, size: u64, shared: bool) -> Result<PartitionView> {
         let space = self.space();
-        self.commit(|current| catalog::create_partition(current, space, name, size, shared))?;
+        self.commit(|current| {
+            let (next, out) = catalog::create_partition(current, space, name, size, shared)?;
+            self.zero_new_extents(current, &next, name)?;
+            Ok((next, out))
+        })?;
         self.partition(name)
     }
 
     /// Grows a partition to at least `size` bytes; it never shrinks.
     pub fn grow_partition(&self, name: &str, size: u64) -> Result<PartitionView> {
         let space = self.space();
-        self.commit(|current| Ok((catalog::grow_partition(current, space, name, size)?, ())))?;
+        self.commit(|current| {
+            let next = catalog::grow_partition(current, space, name, size)?;
+            self.zero_new_extents(current, &next, name)?;
+            Ok((next, ()))
+        })?;
         self.partition(name)
+    }
+
+    /// Zeroes, on every member disk, the extents partition `name` has in `next` and not
+    /// in `current`, before `next` is committed: free space still holds what a deleted
+    /// partition left there, and a new owner must read zeroes, never another tenant's
+    /// data. Metadata changes wait meanwhile (the state lock is held); the data path does not.
+    fn zero_new_extents(
+        &self,
+        current: &ArrayMetadata,
+        next: &ArrayMetadata,
+        name: &str,
+    ) -> Result<()> {
+        let extents_of = |metadata: &ArrayMetadata| -> Vec<Extent> {
+            catalog::partition(metadata, name)
+                .map(|p| p.extents.clone())
+                .unwrap_or_default()
+        };
+        for extent in space::gained(&extents_of(current), &extents_of(next)) {
+            for range in self.stripes.disk_ranges(extent.start, extent.len) {
+                self.disks[range.disk as usize].zero_durably(range.offset, range.len)?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a partition no host is assigned.

@@ -85,6 +85,44 @@ pub fn allocate_after(free: &[Extent], last: Option<Extent>, len: u64) -> Option
     allocate(free, len)
 }
 
+/// The parts of `next`'s extents that none of `before`'s covers: what a partition gains
+/// when it grows (an extent grown in place gains its tail only).
+pub fn gained(before: &[Extent], next: &[Extent]) -> Vec<Extent> {
+    let mut gained = Vec::new();
+    for extent in next {
+        let mut pieces = vec![*extent];
+        for old in before {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|piece| without(piece, *old))
+                .collect();
+        }
+        gained.extend(pieces);
+    }
+    gained
+}
+
+/// `piece` less the bytes `old` covers: none, one or two extents.
+fn without(piece: Extent, old: Extent) -> Vec<Extent> {
+    if old.end() <= piece.start || piece.end() <= old.start {
+        return vec![piece];
+    }
+    let mut left = Vec::with_capacity(2);
+    if piece.start < old.start {
+        left.push(Extent {
+            start: piece.start,
+            len: old.start - piece.start,
+        });
+    }
+    if old.end() < piece.end() {
+        left.push(Extent {
+            start: old.end(),
+            len: piece.end() - old.end(),
+        });
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +155,21 @@ mod tests {
             extents,
             vec![Extent { start: 0, len: 15 }, Extent { start: 30, len: 5 }]
         );
+    }
+
+    #[test]
+    fn gained_is_what_no_old_extent_covers() {
+        let e = |start, len| Extent { start, len };
+        assert_eq!(gained(&[], &[e(0, 10)]), vec![e(0, 10)]);
+        // Grown in place: only the tail is new.
+        assert_eq!(gained(&[e(0, 10)], &[e(0, 25)]), vec![e(10, 15)]);
+        // A new extent elsewhere, the old one unchanged.
+        assert_eq!(gained(&[e(0, 10)], &[e(0, 10), e(40, 5)]), vec![e(40, 5)]);
+        // Old extents inside and at both ends of a new one.
+        assert_eq!(
+            gained(&[e(0, 5), e(8, 2), e(18, 4)], &[e(0, 20)]),
+            vec![e(5, 3), e(10, 8)]
+        );
+        assert_eq!(gained(&[e(0, 10)], &[e(0, 10)]), vec![]);
     }
 }

@@ -28,6 +28,17 @@ pub struct Piece {
     pub len: u64,
 }
 
+/// A contiguous range on one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskRange {
+    /// Member disk index.
+    pub disk: u32,
+    /// Byte offset on the disk.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
 /// The stripe geometry of an array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StripeMap {
@@ -92,6 +103,29 @@ impl StripeMap {
         })
     }
 
+    /// The logical range `logical..logical + len` as contiguous ranges on the disks
+    /// (consecutive chunks of one disk are adjacent on it): one range per disk for a
+    /// range of whole stripes.
+    pub fn disk_ranges(&self, logical: u64, len: u64) -> Vec<DiskRange> {
+        let mut ranges: Vec<DiskRange> = Vec::new();
+        for piece in self.pieces(logical, len) {
+            let adjacent = ranges
+                .iter_mut()
+                .rev()
+                .take(self.disks as usize)
+                .find(|r| r.disk == piece.disk && r.offset + r.len == piece.disk_offset);
+            match adjacent {
+                Some(range) => range.len += piece.len,
+                None => ranges.push(DiskRange {
+                    disk: piece.disk,
+                    offset: piece.disk_offset,
+                    len: piece.len,
+                }),
+            }
+        }
+        ranges
+    }
+
     /// Logical bytes an array of member disks of `smallest_disk` bytes offers: whole
     /// stripes only.
     pub fn capacity(&self, smallest_disk: u64) -> u64 {
@@ -105,6 +139,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn disk_ranges_cover_a_range_with_one_run_per_disk_and_stripe_run() {
+        let map = StripeMap::new(4096, 3);
+        // Two whole stripes from the second: one range of two chunks on each disk.
+        let ranges = map.disk_ranges(3 * 4096, 6 * 4096);
+        assert_eq!(ranges.len(), 3);
+        for range in &ranges {
+            assert_eq!(range.offset, METADATA_AREA + 4096);
+            assert_eq!(range.len, 2 * 4096);
+        }
+        // Every byte of a ragged range is in exactly one range, with the formula's place.
+        let (start, len) = (4096 + 100, 5 * 4096);
+        let ranges = map.disk_ranges(start, len);
+        assert_eq!(ranges.iter().map(|r| r.len).sum::<u64>(), len);
+        for logical in (start..start + len).step_by(97) {
+            let at = map.locate(logical);
+            let hits = ranges
+                .iter()
+                .filter(|r| r.disk == at.disk && (r.offset..r.offset + r.len).contains(&at.offset))
+                .count();
+            assert_eq!(hits, 1, "logical {logical}");
+        }
+    }
 
     #[test]
     fn follows_the_documented_formula() {

@@ -18,16 +18,7 @@ const ZERO_FILL_LEN: u64 = 1 << 20;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-/// A contiguous range on one disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskRange {
-    /// Member disk index.
-    pub disk: u32,
-    /// Byte offset on the disk.
-    pub offset: u64,
-    /// Bytes.
-    pub len: u64,
-}
+pub use crate::array::stripe::DiskRange;
 
 /// One member disk's data handle on this thread's ring.
 #[derive(Debug)]
