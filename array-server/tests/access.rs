@@ -337,3 +337,20 @@ fn reused_space_reads_as_zeroes_never_another_tenants_data() {
         "the grown part shows the deleted neighbour's data"
     );
 }
+
+/// A second server on an address a server already listens on fails to start, instead of
+/// sharing the port through `SO_REUSEPORT` and taking some of the hosts' connections.
+#[test]
+fn a_second_server_on_a_busy_address_fails_to_start() {
+    let first_disks = temp_disks(1, DISK_SIZE);
+    let first = serve(format(&first_disks, CHUNK));
+    let second_disks = temp_disks(1, DISK_SIZE);
+    let config = array_server::net::ServerConfig {
+        listen: first.local_addr(),
+        ..array_server::net::ServerConfig::default()
+    };
+    let error = array_server::net::start(format(&second_disks, CHUNK), config)
+        .err()
+        .expect("the second server must not start");
+    assert!(error.to_string().contains("in use"), "{error}");
+}

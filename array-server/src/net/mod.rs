@@ -316,6 +316,7 @@ pub fn start(array: Arc<Array>, config: ServerConfig) -> Result<RunningServer> {
     let mut listeners: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for address in std::iter::once(config.listen).chain(config.also_listen.iter().copied()) {
+        refuse_if_listened_on(address)?;
         let first = bind_reuseport(address)?;
         let bound = first
             .local_addr()
@@ -423,6 +424,27 @@ fn draw_boot_epoch() -> Result<u64> {
         )
     })?;
     Ok(u64::from_le_bytes(bytes).max(1))
+}
+
+/// Fails if a socket already listens on `address` (another server, or this one started
+/// twice): the listeners bind with `SO_REUSEPORT`, which would let a second server share
+/// the port silently and the kernel split the hosts' connections between the two. A probe
+/// bound without `SO_REUSEPORT` (with `SO_REUSEADDR`, so that connections of an earlier
+/// run in `TIME_WAIT` do not count) is refused only by a listening socket.
+fn refuse_if_listened_on(address: SocketAddr) -> Result<()> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let fail = |e| Error::io(format!("listening on {address}"), e);
+    let probe = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(fail)?;
+    probe.set_reuse_address(true).map_err(fail)?;
+    match probe.bind(&address.into()) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(Error::io(
+            format!("listening on {address}: the address is in use (is another array-server serving it?)"),
+            error,
+        )),
+        other => other.map_err(fail),
+    }
 }
 
 fn bind_reuseport(address: SocketAddr) -> Result<StdListener> {
