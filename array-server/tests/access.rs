@@ -349,8 +349,8 @@ fn a_second_server_on_a_busy_address_fails_to_start() {
         listen: first.local_addr(),
         ..array_server::net::ServerConfig::default()
     };
-    let error = array_server::net::start(format(&second_disks, CHUNK), config)
-        .err()
-        .expect("the second server must not start");
+    let Err(error) = array_server::net::start(format(&second_disks, CHUNK), config) else {
+        panic!("the second server must not start");
+    };
     assert!(error.to_string().contains("in use"), "{error}");
 }
