@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -111,15 +111,28 @@ pub const PERMISSION_BITS: u32 = 0o7777;
 pub const FORBIDDEN_MODE: u32 = 0o077;
 
 /// Reads a secret (`what`: "admin token"...) from `path`, refusing, as ssh does for a
-/// private key, a file that group or others may access.
+/// private key, a file that group or others may access or that another user owns.
 pub fn read_private(path: &Path, what: &str) -> Result<String> {
     let context = || format!("reading {what} file {}", path.display());
     let mut file = fs::File::open(path).map_err(|e| Error::io(context(), e))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| Error::io(context(), e))?
-        .permissions()
-        .mode();
+    let metadata = file.metadata().map_err(|e| Error::io(context(), e))?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if metadata.uid() != user {
+        return Err(Error::io(
+            context(),
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is owned by uid {}, not by this process's user (uid {user}); whoever \
+                     owns it chooses the secret: chown {user} {}",
+                    metadata.uid(),
+                    path.display()
+                ),
+            ),
+        ));
+    }
+    let mode = metadata.permissions().mode();
     if mode & FORBIDDEN_MODE != 0 {
         return Err(Error::io(
             context(),
@@ -172,6 +185,23 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(AdminToken::load_or_create(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn token_files_another_user_owns_are_refused() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can give a file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        AdminToken::load_or_create(&path).unwrap();
+        /// `nobody` on Debian.
+        const NOBODY: u32 = 65534;
+        std::os::unix::fs::chown(&path, Some(NOBODY), None).unwrap();
+        let error = AdminToken::load(&path).unwrap_err().to_string();
+        assert!(error.contains("owned by uid 65534"), "{error}");
     }
 
     #[test]
