@@ -142,11 +142,19 @@ pub fn run(command: CtlCommand) -> Result<()> {
             } else {
                 "read-write"
             };
-            let path = format!("/api/assignments/{}/{}", args.host, args.partition);
+            let path = format!(
+                "/api/assignments/{}/{}",
+                in_path(&args.host, "host")?,
+                in_path(&args.partition, "partition")?
+            );
             call("PUT", &path, Some(json!({ "access": access })))?
         }
         CtlAction::Unassign(args) => {
-            let path = format!("/api/assignments/{}/{}", args.host, args.partition);
+            let path = format!(
+                "/api/assignments/{}/{}",
+                in_path(&args.host, "host")?,
+                in_path(&args.partition, "partition")?
+            );
             call("DELETE", &path, None)?
         }
         CtlAction::Sessions(args) => {
@@ -182,6 +190,22 @@ fn need<'a>(value: Option<&'a String>, what: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::io("ctl", std::io::Error::other(format!("{what} is missing"))))
 }
 
+/// `name` if it may stand in a URL path as it is: a host or partition name of the
+/// server's own rule (letters, digits, `.`, `_`, `-`). Anything else (`?force=true`, `/`,
+/// a line break) would change the request, not name a thing.
+fn in_path<'a>(name: &'a str, what: &str) -> Result<&'a str> {
+    if crate::array::catalog::acceptable_name(name) {
+        return Ok(name);
+    }
+    Err(Error::io(
+        "ctl",
+        std::io::Error::other(format!(
+            "{what} {name:?} is not a valid name (1 to 64 of A-Z a-z 0-9 . _ -, not starting \
+             with -)"
+        )),
+    ))
+}
+
 fn unknown_verb(verb: &str, known: &str) -> Error {
     Error::io(
         "ctl",
@@ -190,7 +214,12 @@ fn unknown_verb(verb: &str, known: &str) -> Error {
 }
 
 fn partition(call: &Call<'_>, args: &PartitionArgs) -> Result<Value> {
-    let name = || need(args.operands.first(), "the partition name");
+    let name = || {
+        in_path(
+            need(args.operands.first(), "the partition name")?,
+            "partition",
+        )
+    };
     let size = || need(args.operands.get(1), "the size");
     match args.verb.as_str() {
         "list" => call("GET", "/api/partitions", None),
@@ -215,7 +244,7 @@ fn partition(call: &Call<'_>, args: &PartitionArgs) -> Result<Value> {
 }
 
 fn host(call: &Call<'_>, args: &HostArgs, raw: bool) -> Result<()> {
-    let name = || need(args.name.as_ref(), "the host name");
+    let name = || in_path(need(args.name.as_ref(), "the host name")?, "host");
     let answer = match args.verb.as_str() {
         "list" => call("GET", "/api/hosts", None)?,
         "create" => call("POST", "/api/hosts", Some(json!({ "name": name()? })))?,
@@ -263,5 +292,28 @@ fn print(answer: &Value, raw: bool) {
             "{}",
             serde_json::to_string_pretty(answer).unwrap_or_default()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_go_into_paths() {
+        assert_eq!(in_path("vol0", "partition").unwrap(), "vol0");
+        assert_eq!(in_path("web-1.a_b", "host").unwrap(), "web-1.a_b");
+        for smuggled in [
+            "victim?force=true",
+            "a/b",
+            "..",
+            "x\r\nX-Y: z",
+            "a b",
+            "-x",
+            "",
+        ] {
+            let error = in_path(smuggled, "partition").unwrap_err().to_string();
+            assert!(error.contains("not a valid name"), "{smuggled:?}: {error}");
+        }
     }
 }
