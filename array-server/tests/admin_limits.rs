@@ -115,6 +115,24 @@ fn a_half_sent_request_head_is_closed_within_the_header_timeout() {
 }
 
 #[test]
+fn a_refused_request_closes_its_connection() {
+    let _serial = serial();
+    let fx = Fixture::with_limits(AdminLimits {
+        header_read_timeout: Duration::from_secs(60),
+        ..limits()
+    });
+    let mut stream = TcpStream::connect(fx.server.local_addr()).unwrap();
+    // Pipelined requests without the token: the first is refused and the rest never run.
+    let request = b"GET /api/array HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(&request.repeat(50)).unwrap();
+    let (answer, _) = read_until_closed(&mut stream, SLACK)
+        .expect("a refused connection stayed open (it would hold a place under the cap)");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 401").count(), 1, "{text}");
+}
+
+#[test]
 fn a_body_that_never_arrives_is_answered_408_and_closed() {
     let _serial = serial();
     let fx = Fixture::with_limits(limits());

@@ -284,7 +284,11 @@ async fn answer(
         Ok(api) => {
             let work = move || match authenticate(&api, &shared.token) {
                 Auth::Allowed => (shared.handler)(&api),
-                Auth::Login(response) | Auth::Denied(response) => response,
+                Auth::Login(response) => response,
+                // Closed after the answer: a client without the token must not keep its
+                // place under the connection cap by asking again and again (each refusal
+                // would restart the header deadline), nor pipeline requests it never reads.
+                Auth::Denied(response) => response.with_header("Connection", "close"),
             };
             tokio::task::spawn_blocking(work)
                 .await
