@@ -354,3 +354,45 @@ fn a_second_server_on_a_busy_address_fails_to_start() {
     };
     assert!(error.to_string().contains("in use"), "{error}");
 }
+
+/// One host cannot take every place: past `max_host_connections` its hellos are refused
+/// `Busy`, another host still connects, and a lane reconnecting (replacing its own older
+/// connection) still does.
+#[test]
+fn one_host_cannot_take_every_connection() {
+    const LIMIT: usize = 3;
+    let disks = temp_disks(1, DISK_SIZE);
+    let array = format(&disks, CHUNK);
+    let p = array.create_partition("p", 1 << 20, false).unwrap();
+    let greedy = array.create_host("greedy").unwrap().secret;
+    let other = array.create_host("other").unwrap().secret;
+    array
+        .assign("greedy", "p", wire::Access::ReadWrite)
+        .unwrap();
+    let config = array_server::net::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_host_connections: LIMIT,
+        ..array_server::net::ServerConfig::default()
+    };
+    let server = array_server::net::start(array, config).unwrap();
+    let addr = server.local_addr();
+    let lane = |epoch| Purpose::Data {
+        partition: p.id,
+        queue: 0,
+        lane: 0,
+        epoch,
+    };
+    let _held: Vec<Client> = (0..LIMIT - 1)
+        .map(|_| Client::control(addr, "greedy", &greedy))
+        .collect();
+    let _data = Client::connect(addr, "greedy", &greedy, lane(10)).unwrap();
+    let error = Client::connect(addr, "greedy", &greedy, Purpose::Control)
+        .err()
+        .expect("a connection past the host's limit")
+        .wire();
+    let (code, message) = refused_code(error);
+    assert_eq!(code, RefusedCode::Busy);
+    assert!(message.contains("host at its limit of 3"), "{message}");
+    Client::control(addr, "other", &other);
+    Client::connect(addr, "greedy", &greedy, lane(11)).expect("a lane replacing its own");
+}

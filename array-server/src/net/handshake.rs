@@ -108,6 +108,12 @@ pub async fn run(
         }
     };
     let purpose = handshake.hello().purpose;
+    if let Some(refused) = host_at_its_limit(shared, &host, purpose) {
+        shared.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+        log::info!("{peer}: host {host:?}: {}", refused.message);
+        send_message(stream, &ProofReply::Refused(refused)).await?;
+        return Ok(None);
+    }
     let grant = match purpose {
         Purpose::Control => None,
         Purpose::Data { partition, .. } => match shared.array.lane_grant(&host, partition) {
@@ -147,6 +153,22 @@ pub async fn run(
         grant,
         welcome,
     }))
+}
+
+/// `Some(refusal)` when `host` holds `max_host_connections` live sessions already, not
+/// counting those this connection replaces (a lane reconnecting): one host must not take
+/// the places the server has for all of them.
+fn host_at_its_limit(shared: &Shared, host: &str, purpose: Purpose) -> Option<Refused> {
+    let sessions = &shared.sessions;
+    let held = sessions.host_session_count(host);
+    let limit = shared.config.max_host_connections;
+    if held < limit || held - sessions.replaced_by(host, purpose).len() < limit {
+        return None;
+    }
+    Some(Refused {
+        code: RefusedCode::Busy,
+        message: format!("host at its limit of {limit} connections"),
+    })
 }
 
 /// Fences the live connections a data connection for `purpose` replaces; `Some` is the

@@ -68,6 +68,9 @@ use frames::{send_message, FrameReader};
 pub const DEFAULT_PORT: u16 = 7700;
 /// Default cap on live authenticated connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on one host's live authenticated connections: twice what 64 queues x 4
+/// lanes x 2 paths open, a quarter of [`DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_HOST_CONNECTIONS: usize = 1024;
 /// Default cap on connections that have not finished their handshake.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Default number of requests one connection runs at once.
@@ -102,6 +105,9 @@ pub struct ServerConfig {
     pub pin_threads: bool,
     /// Most live authenticated connections; more are refused with `Busy`.
     pub max_connections: usize,
+    /// Most live authenticated connections of one host; more are refused with `Busy`, so
+    /// that one host cannot take every place.
+    pub max_host_connections: usize,
     /// Most connections still in their handshake (see `net/admission.rs`).
     pub max_unauthenticated: usize,
     /// Largest payload per request, offered in `Welcome`.
@@ -128,6 +134,7 @@ impl Default for ServerConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_threads: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_host_connections: DEFAULT_MAX_HOST_CONNECTIONS,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_io: wire::DEFAULT_MAX_IO,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,

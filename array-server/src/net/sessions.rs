@@ -430,6 +430,11 @@ impl Sessions {
             .collect()
     }
 
+    /// How many live sessions `host` has, of any purpose.
+    pub fn host_session_count(&self, host: &str) -> usize {
+        self.live().values().filter(|s| s.host == host).count()
+    }
+
     /// The live control sessions of `host`.
     pub fn control_sessions(&self, host: &str) -> Vec<Arc<Session>> {
         self.live()
