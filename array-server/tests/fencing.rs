@@ -116,6 +116,27 @@ fn an_epoch_not_newer_than_the_live_one_is_stale() {
 }
 
 #[test]
+fn an_epoch_far_ahead_of_the_clock_is_refused_and_does_not_lock_the_lane() {
+    let rig = assigned(1, 1 << 20);
+    let server = serve(rig.array);
+    let addr = server.local_addr();
+    let error = connect(addr, &rig.secret, lane(rig.partition.id, 0, u64::MAX))
+        .err()
+        .expect("an epoch years ahead");
+    let WireError::Refused { code, message } = error else {
+        panic!("expected a refusal, got {error:?}");
+    };
+    assert_eq!(code, RefusedCode::BadHello);
+    assert!(message.contains("ahead of the server's clock"), "{message}");
+    // Not recorded: the lane's next ordinary epoch is welcome.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    connect(addr, &rig.secret, lane(rig.partition.id, 0, now_ns)).unwrap();
+}
+
+#[test]
 fn replacing_an_idle_lane_is_immediate_and_closes_it() {
     let rig = assigned(1, 1 << 20);
     let server = serve(rig.array);

@@ -69,7 +69,8 @@ pub enum WireError {
     /// The `Hello` did not start with the protocol magic.
     #[error("bad magic {0:#010x}: not a Multilane client")]
     BadMagic(u32),
-    /// A host or partition name is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    /// A host or partition name is empty, too long or has characters outside
+    /// `[A-Za-z0-9._-]`; the name as [`WireError::invalid_name`] keeps it (its start).
     #[error("invalid name {0:?}: 1..={MAX_NAME_LEN} characters of [A-Za-z0-9._-]")]
     InvalidName(String),
     /// The two sides have no protocol version in common.
@@ -105,6 +106,18 @@ pub enum WireError {
 }
 
 impl WireError {
+    /// [`WireError::InvalidName`] for `name`, keeping at most one character more than a
+    /// name may have (and `...` when cut): the error goes into logs and into the refusal
+    /// a server sends, which a 64 KiB name of control characters, each shown as `\u{1}`,
+    /// would make six times larger than the frame it came in.
+    pub fn invalid_name(name: &str) -> WireError {
+        let mut shown: String = name.chars().take(MAX_NAME_LEN + 1).collect();
+        if shown.len() < name.len() {
+            shown.push_str("...");
+        }
+        WireError::InvalidName(shown)
+    }
+
     /// The errno a block I/O failed by this error completes with (positive value).
     pub fn errno(&self) -> i32 {
         match self {

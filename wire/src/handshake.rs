@@ -134,7 +134,7 @@ impl ClientHandshake {
         client_nonce: Nonce,
     ) -> Result<(ClientHandshake, Hello), WireError> {
         if !valid_name(host) {
-            return Err(WireError::InvalidName(host.to_owned()));
+            return Err(WireError::invalid_name(host));
         }
         let hello = Hello {
             magic: MAGIC,
@@ -207,7 +207,7 @@ impl ServerHandshake {
             return Err(refuse(RefusedCode::BadHello, error));
         }
         if !valid_name(&hello.host) {
-            let error = WireError::InvalidName(hello.host.clone());
+            let error = WireError::invalid_name(&hello.host);
             return Err(refuse(RefusedCode::BadHello, error));
         }
         if !(hello.min_version..=hello.max_version).contains(&PROTOCOL_VERSION) {

@@ -115,6 +115,22 @@ fn bad_hellos_are_refused_with_reasons() {
 }
 
 #[test]
+fn a_huge_bad_name_gets_a_small_refusal() {
+    let (_, mut hello) = ClientHandshake::new("h", secret(1), Purpose::Control, [0; 32]).unwrap();
+    hello.host = "\u{1}".repeat(65_000);
+    let (error, refused) = ServerHandshake::on_hello(hello, [0; 32]).unwrap_err();
+    assert!(matches!(error, WireError::InvalidName(_)));
+    assert_eq!(refused.code, RefusedCode::BadHello);
+    // Shown escaped (`\u{1}`), the whole name would be 390 KB: more than a frame holds.
+    assert!(
+        refused.message.len() < 1024,
+        "{} bytes",
+        refused.message.len()
+    );
+    assert!(error.to_string().len() < 1024);
+}
+
+#[test]
 fn names_are_checked() {
     assert!(ClientHandshake::new("", secret(1), Purpose::Control, [0; 32]).is_err());
     assert!(ClientHandshake::new("a/b", secret(1), Purpose::Control, [0; 32]).is_err());

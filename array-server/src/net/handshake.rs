@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +102,9 @@ pub async fn run(
                 .failed_authentications
                 .fetch_add(1, Ordering::Relaxed)
                 + 1;
-            log::warn!("{peer}: host {host:?}: {error} ({failures} failed attempts so far)");
+            if auth_warning_due() {
+                log::warn!("{peer}: host {host:?}: {error} ({failures} failed attempts so far)");
+            }
             send_message(stream, &ProofReply::Refused(authentication_refused())).await?;
             return Ok(None);
         }
@@ -155,6 +157,24 @@ pub async fn run(
     }))
 }
 
+/// Shortest interval between two warnings about failed proofs: a guessing peer must not
+/// fill the log (each line says how many attempts failed so far, so none is lost).
+const AUTH_WARNING_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a failed proof may be logged now (at most once per [`AUTH_WARNING_EVERY`],
+/// process-wide).
+fn auth_warning_due() -> bool {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let last = LAST_MS.load(Ordering::Relaxed);
+    now_ms.saturating_sub(last) >= AUTH_WARNING_EVERY.as_millis() as u64
+        && LAST_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// `Some(refusal)` when `host` holds `max_host_connections` live sessions already, not
 /// counting those this connection replaces (a lane reconnecting): one host must not take
 /// the places the server has for all of them.
@@ -176,13 +196,20 @@ fn host_at_its_limit(shared: &Shared, host: &str, purpose: Purpose) -> Option<Re
 /// within [`FENCE_WAIT`]).
 async fn fence(shared: &Shared, host: &str, purpose: Purpose) -> Option<Refused> {
     let sessions = &shared.sessions;
-    let stale = |newest: u64| Refused {
-        code: RefusedCode::Stale,
-        message: format!("lane {purpose:?}: a connection with epoch {newest} replaced it"),
-    };
+    if let Some(refused) = epoch_from_the_future(purpose) {
+        log::warn!("host {host:?}: {}", refused.message);
+        return Some(refused);
+    }
     if let Err(newest) = sessions.claim_lane(host, purpose) {
         log::info!("host {host:?}: stale data hello {purpose:?} (newest epoch {newest})");
-        return Some(stale(newest));
+        return Some(Refused {
+            code: RefusedCode::Stale,
+            message: format!(
+                "lane {purpose:?}: its epoch is not newer than {newest}, the newest this lane \
+                 has had on this server (a newer connection replaced it, or the host's clock \
+                 went back: ublk-host's epochs are wall-clock nanoseconds)"
+            ),
+        });
     }
     let replaced = sessions.replaced_by(host, purpose);
     if replaced.is_empty() {
@@ -208,7 +235,39 @@ async fn fence(shared: &Shared, host: &str, purpose: Purpose) -> Option<Refused>
         });
     }
     if !sessions.still_claimed(host, purpose) {
-        return Some(stale(0));
+        return Some(Refused {
+            code: RefusedCode::Stale,
+            message: format!(
+                "lane {purpose:?}: a newer connection claimed the lane while this one waited"
+            ),
+        });
     }
     None
+}
+
+/// How far ahead of the server's clock a lane epoch may be, in nanoseconds (a day): the
+/// server remembers the newest epoch of every lane, so one epoch far in the future (a host
+/// whose clock was once set years ahead, or a peer with the secret that means harm) would
+/// refuse every later connection of that lane as stale until the server restarts.
+const MAX_EPOCH_AHEAD_NS: u64 = 24 * 3600 * 1_000_000_000;
+
+/// `Some(refusal)` for a data hello whose epoch is more than [`MAX_EPOCH_AHEAD_NS`] past
+/// the server's wall clock (epochs are wall-clock nanoseconds); it is not recorded.
+fn epoch_from_the_future(purpose: Purpose) -> Option<Refused> {
+    let Purpose::Data { epoch, .. } = purpose else {
+        return None;
+    };
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    if epoch <= now_ns.saturating_add(MAX_EPOCH_AHEAD_NS) {
+        return None;
+    }
+    Some(Refused {
+        code: RefusedCode::BadHello,
+        message: format!(
+            "lane epoch {epoch} is more than a day ahead of the server's clock ({now_ns} ns \
+             since 1970): check the host's clock"
+        ),
+    })
 }
