@@ -127,6 +127,7 @@ impl Lane {
             heartbeat_after: HEARTBEAT_AFTER.min(config.client.dead_after),
             dead_after: config.client.dead_after,
             fail_after: config.fail_after(),
+            reply_after: config.client.reply_bound(),
         };
         let lane = Rc::new(Lane {
             config,
@@ -317,7 +318,10 @@ impl Lane {
     /// requests any more).
     fn restore(&self, tag: u32, slot: Rc<Slot>) {
         let bytes = slot.request.len.into();
-        let restored = self.core.borrow_mut().restore(tag, slot, bytes);
+        let restored = self
+            .core
+            .borrow_mut()
+            .restore(tag, slot, bytes, Instant::now());
         if let Err((slot, errno)) = restored {
             slot.finish(Err(errno));
         }
@@ -408,6 +412,16 @@ impl Lane {
                      dropping the lane to reconnect and reissue",
                     self.purpose,
                     self.config.client.dead_after.as_secs_f64()
+                );
+                self.shutdown_socket();
+                self.wake_sender();
+            }
+            Action::Unanswered => {
+                log::warn!(
+                    "{:?}: a request got no reply for {:.1} s while the server answered \
+                     others; dropping the lane to reconnect and reissue",
+                    self.purpose,
+                    self.config.client.reply_bound().as_secs_f64()
                 );
                 self.shutdown_socket();
                 self.wake_sender();
@@ -649,25 +663,42 @@ async fn receive_loop(
         if reply.status == Status::Later {
             // Out of the in-flight set now, its data still to come: the lane stays
             // watched for a dead server until the run is in.
-            lane.core.borrow_mut().set_receiving(true);
+            lane.core.borrow_mut().set_receiving(true, Instant::now());
             later.push(slot); // a lane with runs does not look ahead: nothing received yet
             continue;
         }
         if reply.len > 0 {
             let len = reply.len as usize;
-            lane.core.borrow_mut().set_receiving(true);
+            lane.core.borrow_mut().set_receiving(true, Instant::now());
             let outcome = buf.receive_payload(fd, &slot, len, received).await;
-            lane.core.borrow_mut().set_receiving(!later.is_empty());
+            lane.core
+                .borrow_mut()
+                .set_receiving(!later.is_empty(), Instant::now());
             if let Err(error) = outcome {
                 lane.restore(reply.tag, slot);
                 return error;
             }
             lane.core.borrow_mut().heard(Instant::now());
         }
+        if let Some(error) = failed_heartbeat(&slot, &reply) {
+            slot.finish(Ok(())); // a probe: nobody waits for it
+            return error;
+        }
         slot.finish(match reply.status {
             Status::Errno(e) => Err(Errno(e)),
             _ => Ok(()),
         });
+    }
+}
+
+/// A heartbeat answered with an errno is no sign of a live lane (the server answers every
+/// heartbeat it reads with success): the error that drops the connection, like silence.
+fn failed_heartbeat(slot: &Slot, reply: &wire::Reply) -> Option<HostError> {
+    match reply.status {
+        Status::Errno(errno) if slot.request.op == Op::Heartbeat => Some(HostError::Protocol(
+            format!("a heartbeat answered with errno {errno}"),
+        )),
+        _ => None,
     }
 }
 
@@ -701,7 +732,7 @@ async fn receive_run(
     later.drain(..finished.get());
     outcome?;
     let mut core = lane.core.borrow_mut();
-    core.set_receiving(false);
+    core.set_receiving(false, Instant::now());
     core.heard(Instant::now());
     core.ran(replies);
     Ok(())
@@ -747,4 +778,41 @@ async fn receive_ahead(
         taken.received = received;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot for a payload-less request of `op`.
+    fn slot(op: Op) -> Slot {
+        let request = Request {
+            tag: 1,
+            op,
+            offset: 0,
+            len: 0,
+            flags: 0,
+        };
+        // SAFETY: no payload; the buffer is never used.
+        unsafe { Slot::new(request, BufRef::None, None) }
+    }
+
+    fn reply(status: Status) -> wire::Reply {
+        wire::Reply {
+            tag: 1,
+            status,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_answered_with_an_errno_is_no_sign_of_life() {
+        let eio = Status::Errno(libc::EIO);
+        assert!(failed_heartbeat(&slot(Op::Heartbeat), &reply(eio)).is_some());
+        assert!(failed_heartbeat(&slot(Op::Heartbeat), &reply(Status::Ok)).is_none());
+        assert!(
+            failed_heartbeat(&slot(Op::Flush), &reply(eio)).is_none(),
+            "a request's errno is its outcome, not the lane's"
+        );
+    }
 }

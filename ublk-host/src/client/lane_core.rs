@@ -16,6 +16,16 @@
 //! dead and the driver drops the connection (reconnect, then reissue). An idle lane sends
 //! nothing; TCP keepalive bounds its detection instead (see `connect.rs`).
 //!
+//! Silence is measured per lane, so a server that keeps talking (other replies, answered
+//! heartbeats) but lost one request's reply would keep that request waiting for ever.
+//! Each request therefore also has its own bound, [`Timers::reply_after`], counted from
+//! when it was queued on the current connection (a read answered in a run: until the
+//! run's data is in): a request unanswered for that long makes the lane drop the
+//! connection like a dead one ([`Action::Unanswered`]). The reissue on a fresh connection
+//! is safe for writes because the server fences the old connection first. The bound is
+//! far above any healthy disk's latency (see `ClientConfig::reply_bound`), so a slow but
+//! live server is never punished.
+//!
 //! # Failure policy
 //!
 //! Requests of a lane that is down wait for the reconnect up to [`Timers::fail_after`];
@@ -40,6 +50,9 @@ pub(crate) struct Timers {
     pub dead_after: Duration,
     /// How long requests wait for a lane that is down before failing with `EIO`.
     pub fail_after: Duration,
+    /// Longest one request waits for its reply on one connection, however lively the
+    /// server is otherwise (see "Liveness" in the module doc).
+    pub reply_after: Duration,
 }
 
 /// Where the lane's link is.
@@ -75,6 +88,9 @@ pub struct LaneStats {
     pub heartbeats: u64,
     /// Times the link was declared dead for silence.
     pub dead_detections: u64,
+    /// Times the link was dropped because one request went unanswered for
+    /// [`Timers::reply_after`] while the server was heard from.
+    pub unanswered: u64,
     /// Requests failed by the lane itself (policy bound passed, refusal, close).
     pub failed: u64,
     /// Final refusals received while reconnecting.
@@ -107,6 +123,9 @@ pub(crate) enum Action<S> {
     Heartbeat(u32),
     /// The link went silent for too long: drop the connection.
     Dead,
+    /// A request went unanswered for [`Timers::reply_after`] although the server is heard
+    /// from: drop the connection (reconnect, reissue) as for a dead one.
+    Unanswered,
     /// The failure policy's bound passed: fail these with `EIO`.
     Fail(Vec<S>),
 }
@@ -117,6 +136,8 @@ struct Entry<S> {
     seq: u64,
     kind: Kind,
     bytes: u64,
+    /// When it was queued on the current connection (its reply bound starts there).
+    queued: Instant,
 }
 
 /// The lane's state; see the module doc.
@@ -139,6 +160,9 @@ pub(crate) struct LaneCore<S> {
     /// A reply's data is being received: its request has left `inflight` with its head,
     /// but a server that stalls now must still be detected.
     receiving: bool,
+    /// When `receiving` last became true: a run or payload still owed since then counts
+    /// against [`Timers::reply_after`] like a reply.
+    receiving_since: Instant,
     stats: LaneStats,
 }
 
@@ -157,13 +181,17 @@ impl<S: Clone> LaneCore<S> {
             probe: None,
             bytes: 0,
             receiving: false,
+            receiving_since: now,
             stats: LaneStats::default(),
         }
     }
 
     /// Marks whether a reply's data is being received (see `tick`): the lane is busy as
     /// long as it is, even with no request in flight.
-    pub fn set_receiving(&mut self, receiving: bool) {
+    pub fn set_receiving(&mut self, receiving: bool, now: Instant) {
+        if receiving && !self.receiving {
+            self.receiving_since = now;
+        }
         self.receiving = receiving;
     }
 
@@ -257,6 +285,7 @@ impl<S: Clone> LaneCore<S> {
                 seq,
                 kind,
                 bytes,
+                queued: now,
             },
         );
         if kind == Kind::Probe {
@@ -301,7 +330,13 @@ impl<S: Clone> LaneCore<S> {
     /// Puts back a request whose reply was cut off, so it is reissued after the
     /// reconnect; hands it back with the errno to fail it with if the lane holds no
     /// requests any more (closed, refused, or down past the policy bound).
-    pub fn restore(&mut self, tag: u32, slot: S, bytes: u64) -> Result<(), (S, Errno)> {
+    pub fn restore(
+        &mut self,
+        tag: u32,
+        slot: S,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<(), (S, Errno)> {
         match self.link {
             Link::Up | Link::Down { expired: false, .. } => {}
             Link::Down { expired: true, .. } | Link::Closed => {
@@ -323,6 +358,7 @@ impl<S: Clone> LaneCore<S> {
                 seq,
                 kind: Kind::Request,
                 bytes,
+                queued: now,
             },
         );
         Ok(())
@@ -369,6 +405,9 @@ impl<S: Clone> LaneCore<S> {
             .filter_map(|tag| self.inflight.remove(tag))
             .map(|e| e.slot)
             .collect();
+        for entry in self.inflight.values_mut() {
+            entry.queued = now; // its reply bound starts again on this connection
+        }
         let mut order: Vec<(u32, u64)> = self.inflight.iter().map(|(t, e)| (*t, e.seq)).collect();
         order.sort_by_key(|(_, seq)| *seq);
         self.queue = order.into();
@@ -401,6 +440,18 @@ impl<S: Clone> LaneCore<S> {
         slots
     }
 
+    /// How long the longest-waiting reply on this connection has been owed at `now`: a
+    /// request's since it was queued, a reply's data since the lane began receiving it.
+    fn oldest_wait(&self, now: Instant) -> Duration {
+        let oldest_request = self.inflight.values().map(|entry| entry.queued).min();
+        let owed_data = self.receiving.then_some(self.receiving_since);
+        oldest_request
+            .into_iter()
+            .chain(owed_data)
+            .min()
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
     /// Advances the timers to `now`.
     pub fn tick(&mut self, now: Instant) -> Action<S> {
         match self.link {
@@ -410,6 +461,10 @@ impl<S: Clone> LaneCore<S> {
                     self.stats.dead_detections += 1;
                     self.go_down(now);
                     Action::Dead
+                } else if self.oldest_wait(now) >= self.timers.reply_after {
+                    self.stats.unanswered += 1;
+                    self.go_down(now);
+                    Action::Unanswered
                 } else if silent >= self.timers.heartbeat_after && self.probe.is_none() {
                     match self.begin(Kind::Probe) {
                         Ok(tag) => Action::Heartbeat(tag),
@@ -445,6 +500,7 @@ mod tests {
             heartbeat_after: SEC,
             dead_after: 5 * SEC,
             fail_after: 30 * SEC,
+            reply_after: 60 * SEC,
         }
     }
 
@@ -501,7 +557,7 @@ mod tests {
         let t1 = t0 + 100 * SEC;
         let tag = start(&mut core, 2, t1);
         assert_eq!(core.reply(tag, t1), Some(2));
-        core.set_receiving(true); // its data is still coming
+        core.set_receiving(true, t1); // its data is still coming
         let Action::Heartbeat(probe) = core.tick(t1 + SEC) else {
             panic!("expected a heartbeat after 1 s of silence mid-reply");
         };
@@ -554,6 +610,70 @@ mod tests {
         start(&mut core, 1, t0);
         core.heard(t0 + 4 * SEC);
         assert!(matches!(core.tick(t0 + 5 * SEC), Action::Heartbeat(_)));
+    }
+
+    /// Answers every heartbeat probe the core asks for at `now`, as a server that is alive
+    /// but lost one reply would; returns the action of the tick.
+    fn tick_answering_probes(core: &mut LaneCore<u32>, now: Instant) -> Action<u32> {
+        match core.tick(now) {
+            Action::Heartbeat(probe) => {
+                core.track(probe, 99, Kind::Probe, 0, now);
+                core.reply(probe, now);
+                Action::Idle
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_reply_that_never_comes_kills_the_connection_though_probes_are_answered() {
+        let (mut core, t0) = up();
+        let lost = start(&mut core, 1, t0);
+        assert_eq!(batch(&mut core), vec![1]);
+        let mut now = t0;
+        while now < t0 + 60 * SEC {
+            // Other requests come and go, the heartbeats are answered: a lively server.
+            let other = start(&mut core, 2, now);
+            batch(&mut core);
+            assert_eq!(core.reply(other, now), Some(2));
+            assert_eq!(tick_answering_probes(&mut core, now), Action::Idle);
+            now += SEC / 4;
+        }
+        assert_eq!(core.tick(now), Action::Unanswered, "request 1 waited 60 s");
+        assert!(matches!(core.link(), Link::Down { .. }));
+        assert_eq!(core.stats().unanswered, 1);
+        core.connected(now);
+        assert_eq!(batch(&mut core), vec![1], "reissued on the new connection");
+        assert_eq!(core.reply(lost, now), Some(1));
+    }
+
+    #[test]
+    fn the_reply_clock_restarts_on_each_connection() {
+        let (mut core, t0) = up();
+        start(&mut core, 1, t0);
+        core.connection_lost(core.generation(), t0 + 50 * SEC);
+        core.connected(t0 + 50 * SEC);
+        core.heard(t0 + 100 * SEC);
+        assert_eq!(
+            tick_answering_probes(&mut core, t0 + 100 * SEC),
+            Action::Idle,
+            "50 s on this connection: not yet"
+        );
+    }
+
+    #[test]
+    fn a_run_that_never_comes_kills_the_connection_though_probes_are_answered() {
+        let (mut core, t0) = up();
+        let tag = start(&mut core, 1, t0);
+        batch(&mut core);
+        assert_eq!(core.reply(tag, t0), Some(1), "its Later head");
+        core.set_receiving(true, t0);
+        let mut now = t0;
+        while now < t0 + 60 * SEC {
+            assert_eq!(tick_answering_probes(&mut core, now), Action::Idle);
+            now += SEC / 4;
+        }
+        assert_eq!(core.tick(now), Action::Unanswered);
     }
 
     #[test]
@@ -648,7 +768,7 @@ mod tests {
         assert_eq!(core.outstanding_bytes(), 4608);
         let slot = core.reply(a, t0).unwrap();
         assert_eq!(core.outstanding_bytes(), 512);
-        core.restore(a, slot, 4096).unwrap();
+        core.restore(a, slot, 4096, t0).unwrap();
         assert_eq!(core.outstanding_bytes(), 4608);
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
@@ -667,14 +787,14 @@ mod tests {
         let tag = start(&mut core, 5, t0);
         batch(&mut core);
         let slot = core.reply(tag, t0).unwrap();
-        core.restore(tag, slot, 5).unwrap();
+        core.restore(tag, slot, 5, t0).unwrap();
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
         assert_eq!(batch(&mut core), vec![5]);
         let slot = core.reply(tag, t0).unwrap();
         core.close();
         assert_eq!(
-            core.restore(tag, slot, 5),
+            core.restore(tag, slot, 5, t0),
             Err((5, Errno::EIO)),
             "never lost"
         );
