@@ -304,3 +304,34 @@ fn fail_fast_fails_io_within_its_bound() {
         .unwrap();
     });
 }
+
+#[test]
+fn a_reply_that_always_breaks_the_connection_fails_the_io_at_the_fail_fast_bound() {
+    within(LIMIT, || {
+        let mut setup = rig(|options| {
+            options.poison_reads_at = Some(0);
+        });
+        let fail_fast = Duration::from_secs(2);
+        setup.config.fail_fast = Some(fail_fast);
+        let shared = setup.server.shared.clone();
+        let stats = run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+            let started = Instant::now();
+            assert_eq!(read(&engine, 0, 4096).await.err(), Some(Errno::EIO));
+            let waited = started.elapsed();
+            assert!(waited >= fail_fast, "{waited:?}");
+            assert!(waited <= fail_fast + SLACK, "{waited:?}");
+            // New I/O fails at once until the lane is back (after at most one backoff).
+            let failed_at = Instant::now();
+            while read(&engine, 4096, 4096).await.is_err() {
+                assert!(failed_at.elapsed() <= SLACK, "never back");
+                // SAFETY: awaited to completion right here.
+                unsafe { uring::sleep(Duration::from_millis(50)) }.await;
+            }
+            engine.lane_stats()
+        })
+        .unwrap();
+        // Reconnects back off (50 ms doubling, at most 1 s): a handful in 2 s, not a storm.
+        let connections = shared.data_connections.load(Ordering::SeqCst);
+        assert!(connections <= 10, "{connections} connections; {stats:?}");
+    });
+}

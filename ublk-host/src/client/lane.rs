@@ -89,6 +89,9 @@ pub(crate) struct Lane {
     pending: RefCell<Option<(Connection, usize)>>,
     /// Requests failed at once (lane down past its bound, refused, closed).
     failures: RateLimited,
+    /// Connections lost (a server whose replies always break the connection loses one
+    /// per reconnect).
+    losses: RateLimited,
     /// The connection's received byte count at the last tick ([`bytes_received`]).
     received: Cell<u64>,
     /// Reads go out flagged `FLAG_RUN` (a zero-copy lane, and the server offers runs):
@@ -143,6 +146,7 @@ impl Lane {
             homing: RefCell::new(None),
             pending: RefCell::new(None),
             failures: RateLimited::default(),
+            losses: RateLimited::default(),
             received: Cell::new(0),
             runs,
         });
@@ -308,7 +312,9 @@ impl Lane {
             .borrow_mut()
             .connection_lost(generation, Instant::now());
         if news {
-            log::warn!("{:?}: lane lost: {error}", self.purpose);
+            self.losses.log(log::Level::Warn, || {
+                format!("{:?}: lane lost: {error}", self.purpose)
+            });
             self.shutdown_socket();
             self.wake_sender();
         }
@@ -342,6 +348,7 @@ impl Lane {
             home,
             self.purpose,
             mailbox.clone(),
+            Duration::ZERO,
         )
         .is_ok()
         {
@@ -456,11 +463,13 @@ impl Lane {
             Err(error) => return self.give_up(&error),
         };
         let order = path_order(&self.config, self.home);
+        let pause = self.core.borrow().reconnect_pause();
         let spawned = spawn_helper(
             self.config.client.clone(),
             order,
             self.purpose,
             mailbox.clone(),
+            pause,
         );
         if let Err(error) = spawned {
             return self.give_up(&error);
@@ -684,6 +693,7 @@ async fn receive_loop(
             slot.finish(Ok(())); // a probe: nobody waits for it
             return error;
         }
+        lane.core.borrow_mut().completed(reply.tag);
         slot.finish(match reply.status {
             Status::Errno(e) => Err(Errno(e)),
             _ => Ok(()),
@@ -723,6 +733,7 @@ async fn receive_run(
     let finished = Cell::new(0);
     let outcome = buf
         .receive_run(fd, later, |i| {
+            lane.core.borrow_mut().completed(later[i].request.tag);
             later[i].finish(Ok(()));
             finished.set(i + 1);
         })

@@ -29,7 +29,14 @@
 //! # Failure policy
 //!
 //! Requests of a lane that is down wait for the reconnect up to [`Timers::fail_after`];
-//! then they fail with `EIO`, and so does every new request until the lane is back. A
+//! then they fail with `EIO`, and so does every new request until the lane is back.
+//! A reconnect alone is not "back": each request remembers when a lost connection first
+//! caught it, until it completes, and the down clock runs from the oldest such moment. So
+//! a server whose replies always break the connection (one poisoned reply reissued for
+//! ever) cannot keep its requests waiting past the bound by accepting every reconnect.
+//! A loss while such a request is still owed is a *relapse*: the driver then waits
+//! [`LaneCore::reconnect_pause`] (growing, bounded) before it reconnects, instead of
+//! reconnecting in a tight loop. A
 //! refusal that says the host may not use the partition any more is final: everything
 //! pending and every new request fails with `EACCES` at once, while the driver keeps
 //! re-checking slowly so a re-assignment brings the lane back.
@@ -39,7 +46,12 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use crate::client::reconnect::{FIRST_BACKOFF, MAX_BACKOFF};
 use crate::error::Errno;
+
+/// Doublings of the reconnect pause after which it is surely at [`MAX_BACKOFF`] (keeps
+/// the arithmetic from overflowing however long a lane relapses).
+const RELAPSE_MAX_DOUBLINGS: u32 = 16;
 
 /// The timers a lane runs by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +175,12 @@ pub(crate) struct LaneCore<S> {
     /// When `receiving` last became true: a run or payload still owed since then counts
     /// against [`Timers::reply_after`] like a reply.
     receiving_since: Instant,
+    /// For each request still owed that a lost connection caught: when the first such
+    /// loss was (kept across reconnects until the request completes or fails).
+    lost_at: FxHashMap<u32, Instant>,
+    /// Losses in a row with a request from an earlier loss still owed (see the module
+    /// doc); sets the reconnect pause.
+    relapses: u32,
     stats: LaneStats,
 }
 
@@ -182,6 +200,8 @@ impl<S: Clone> LaneCore<S> {
             bytes: 0,
             receiving: false,
             receiving_since: now,
+            lost_at: FxHashMap::default(),
+            relapses: 0,
             stats: LaneStats::default(),
         }
     }
@@ -263,7 +283,7 @@ impl<S: Clone> LaneCore<S> {
         loop {
             let tag = self.next_tag;
             self.next_tag = tag.wrapping_add(1);
-            if !self.inflight.contains_key(&tag) {
+            if !self.inflight.contains_key(&tag) && !self.lost_at.contains_key(&tag) {
                 return Ok(tag);
             }
         }
@@ -327,6 +347,25 @@ impl<S: Clone> LaneCore<S> {
         Some(entry.slot)
     }
 
+    /// The request `tag` is finished: its whole reply is in (success or errno). A
+    /// request that got through after a loss is what shows the lane recovered.
+    pub fn completed(&mut self, tag: u32) {
+        self.lost_at.remove(&tag);
+    }
+
+    /// How long the driver waits before it starts reconnecting: nothing after a first
+    /// loss; after a relapse (see the module doc) [`FIRST_BACKOFF`], doubling with each
+    /// further one up to [`MAX_BACKOFF`].
+    pub fn reconnect_pause(&self) -> Duration {
+        match self.relapses {
+            0 => Duration::ZERO,
+            relapses => {
+                let doublings = (relapses - 1).min(RELAPSE_MAX_DOUBLINGS);
+                (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
+            }
+        }
+    }
+
     /// Puts back a request whose reply was cut off, so it is reissued after the
     /// reconnect; hands it back with the errno to fail it with if the lane holds no
     /// requests any more (closed, refused, or down past the policy bound).
@@ -341,12 +380,18 @@ impl<S: Clone> LaneCore<S> {
             Link::Up | Link::Down { expired: false, .. } => {}
             Link::Down { expired: true, .. } | Link::Closed => {
                 self.stats.failed += 1;
+                self.lost_at.remove(&tag);
                 return Err((slot, Errno::EIO));
             }
             Link::Refused { errno } => {
                 self.stats.failed += 1;
+                self.lost_at.remove(&tag);
                 return Err((slot, errno));
             }
+        }
+        if let Link::Down { since, .. } = self.link {
+            // The loss was declared before its reply was cut off: it caught this one too.
+            self.lost_at.entry(tag).or_insert(since);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -374,9 +419,22 @@ impl<S: Clone> LaneCore<S> {
         true
     }
 
+    /// The link is lost at `now`: marks the requests it catches, and starts the down
+    /// clock at the oldest loss a request still owed has seen.
     fn go_down(&mut self, now: Instant) {
+        self.relapses = if self.lost_at.is_empty() {
+            0
+        } else {
+            self.relapses.saturating_add(1)
+        };
+        for (tag, entry) in &self.inflight {
+            if entry.kind == Kind::Request {
+                self.lost_at.entry(*tag).or_insert(now);
+            }
+        }
+        let since = self.lost_at.values().copied().min().unwrap_or(now);
         self.link = Link::Down {
-            since: now,
+            since,
             expired: false,
         };
         self.queue.clear();
@@ -433,6 +491,7 @@ impl<S: Clone> LaneCore<S> {
 
     fn drain(&mut self) -> Vec<S> {
         self.queue.clear();
+        self.lost_at.clear();
         self.probe = None;
         self.bytes = 0;
         let slots: Vec<S> = self.inflight.drain().map(|(_, e)| e.slot).collect();
@@ -724,6 +783,95 @@ mod tests {
         assert_eq!(core.stats().failed, 3);
         core.connected(t0 + 40 * SEC);
         assert!(core.begin(Kind::Request).is_ok(), "back once reconnected");
+    }
+
+    /// A reply that always breaks the connection (a poisoned read): lost at `at`,
+    /// reconnected at once, its requests reissued.
+    fn relapse(core: &mut LaneCore<u32>, at: Instant) {
+        assert!(core.connection_lost(core.generation(), at));
+        assert_eq!(core.tick(at), Action::Idle);
+        core.connected(at);
+        batch(core);
+    }
+
+    #[test]
+    fn a_lane_lost_again_before_completing_anything_keeps_its_down_clock() {
+        let (mut core, t0) = up();
+        start(&mut core, 1, t0);
+        batch(&mut core);
+        for second in 0..30 {
+            relapse(&mut core, t0 + second * SEC);
+        }
+        assert!(core.connection_lost(core.generation(), t0 + 30 * SEC));
+        let Action::Fail(failed) = core.tick(t0 + 30 * SEC) else {
+            panic!("lost since t0: the policy bound has passed");
+        };
+        assert_eq!(failed, vec![1]);
+        assert_eq!(core.begin(Kind::Request), Err(Errno::EIO));
+    }
+
+    #[test]
+    fn a_request_cut_off_mid_reply_keeps_its_down_clock() {
+        let (mut core, t0) = up();
+        let tag = start(&mut core, 1, t0);
+        batch(&mut core);
+        relapse(&mut core, t0);
+        for second in 1..=30 {
+            // Its head arrives, its data breaks the connection.
+            let slot = core.reply(tag, t0 + second * SEC).unwrap();
+            core.restore(tag, slot, 1, t0 + second * SEC).unwrap();
+            assert!(core.connection_lost(core.generation(), t0 + second * SEC));
+            if second < 30 {
+                assert_eq!(core.tick(t0 + second * SEC), Action::Idle);
+                core.connected(t0 + second * SEC);
+                batch(&mut core);
+            }
+        }
+        assert!(matches!(core.tick(t0 + 30 * SEC), Action::Fail(_)));
+    }
+
+    #[test]
+    fn a_completed_request_restarts_the_down_clock() {
+        let (mut core, t0) = up();
+        let tag = start(&mut core, 1, t0);
+        batch(&mut core);
+        relapse(&mut core, t0);
+        assert_eq!(core.reply(tag, t0 + SEC), Some(1));
+        core.completed(tag);
+        start(&mut core, 2, t0 + SEC);
+        batch(&mut core);
+        assert!(core.connection_lost(core.generation(), t0 + 25 * SEC));
+        assert_eq!(core.tick(t0 + 30 * SEC), Action::Idle, "lost at 25 s");
+        assert!(matches!(core.tick(t0 + 55 * SEC), Action::Fail(_)));
+    }
+
+    #[test]
+    fn reconnect_pauses_grow_while_the_lane_relapses() {
+        let (mut core, t0) = up();
+        let tag = start(&mut core, 1, t0);
+        batch(&mut core);
+        relapse(&mut core, t0);
+        assert_eq!(
+            core.reconnect_pause(),
+            Duration::ZERO,
+            "a first loss: at once"
+        );
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            assert!(core.connection_lost(core.generation(), t0));
+            pauses.push(core.reconnect_pause());
+            core.connected(t0);
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            pauses,
+            [50, 100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
+        );
+        assert_eq!(core.reply(tag, t0), Some(1));
+        core.completed(tag);
+        start(&mut core, 2, t0);
+        assert!(core.connection_lost(core.generation(), t0));
+        assert_eq!(core.reconnect_pause(), Duration::ZERO, "it recovered");
     }
 
     #[test]

@@ -24,10 +24,12 @@ use crate::client::ratelog::RateLimited;
 use crate::client::uring::EventFd;
 use crate::error::{Errno, HostError};
 
-/// First pause between failed attempts; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest pause between failed attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// First pause between failed attempts, and before reconnecting a lane that relapsed (see
+/// `lane_core.rs`); it doubles up to [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest pause between failed attempts, or before reconnecting a relapsed lane: a
+/// healed server is used again within about this long.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause between attempts while the server refuses the lane for good.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(3);
 /// Deadline of one reconnect attempt's TCP connect: a new SYN at least this often, so a
@@ -86,20 +88,24 @@ impl Mailbox {
     }
 }
 
-/// Starts a helper thread that retries `connect` for `purpose` (with a fresh epoch each
-/// time) until it succeeds or `mailbox.stop` is set. Each attempt tries the `paths`
-/// (path index, address) in the order given.
+/// Starts a helper thread that waits `pause`, then retries `connect` for `purpose` (with a
+/// fresh epoch each time) until it succeeds or `mailbox.stop` is set. Each attempt tries
+/// the `paths` (path index, address) in the order given.
 pub(crate) fn spawn_helper(
     config: ClientConfig,
     paths: Vec<(usize, String)>,
     purpose: Purpose,
     mailbox: Arc<Mailbox>,
+    pause: Duration,
 ) -> Result<(), HostError> {
     let mut config = config;
     config.connect_timeout = config.connect_timeout.min(RECONNECT_TCP_TIMEOUT);
     std::thread::Builder::new()
         .name("lane-reconnect".into())
-        .spawn(move || retry(&config, &paths, purpose, &mailbox))
+        .spawn(move || {
+            sleep_unless_stopped(&mailbox, pause);
+            retry(&config, &paths, purpose, &mailbox, pause.is_zero());
+        })
         .map(drop)
         .map_err(|e| HostError::io("starting a reconnect thread", e))
 }
@@ -154,7 +160,15 @@ pub(crate) fn connect_first(
     Err(last)
 }
 
-fn retry(config: &ClientConfig, paths: &[(usize, String)], purpose: Purpose, mailbox: &Mailbox) {
+/// Retries until connected or stopped. A lane that relapsed (`announce` false) logs its
+/// reconnect at debug level only: the lane's own rate-limited warning says it is lost.
+fn retry(
+    config: &ClientConfig,
+    paths: &[(usize, String)],
+    purpose: Purpose,
+    mailbox: &Mailbox,
+    announce: bool,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     let mut refused = false;
@@ -163,7 +177,15 @@ fn retry(config: &ClientConfig, paths: &[(usize, String)], purpose: Purpose, mai
         attempts += 1;
         match connect_first(config, paths, purpose) {
             Ok((connection, path)) => {
-                log::info!("{purpose:?}: reconnected on path {path} after {attempts} attempt(s)");
+                let level = if announce {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "{purpose:?}: reconnected on path {path} after {attempts} attempt(s)"
+                );
                 mailbox.deliver(Delivery::Connected(connection, path));
                 return;
             }

@@ -87,6 +87,9 @@ pub struct Options {
     /// `FLAG_RUN`, its reply is a malformed run: a `Later` head, then a `Run` frame that
     /// claims one reply more than it carries.
     pub bad_run_at: Option<usize>,
+    /// Every read starting at this byte offset is answered with a reply one block shorter
+    /// than asked (a poisoned reply that breaks the connection every time it is sent).
+    pub poison_reads_at: Option<u64>,
 }
 
 impl Options {
@@ -105,6 +108,7 @@ impl Options {
             stall_mid_reply_at: None,
             trickle_reply_at: None,
             bad_run_at: None,
+            poison_reads_at: None,
         }
     }
 }
@@ -383,6 +387,18 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
                 }
                 continue;
             }
+        }
+        if request.op == Op::Read && shared.options.poison_reads_at == Some(request.offset) {
+            let (reply, data) = execute(shared, &request, &payload);
+            let short = reply.len.saturating_sub(wire::SECTOR_SIZE);
+            let poisoned = Reply {
+                len: short,
+                ..reply
+            };
+            if send_reply(&stream, &poisoned, &data[..short as usize]).is_err() {
+                return;
+            }
+            continue;
         }
         if shared.options.bad_run_at == Some(count) && request.may_run() {
             let (reply, data) = execute(shared, &request, &payload);
