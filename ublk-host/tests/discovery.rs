@@ -191,3 +191,45 @@ fn discover_watch_command_survives_a_server_restart() {
         server.stop();
     });
 }
+
+/// A server that answers the hello with a frame prefix announcing a large head, then
+/// trickles it one byte per `gap` (each byte well within the handshake deadline); returns
+/// its address. It stops when the client hangs up.
+fn trickling_server(gap: Duration) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut hello = [0u8; 4096];
+        let _ = stream.read(&mut hello);
+        let mut prefix = 60_000u32.to_le_bytes().to_vec();
+        prefix.extend_from_slice(&0u32.to_le_bytes());
+        if stream.write_all(&prefix).is_err() {
+            return;
+        }
+        while stream.write_all(&[0]).is_ok() {
+            std::thread::sleep(gap);
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_handshake_deadline_holds_against_a_trickling_server() {
+    within(Duration::from_secs(30), || {
+        let addr = trickling_server(Duration::from_millis(100));
+        let mut config = ublk_host::client::ClientConfig::new(addr, "host-a", secret());
+        config.handshake_timeout = Duration::from_millis(800);
+        let started = std::time::Instant::now();
+        let error = Discovery::open(&config).unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(error, HostError::HandshakeTimeout { .. }),
+            "{error}"
+        );
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    });
+}
