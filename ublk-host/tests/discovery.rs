@@ -233,3 +233,33 @@ fn the_handshake_deadline_holds_against_a_trickling_server() {
         assert!(waited < Duration::from_secs(2), "{waited:?}");
     });
 }
+
+#[test]
+fn an_unsolicited_pong_is_a_protocol_error() {
+    within(Duration::from_secs(30), || {
+        let mut options = Options::new(partition(1 << 20, Access::ReadWrite));
+        options.pongs_before_list = 3;
+        let server = FakeServer::start(options);
+        let mut discovery = Discovery::open(&server.client(secret())).unwrap();
+        let error = discovery.list().unwrap_err();
+        assert!(matches!(error, HostError::Protocol(_)), "{error}");
+    });
+}
+
+#[test]
+fn the_list_has_one_deadline_against_a_trickling_server() {
+    within(Duration::from_secs(60), || {
+        let mut options = Options::new(partition(1 << 20, Access::ReadWrite));
+        options.trickle_list = Some(Duration::from_millis(200));
+        let server = FakeServer::start(options);
+        let config = server.client(secret());
+        let mut discovery = Discovery::open(&config).unwrap();
+        let started = std::time::Instant::now();
+        assert!(discovery.list().is_err(), "the list trickles for ~20 s");
+        let waited = started.elapsed();
+        assert!(
+            waited < config.handshake_timeout + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    });
+}

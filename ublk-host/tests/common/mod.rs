@@ -90,6 +90,10 @@ pub struct Options {
     /// Every read starting at this byte offset is answered with a reply one block shorter
     /// than asked (a poisoned reply that breaks the connection every time it is sent).
     pub poison_reads_at: Option<u64>,
+    /// Sends this many Pongs nobody asked for before answering `ListPartitions`.
+    pub pongs_before_list: usize,
+    /// Sends the answer to `ListPartitions` a byte per this pause.
+    pub trickle_list: Option<Duration>,
 }
 
 impl Options {
@@ -109,6 +113,8 @@ impl Options {
             trickle_reply_at: None,
             bad_run_at: None,
             poison_reads_at: None,
+            pongs_before_list: 0,
+            trickle_list: None,
         }
     }
 }
@@ -275,10 +281,28 @@ fn serve_control(stream: TcpStream, shared: &Shared) {
         .push(stream.try_clone().unwrap());
     while let Ok(request) = read_message::<ControlRequest>(&stream, "ControlRequest") {
         let event = match request {
-            ControlRequest::ListPartitions => ControlEvent::Partitions {
-                generation: 1,
-                partitions: vec![shared.options.partition.clone()],
-            },
+            ControlRequest::ListPartitions => {
+                for n in 0..shared.options.pongs_before_list {
+                    if write_message(&stream, &ControlEvent::Pong(n as u64)).is_err() {
+                        return;
+                    }
+                }
+                let list = ControlEvent::Partitions {
+                    generation: 1,
+                    partitions: vec![shared.options.partition.clone()],
+                };
+                if let Some(gap) = shared.options.trickle_list {
+                    let bytes = wire::frame::encode_message(&list).unwrap();
+                    for byte in bytes.chunks(1) {
+                        std::thread::sleep(gap);
+                        if (&stream).write_all(byte).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                list
+            }
             ControlRequest::Ping(n) => {
                 shared.pings.fetch_add(1, Ordering::SeqCst);
                 ControlEvent::Pong(n)
