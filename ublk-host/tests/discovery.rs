@@ -263,3 +263,39 @@ fn the_list_has_one_deadline_against_a_trickling_server() {
         );
     });
 }
+
+/// Partitions no server can describe: each with what makes it impossible.
+fn impossible_partitions() -> Vec<(&'static str, wire::PartitionInfo)> {
+    let good = partition(1 << 20, Access::ReadWrite);
+    let with = |edit: fn(&mut wire::PartitionInfo)| {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        bad
+    };
+    vec![
+        ("block size 0", with(|p| p.block_size = 0)),
+        ("block size 3", with(|p| p.block_size = 3)),
+        ("block size 256", with(|p| p.block_size = 256)),
+        ("block size 2 GiB", with(|p| p.block_size = 1 << 31)),
+        ("size not whole blocks", with(|p| p.size += 100)),
+        ("chunk 0", with(|p| p.chunk_size = 0)),
+        ("chunk not a power of two", with(|p| p.chunk_size = 3 << 12)),
+        ("no disks", with(|p| p.stripe_disks = 0)),
+    ]
+}
+
+#[test]
+fn a_partition_no_server_can_describe_is_refused_in_the_list_and_the_welcome() {
+    within(Duration::from_secs(60), || {
+        for (why, bad) in impossible_partitions() {
+            let server = FakeServer::start(Options::new(bad.clone()));
+            let config = server.client(secret());
+            let mut discovery = Discovery::open(&config).unwrap();
+            let error = discovery.list().expect_err(why).to_string();
+            assert!(error.contains("vol0"), "{why}: {error}");
+            let engine = ublk_host::client::EngineConfig::new(config);
+            let opened = ublk_host::client::run_queue_thread(&engine, &bad, 0, |_| async {});
+            assert!(opened.is_err(), "{why}: a data lane took it");
+        }
+    });
+}

@@ -22,6 +22,7 @@ use wire::{
 };
 
 use crate::client::config::ClientConfig;
+use crate::client::geometry::check_partition;
 use crate::error::{HostError, Result};
 
 /// Pause between two keepalive probes of an idle connection.
@@ -53,6 +54,9 @@ pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
         Err(HostError::Io { source, .. }) if is_timeout(&source) => return Err(timed_out()),
         other => other?,
     };
+    if let Some(partition) = &welcome.partition {
+        check_partition(partition)?;
+    }
     stream
         .set_read_timeout(None)
         .and_then(|()| stream.set_write_timeout(None))

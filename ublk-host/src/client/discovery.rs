@@ -10,6 +10,7 @@ use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose, Refused
 
 use crate::client::config::ClientConfig;
 use crate::client::connect::{arm, connect, read_message, read_message_by, write_message};
+use crate::client::geometry::check_partition;
 use crate::error::{HostError, Result};
 
 /// Default quiet time on a watched control connection before a keepalive ping.
@@ -125,10 +126,13 @@ impl Discovery {
             ControlEvent::Partitions {
                 generation,
                 partitions,
-            } => Ok(Some(PartitionList {
-                generation,
-                partitions,
-            })),
+            } => {
+                partitions.iter().try_for_each(check_partition)?;
+                Ok(Some(PartitionList {
+                    generation,
+                    partitions,
+                }))
+            }
             ControlEvent::Pong(n) if self.awaiting_pong == Some(n) => {
                 self.awaiting_pong = None;
                 Ok(None)
