@@ -335,3 +335,42 @@ fn a_reply_that_always_breaks_the_connection_fails_the_io_at_the_fail_fast_bound
         assert!(connections <= 10, "{connections} connections; {stats:?}");
     });
 }
+
+/// How a test's fake server edits the Welcome of its data connections.
+type WelcomeEdit = fn(&mut wire::Welcome);
+
+#[test]
+fn a_reconnect_whose_welcome_the_lane_cannot_use_is_a_failed_attempt() {
+    let edits: [(&str, WelcomeEdit); 4] = [
+        ("no partition", |w| w.partition = None),
+        ("another partition", |w| {
+            w.partition.as_mut().unwrap().id += 1;
+        }),
+        ("a smaller max_io", |w| w.max_io = 512),
+        ("another block size", |w| {
+            w.partition.as_mut().unwrap().block_size = 4096;
+        }),
+    ];
+    for (why, edit) in edits {
+        within(LIMIT, move || {
+            let mut setup = rig(|options| options.drop_at = Some(2));
+            setup.config.fail_fast = Some(Duration::from_secs(1));
+            let shared = setup.server.shared.clone();
+            run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+                read(&engine, 0, 4096).await.unwrap();
+                *shared.welcome_edit.lock().unwrap() = Some(edit);
+                // The server drops this one; every reconnect brings the edited Welcome.
+                let outcome = read(&engine, 0, 4096).await;
+                assert_eq!(outcome.err(), Some(Errno::EIO), "{why}");
+                *shared.welcome_edit.lock().unwrap() = None;
+                let deadline = Instant::now() + 2 * SLACK;
+                while read(&engine, 0, 4096).await.is_err() {
+                    assert!(Instant::now() < deadline, "{why}: never back");
+                    // SAFETY: awaited to completion right here.
+                    unsafe { uring::sleep(Duration::from_millis(50)) }.await;
+                }
+            })
+            .unwrap();
+        });
+    }
+}

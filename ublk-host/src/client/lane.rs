@@ -35,7 +35,7 @@ use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
 use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
 use crate::client::receive::{check_reply, RecvBuf};
-use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
+use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Expected, Mailbox, Running};
 use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::send_batch;
 use crate::client::uring::{sleep, EventFd};
@@ -72,6 +72,8 @@ pub(crate) struct PartRequest {
 pub(crate) struct Lane {
     config: Rc<EngineConfig>,
     purpose: Purpose,
+    /// What every further connection's Welcome must say (partition, geometry).
+    expected: Expected,
     max_io: u32,
     core: RefCell<LaneCore<Rc<Slot>>>,
     socket: RefCell<Option<TcpStream>>,
@@ -115,16 +117,19 @@ impl Lane {
             lane,
             epoch: next_lane_epoch(),
         };
-        let (connection, via) = connect_first(&config.client, &path_order(&config, home), purpose)?;
-        let info = connection.welcome.partition.clone().ok_or_else(|| {
-            HostError::Protocol("a data connection's Welcome carries no partition".into())
-        })?;
-        if info.id != partition.id {
-            return Err(HostError::Protocol(format!(
-                "asked for partition {}, the server opened {}",
-                partition.id, info.id
-            )));
-        }
+        let first = Expected {
+            partition: partition.id,
+            running: None,
+        };
+        let paths = path_order(&config, home);
+        let (connection, via, info) = connect_first(&config.client, &paths, (purpose, first))?;
+        let expected = Expected {
+            running: Some(Running {
+                max_io: connection.welcome.max_io,
+                block_size: info.block_size,
+            }),
+            ..first
+        };
         let runs = config.zero_copy && info.features.contains(Features::REPLY_RUNS);
         let timers = Timers {
             heartbeat_after: HEARTBEAT_AFTER.min(config.client.dead_after),
@@ -135,6 +140,7 @@ impl Lane {
         let lane = Rc::new(Lane {
             config,
             purpose,
+            expected,
             max_io: connection.welcome.max_io,
             core: RefCell::new(LaneCore::new(timers, Instant::now())),
             socket: RefCell::new(None),
@@ -346,7 +352,7 @@ impl Lane {
         if spawn_helper(
             self.config.client.clone(),
             home,
-            self.purpose,
+            (self.purpose, self.expected),
             mailbox.clone(),
             Duration::ZERO,
         )
@@ -467,7 +473,7 @@ impl Lane {
         let spawned = spawn_helper(
             self.config.client.clone(),
             order,
-            self.purpose,
+            (self.purpose, self.expected),
             mailbox.clone(),
             pause,
         );

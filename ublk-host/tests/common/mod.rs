@@ -137,6 +137,9 @@ pub struct Shared {
     pub boot_epoch: AtomicU64,
     /// The partition is not assigned (data hellos refused `NotAssigned`).
     pub revoked: AtomicBool,
+    /// Applied to every data connection's Welcome while set (a server that changed, or
+    /// lies, between a lane's connections).
+    pub welcome_edit: Mutex<Option<fn(&mut Welcome)>>,
     /// Connections gone silent, kept open.
     silent: Mutex<Vec<TcpStream>>,
     controls: Mutex<Vec<TcpStream>>,
@@ -162,6 +165,7 @@ impl FakeServer {
             heartbeats: AtomicUsize::new(0),
             boot_epoch,
             revoked: AtomicBool::new(false),
+            welcome_edit: Mutex::new(None),
             silent: Mutex::new(Vec::new()),
             store: Mutex::new(vec![0; size]),
             per_lane: Mutex::new(HashMap::new()),
@@ -257,7 +261,7 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
         let _ = write_message(stream, &ProofReply::Refused(refused));
         return None;
     }
-    let welcome = Welcome {
+    let mut welcome = Welcome {
         mac,
         max_io: MAX_IO,
         max_in_flight: 128,
@@ -269,6 +273,9 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
         boot_epoch: shared.boot_epoch.load(Ordering::SeqCst),
         addresses: Vec::new(),
     };
+    if let (Purpose::Data { .. }, Some(edit)) = (purpose, *shared.welcome_edit.lock().unwrap()) {
+        edit(&mut welcome);
+    }
     write_message(stream, &ProofReply::Welcome(welcome)).ok()?;
     Some(purpose)
 }
