@@ -5,10 +5,11 @@
 //! Each lane is one task ([`Lane::open`] returns it; the engine owns it): a life loop
 //! (install a connection, run its sender and receiver until the connection fails, wait
 //! for the reconnect helper, again) zipped with a clock that ticks the core every
-//! [`TICK`] (heartbeats, dead-lane detection, the failure policy). The sender drains the
-//! core's queue in batches (one `sendmsg` of several frames, header and payload iovecs
-//! straight from the callers' buffers, short sends resumed); the receiver reads replies,
-//! matches tags in any order and receives a read's data straight into its slot's buffer.
+//! [`TICK`] (heartbeats, dead-lane detection, the per-request reply bound, the failure
+//! policy). The sender drains the core's queue in batches (one `sendmsg` of several
+//! frames, header and payload iovecs straight from the callers' buffers, short sends
+//! resumed); the receiver reads replies, matches tags in any order and receives a read's
+//! data straight into its slot's buffer.
 //! A connection's file descriptor is closed only after both its sender and receiver
 //! ended, so no operation ever runs on a reused descriptor.
 //!
@@ -49,7 +50,7 @@ const MAX_BATCH: usize = 64;
 /// do.
 const RUN_READ_MAX: u32 = 64 * 1024;
 /// How often the lane's clock ticks its core (the resolution of heartbeats, dead-lane
-/// detection and the failure policy).
+/// detection, the reply bound and the failure policy).
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// One wire request before the lane gives it a tag.
