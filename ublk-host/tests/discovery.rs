@@ -191,3 +191,111 @@ fn discover_watch_command_survives_a_server_restart() {
         server.stop();
     });
 }
+
+/// A server that answers the hello with a frame prefix announcing a large head, then
+/// trickles it one byte per `gap` (each byte well within the handshake deadline); returns
+/// its address. It stops when the client hangs up.
+fn trickling_server(gap: Duration) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut hello = [0u8; 4096];
+        let _ = stream.read(&mut hello);
+        let mut prefix = 60_000u32.to_le_bytes().to_vec();
+        prefix.extend_from_slice(&0u32.to_le_bytes());
+        if stream.write_all(&prefix).is_err() {
+            return;
+        }
+        while stream.write_all(&[0]).is_ok() {
+            std::thread::sleep(gap);
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_handshake_deadline_holds_against_a_trickling_server() {
+    within(Duration::from_secs(30), || {
+        let addr = trickling_server(Duration::from_millis(100));
+        let mut config = ublk_host::client::ClientConfig::new(addr, "host-a", secret());
+        config.handshake_timeout = Duration::from_millis(800);
+        let started = std::time::Instant::now();
+        let error = Discovery::open(&config).unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(error, HostError::HandshakeTimeout { .. }),
+            "{error}"
+        );
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    });
+}
+
+#[test]
+fn an_unsolicited_pong_is_a_protocol_error() {
+    within(Duration::from_secs(30), || {
+        let mut options = Options::new(partition(1 << 20, Access::ReadWrite));
+        options.pongs_before_list = 3;
+        let server = FakeServer::start(options);
+        let mut discovery = Discovery::open(&server.client(secret())).unwrap();
+        let error = discovery.list().unwrap_err();
+        assert!(matches!(error, HostError::Protocol(_)), "{error}");
+    });
+}
+
+#[test]
+fn the_list_has_one_deadline_against_a_trickling_server() {
+    within(Duration::from_secs(60), || {
+        let mut options = Options::new(partition(1 << 20, Access::ReadWrite));
+        options.trickle_list = Some(Duration::from_millis(200));
+        let server = FakeServer::start(options);
+        let config = server.client(secret());
+        let mut discovery = Discovery::open(&config).unwrap();
+        let started = std::time::Instant::now();
+        assert!(discovery.list().is_err(), "the list trickles for ~20 s");
+        let waited = started.elapsed();
+        assert!(
+            waited < config.handshake_timeout + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    });
+}
+
+/// Partitions no server can describe: each with what makes it impossible.
+fn impossible_partitions() -> Vec<(&'static str, wire::PartitionInfo)> {
+    let good = partition(1 << 20, Access::ReadWrite);
+    let with = |edit: fn(&mut wire::PartitionInfo)| {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        bad
+    };
+    vec![
+        ("block size 0", with(|p| p.block_size = 0)),
+        ("block size 3", with(|p| p.block_size = 3)),
+        ("block size 256", with(|p| p.block_size = 256)),
+        ("block size 2 GiB", with(|p| p.block_size = 1 << 31)),
+        ("size not whole blocks", with(|p| p.size += 100)),
+        ("chunk 0", with(|p| p.chunk_size = 0)),
+        ("chunk not a power of two", with(|p| p.chunk_size = 3 << 12)),
+        ("no disks", with(|p| p.stripe_disks = 0)),
+    ]
+}
+
+#[test]
+fn a_partition_no_server_can_describe_is_refused_in_the_list_and_the_welcome() {
+    within(Duration::from_secs(60), || {
+        for (why, bad) in impossible_partitions() {
+            let server = FakeServer::start(Options::new(bad.clone()));
+            let config = server.client(secret());
+            let mut discovery = Discovery::open(&config).unwrap();
+            let error = discovery.list().expect_err(why).to_string();
+            assert!(error.contains("vol0"), "{why}: {error}");
+            let engine = ublk_host::client::EngineConfig::new(config);
+            let opened = ublk_host::client::run_queue_thread(&engine, &bad, 0, |_| async {});
+            assert!(opened.is_err(), "{why}: a data lane took it");
+        }
+    });
+}

@@ -304,3 +304,73 @@ fn fail_fast_fails_io_within_its_bound() {
         .unwrap();
     });
 }
+
+#[test]
+fn a_reply_that_always_breaks_the_connection_fails_the_io_at_the_fail_fast_bound() {
+    within(LIMIT, || {
+        let mut setup = rig(|options| {
+            options.poison_reads_at = Some(0);
+        });
+        let fail_fast = Duration::from_secs(2);
+        setup.config.fail_fast = Some(fail_fast);
+        let shared = setup.server.shared.clone();
+        let stats = run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+            let started = Instant::now();
+            assert_eq!(read(&engine, 0, 4096).await.err(), Some(Errno::EIO));
+            let waited = started.elapsed();
+            assert!(waited >= fail_fast, "{waited:?}");
+            assert!(waited <= fail_fast + SLACK, "{waited:?}");
+            // New I/O fails at once until the lane is back (after at most one backoff).
+            let failed_at = Instant::now();
+            while read(&engine, 4096, 4096).await.is_err() {
+                assert!(failed_at.elapsed() <= SLACK, "never back");
+                // SAFETY: awaited to completion right here.
+                unsafe { uring::sleep(Duration::from_millis(50)) }.await;
+            }
+            engine.lane_stats()
+        })
+        .unwrap();
+        // Reconnects back off (50 ms doubling, at most 1 s): a handful in 2 s, not a storm.
+        let connections = shared.data_connections.load(Ordering::SeqCst);
+        assert!(connections <= 10, "{connections} connections; {stats:?}");
+    });
+}
+
+/// How a test's fake server edits the Welcome of its data connections.
+type WelcomeEdit = fn(&mut wire::Welcome);
+
+#[test]
+fn a_reconnect_whose_welcome_the_lane_cannot_use_is_a_failed_attempt() {
+    let edits: [(&str, WelcomeEdit); 4] = [
+        ("no partition", |w| w.partition = None),
+        ("another partition", |w| {
+            w.partition.as_mut().unwrap().id += 1;
+        }),
+        ("a smaller max_io", |w| w.max_io = 512),
+        ("another block size", |w| {
+            w.partition.as_mut().unwrap().block_size = 4096;
+        }),
+    ];
+    for (why, edit) in edits {
+        within(LIMIT, move || {
+            let mut setup = rig(|options| options.drop_at = Some(2));
+            setup.config.fail_fast = Some(Duration::from_secs(1));
+            let shared = setup.server.shared.clone();
+            run_queue_thread(&setup.config, &setup.part, 0, |engine| async move {
+                read(&engine, 0, 4096).await.unwrap();
+                *shared.welcome_edit.lock().unwrap() = Some(edit);
+                // The server drops this one; every reconnect brings the edited Welcome.
+                let outcome = read(&engine, 0, 4096).await;
+                assert_eq!(outcome.err(), Some(Errno::EIO), "{why}");
+                *shared.welcome_edit.lock().unwrap() = None;
+                let deadline = Instant::now() + 2 * SLACK;
+                while read(&engine, 0, 4096).await.is_err() {
+                    assert!(Instant::now() < deadline, "{why}: never back");
+                    // SAFETY: awaited to completion right here.
+                    unsafe { uring::sleep(Duration::from_millis(50)) }.await;
+                }
+            })
+            .unwrap();
+        });
+    }
+}
