@@ -381,8 +381,16 @@ fn authenticate(api: &ApiRequest, token: &AdminToken) -> Auth {
             Auth::Denied(unauthorized(false, "the admin token given is wrong"))
         };
     }
-    match api.header("cookie").and_then(|v| cookie_value(v, COOKIE)) {
-        Some(cookie) if token.matches(&cookie) => {
+    // Every cookie of the name counts: cookies do not keep to a port, so another web
+    // service on this machine can set one of the same name, and the browser may send that
+    // one first.
+    let cookies = api
+        .header("cookie")
+        .map(|header| cookie_values(header, COOKIE))
+        .unwrap_or_default();
+    let matching = cookies.iter().find(|cookie| token.matches(cookie));
+    match matching.or(cookies.first()) {
+        Some(cookie) if token.matches(cookie) => {
             let mutating = !matches!(api.method.as_str(), "GET" | "HEAD");
             if mutating && api.header(CSRF_HEADER).is_none() {
                 return Auth::Denied(ApiResponse::error(
@@ -436,11 +444,15 @@ fn bearer_token(value: &str) -> Option<String> {
         .then(|| rest.trim().to_owned())
 }
 
-fn cookie_value(header: &str, name: &str) -> Option<String> {
-    header.split(';').find_map(|pair| {
-        let (key, value) = pair.trim().split_once('=')?;
-        (key == name).then(|| value.to_owned())
-    })
+/// The values of every cookie named `name` in a `Cookie` header, in order.
+fn cookie_values(header: &str, name: &str) -> Vec<String> {
+    header
+        .split(';')
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
+        .collect()
 }
 
 fn parse_query(query: &str) -> HashMap<String, String> {
@@ -517,9 +529,33 @@ mod tests {
         assert_eq!(bearer_token("Bearer abc").as_deref(), Some("abc"));
         assert_eq!(bearer_token("basic abc"), None);
         assert_eq!(
-            cookie_value("x=1; multilane_admin=tok; y=2", COOKIE).as_deref(),
-            Some("tok")
+            cookie_values("x=1; multilane_admin=tok; y=2", COOKIE),
+            vec!["tok".to_string()]
         );
-        assert_eq!(cookie_value("x=1", COOKIE), None);
+        assert!(cookie_values("x=1", COOKIE).is_empty());
+    }
+
+    #[test]
+    fn any_cookie_of_the_name_may_carry_the_token() {
+        let token = AdminToken::generate().unwrap();
+        let request = |cookie: String| ApiRequest {
+            method: "GET".into(),
+            segments: vec!["api".into(), "array".into()],
+            query: HashMap::new(),
+            headers: vec![("cookie".into(), cookie)],
+            body: Vec::new(),
+        };
+        // Set by another service on this machine (cookies do not keep to a port) and sent
+        // first by the browser.
+        let planted = format!("{COOKIE}=junk; {COOKIE}={}", token.expose());
+        assert!(matches!(
+            authenticate(&request(planted), &token),
+            Auth::Allowed
+        ));
+        let wrong = format!("{COOKIE}=junk; {COOKIE}=other");
+        assert!(matches!(
+            authenticate(&request(wrong), &token),
+            Auth::Denied(_)
+        ));
     }
 }

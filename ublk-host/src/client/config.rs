@@ -171,21 +171,28 @@ const PERMISSION_BITS: u32 = 0o7777;
 /// Permission bits a secret file may not have: any access by group or others.
 pub const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
 
-/// Reads a host secret (64 hex digits) from a file, which only its owner may access:
-/// a file that group or others can access is refused, as ssh refuses such a key.
+/// Reads a host secret (64 hex digits) from a file, which only its owner may access and
+/// which this process's user must own: a file that group or others can access, or that
+/// another user owns, is refused, as ssh refuses such a key (whoever can choose the secret
+/// can also prove to be the server).
 pub fn read_secret_file(path: &str) -> Result<Secret> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let unusable = |reason: String| HostError::Secret {
         path: path.to_owned(),
         reason,
     };
     let mut file = std::fs::File::open(path).map_err(|e| unusable(e.to_string()))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| unusable(e.to_string()))?
-        .permissions()
-        .mode();
+    let metadata = file.metadata().map_err(|e| unusable(e.to_string()))?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if metadata.uid() != user {
+        return Err(unusable(format!(
+            "it is owned by uid {}, not by this process's user (uid {user}): chown {user} {path}",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.permissions().mode();
     if mode & SECRET_FILE_FORBIDDEN_MODE != 0 {
         return Err(unusable(format!(
             "it is accessible by group or others (mode {:04o}); a host secret must be \
@@ -227,6 +234,26 @@ pub fn parse_size(text: &str) -> Result<u64> {
 mod tests {
     use super::{parse_size, read_secret_file};
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_files_another_user_owns_are_refused() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can give a file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.secret");
+        std::fs::write(&path, format!("{:064x}\n", 42)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        /// `nobody` on Debian.
+        const NOBODY: u32 = 65534;
+        std::os::unix::fs::chown(&path, Some(NOBODY), None).unwrap();
+        let error = read_secret_file(path.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("owned by uid 65534"), "{error}");
+    }
 
     #[test]
     fn secret_files_open_to_group_or_others_are_refused() {
