@@ -36,9 +36,7 @@
 //! ever) cannot keep its requests waiting past the bound by accepting every reconnect.
 //! A loss while such a request is still owed is a *relapse*: the driver then waits
 //! [`LaneCore::reconnect_pause`] (growing, bounded) before it reconnects, instead of
-//! reconnecting in a tight loop. So is the loss of a connection that served for less
-//! than [`SHORT_LIVED`], idle lane or not: a server that closes every connection right
-//! after its `Welcome` must not make the host reconnect as fast as it can. A
+//! reconnecting in a tight loop. A
 //! refusal that says the host may not use the partition any more is final: everything
 //! pending and every new request fails with `EACCES` at once, while the driver keeps
 //! re-checking slowly so a re-assignment brings the lane back.
@@ -50,12 +48,6 @@ use rustc_hash::FxHashMap;
 
 use crate::client::reconnect::{FIRST_BACKOFF, MAX_BACKOFF};
 use crate::error::Errno;
-
-/// A connection lost sooner than this after it came up is no sign of a healthy server:
-/// its loss counts as a relapse even with no request owed (see the module doc). Far
-/// longer than a handshake and a first round trip, far shorter than any healthy lane's
-/// life.
-pub(crate) const SHORT_LIVED: Duration = Duration::from_secs(1);
 
 /// Doublings of the reconnect pause after which it is surely at [`MAX_BACKOFF`] (keeps
 /// the arithmetic from overflowing however long a lane relapses).
@@ -189,8 +181,6 @@ pub(crate) struct LaneCore<S> {
     /// Losses in a row with a request from an earlier loss still owed (see the module
     /// doc); sets the reconnect pause.
     relapses: u32,
-    /// When the current (or last) connection came up.
-    up_since: Instant,
     stats: LaneStats,
 }
 
@@ -212,7 +202,6 @@ impl<S: Clone> LaneCore<S> {
             receiving_since: now,
             lost_at: FxHashMap::default(),
             relapses: 0,
-            up_since: now,
             stats: LaneStats::default(),
         }
     }
@@ -433,9 +422,7 @@ impl<S: Clone> LaneCore<S> {
     /// The link is lost at `now`: marks the requests it catches, and starts the down
     /// clock at the oldest loss a request still owed has seen.
     fn go_down(&mut self, now: Instant) {
-        let short_lived =
-            self.link == Link::Up && now.saturating_duration_since(self.up_since) < SHORT_LIVED;
-        self.relapses = if self.lost_at.is_empty() && !short_lived {
+        self.relapses = if self.lost_at.is_empty() {
             0
         } else {
             self.relapses.saturating_add(1)
@@ -462,7 +449,6 @@ impl<S: Clone> LaneCore<S> {
         }
         self.generation += 1;
         self.link = Link::Up;
-        self.up_since = now;
         self.quiet_since = now;
         self.probe = None;
         self.receiving = false;
@@ -864,9 +850,7 @@ mod tests {
         let (mut core, t0) = up();
         let tag = start(&mut core, 1, t0);
         batch(&mut core);
-        // A connection that served for a while: its loss is a first loss.
-        let t1 = t0 + 2 * SHORT_LIVED;
-        relapse(&mut core, t1);
+        relapse(&mut core, t0);
         assert_eq!(
             core.reconnect_pause(),
             Duration::ZERO,
@@ -874,41 +858,20 @@ mod tests {
         );
         let mut pauses = Vec::new();
         for _ in 0..8 {
-            assert!(core.connection_lost(core.generation(), t1));
+            assert!(core.connection_lost(core.generation(), t0));
             pauses.push(core.reconnect_pause());
-            core.connected(t1);
+            core.connected(t0);
         }
         let ms = Duration::from_millis;
         assert_eq!(
             pauses,
             [50, 100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
         );
-        assert_eq!(core.reply(tag, t1), Some(1));
+        assert_eq!(core.reply(tag, t0), Some(1));
         core.completed(tag);
-        let t2 = t1 + 2 * SHORT_LIVED;
-        start(&mut core, 2, t2);
-        assert!(core.connection_lost(core.generation(), t2));
+        start(&mut core, 2, t0);
+        assert!(core.connection_lost(core.generation(), t0));
         assert_eq!(core.reconnect_pause(), Duration::ZERO, "it recovered");
-    }
-
-    #[test]
-    fn an_idle_lane_whose_connections_die_young_backs_off_too() {
-        let (mut core, t0) = up();
-        let mut at = t0;
-        let mut pauses = Vec::new();
-        for _ in 0..4 {
-            // Closed by the server right after its Welcome, nothing asked.
-            at += Duration::from_millis(5);
-            assert!(core.connection_lost(core.generation(), at));
-            pauses.push(core.reconnect_pause());
-            core.connected(at);
-        }
-        let ms = Duration::from_millis;
-        assert_eq!(pauses, [50, 100, 200, 400].map(ms).to_vec());
-        // A connection that lived past SHORT_LIVED: the next loss reconnects at once.
-        at += 2 * SHORT_LIVED;
-        assert!(core.connection_lost(core.generation(), at));
-        assert_eq!(core.reconnect_pause(), Duration::ZERO);
     }
 
     #[test]
