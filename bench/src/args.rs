@@ -68,8 +68,7 @@ pub struct Args {
     /// fail I/O after this many seconds without the server instead (default off)
     #[argh(option)]
     pub fail_fast: Option<u64>,
-    /// seconds of silence, with I/O outstanding, after which a lane is dead (default 5);
-    /// one request unanswered for 6 times this (at least 30 s) kills it too
+    /// seconds of silence, with I/O outstanding, after which a lane is dead (default 5)
     #[argh(option, default = "DEFAULT_DEAD_AFTER.as_secs()")]
     pub dead_after: u64,
     /// microseconds each queue thread polls for completions before it sleeps (default

@@ -70,8 +70,7 @@ pub struct AttachArgs {
     #[argh(option)]
     fail_fast: Option<u64>,
     /// seconds of silence, with I/O outstanding, after which a lane is dead and
-    /// reconnects (default 5); one request unanswered for 6 times this (at least 30 s)
-    /// makes it reconnect too
+    /// reconnects (default 5)
     #[argh(option, default = "DEFAULT_DEAD_AFTER.as_secs()")]
     dead_after: u64,
     /// handshake deadline in seconds (default 5)

@@ -75,17 +75,6 @@ pub enum HostError {
     /// reply of the wrong length, a data connection without partition information).
     #[error("protocol violation by the server: {0}")]
     Protocol(String),
-    /// The server described a partition no server can have (a block size of 0, a size
-    /// that is not whole blocks...): see `client::geometry`.
-    #[error("the server describes partition {name:?} (id {id}) impossibly: {reason}")]
-    BadPartition {
-        /// The partition's name, as the server gave it.
-        name: String,
-        /// Its id.
-        id: u32,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The server closed the connection.
     #[error("the server closed the connection")]
     Closed,
@@ -183,7 +172,6 @@ impl HostError {
             | HostError::Ublk(libublk::UblkError::UringIOError(e)) => e.abs(),
             HostError::Resolve { .. }
             | HostError::Protocol(_)
-            | HostError::BadPartition { .. }
             | HostError::Secret { .. }
             | HostError::Ring(_)
             | HostError::Nbd(_)

@@ -24,16 +24,6 @@ pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
 /// Default silence, with requests outstanding, after which a lane is dead. Also the
 /// sockets' `TCP_USER_TIMEOUT` and keepalive idle time.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
-/// Shortest bound on one request's wait for its reply ([`ClientConfig::reply_bound`]): the
-/// Linux SCSI disk driver's default command timeout (`SD_TIMEOUT`, 30 s), after which the
-/// server's own kernel has given up on a slow member disk anyway. A server that answers
-/// heartbeats but not a request for this long has lost it; one that is merely slow (a
-/// disk taking seconds) is far inside it.
-pub const REPLY_BOUND_FLOOR: Duration = Duration::from_secs(30);
-/// The reply bound is at least this many dead-lane bounds (`dead_after`): whoever allows
-/// a lane long silences allows its requests long waits too (6 x the default 5 s is the
-/// floor itself).
-pub const REPLY_BOUND_DEAD_MULTIPLE: u32 = 6;
 /// Silence, with requests outstanding, after which a lane sends a heartbeat probe.
 pub const HEARTBEAT_AFTER: Duration = Duration::from_secs(1);
 
@@ -75,13 +65,6 @@ impl ClientConfig {
             server: addr.to_owned(),
             ..self.clone()
         }
-    }
-
-    /// Longest one request waits for its reply on one connection before the connection is
-    /// dropped as dead (then reconnected and the request reissued): the larger of
-    /// [`REPLY_BOUND_FLOOR`] and [`REPLY_BOUND_DEAD_MULTIPLE`] times `dead_after`.
-    pub fn reply_bound(&self) -> Duration {
-        REPLY_BOUND_FLOOR.max(self.dead_after * REPLY_BOUND_DEAD_MULTIPLE)
     }
 
     /// A configuration with the default handshake deadline.

@@ -22,7 +22,6 @@ use wire::{
 };
 
 use crate::client::config::ClientConfig;
-use crate::client::geometry::check_partition;
 use crate::error::{HostError, Result};
 
 /// Pause between two keepalive probes of an idle connection.
@@ -54,9 +53,6 @@ pub fn connect(config: &ClientConfig, purpose: Purpose) -> Result<Connection> {
         Err(HostError::Io { source, .. }) if is_timeout(&source) => return Err(timed_out()),
         other => other?,
     };
-    if let Some(partition) = &welcome.partition {
-        check_partition(partition)?;
-    }
     stream
         .set_read_timeout(None)
         .and_then(|()| stream.set_write_timeout(None))
@@ -162,9 +158,8 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     (!left.is_zero()).then_some(left)
 }
 
-/// Arms the socket's timeouts with what is left of the deadline; a timeout error (which
-/// `connect` reports as [`HostError::HandshakeTimeout`]) once it has passed.
-pub(crate) fn arm(stream: &TcpStream, deadline: Instant) -> Result<()> {
+/// Arms the socket's timeouts with what is left of the deadline.
+fn arm(stream: &TcpStream, deadline: Instant) -> Result<()> {
     let left = remaining(deadline).ok_or_else(|| {
         HostError::io(
             "handshake",
@@ -187,11 +182,13 @@ fn handshake(
         ClientHandshake::new(&config.host, config.secret.clone(), purpose, nonce()?)?;
     arm(stream, deadline)?;
     write_message(stream, &hello)?;
-    let reply: HelloReply = read_message_by(stream, deadline)?;
+    arm(stream, deadline)?;
+    let reply: HelloReply = read_message(stream, "HelloReply")?;
     let proof = state.on_hello_reply(reply)?;
     arm(stream, deadline)?;
     write_message(stream, &proof)?;
-    let reply: ProofReply = read_message_by(stream, deadline)?;
+    arm(stream, deadline)?;
+    let reply: ProofReply = read_message(stream, "ProofReply")?;
     Ok(state.on_proof_reply(reply)?)
 }
 
@@ -248,20 +245,7 @@ const HEAD_CAPACITY: usize = 256;
 /// [`FrameDecoder`]. Each receive asks for exactly the bytes the decoder still needs, so
 /// nothing past the frame is taken from the socket. Errors name the message by
 /// [`FrameHeader::WHAT`]; `_what` stays for the callers' sake.
-pub fn read_message<M: FrameHeader>(stream: &TcpStream, _what: &'static str) -> Result<M> {
-    read_frame(stream, None)
-}
-
-/// Reads one payload-less frame as [`read_message`] does, all of it before `deadline`:
-/// the socket's timeouts are re-armed with what is left before every receive, so a peer
-/// that trickles the frame a byte at a time cannot stretch the wait (a timeout per
-/// receive would restart with every byte). Leaves the socket's timeouts armed.
-pub fn read_message_by<M: FrameHeader>(stream: &TcpStream, deadline: Instant) -> Result<M> {
-    read_frame(stream, Some(deadline))
-}
-
-/// Reads one frame; with a `deadline`, every receive is bounded by what is left of it.
-fn read_frame<M: FrameHeader>(mut stream: &TcpStream, deadline: Option<Instant>) -> Result<M> {
+pub fn read_message<M: FrameHeader>(mut stream: &TcpStream, _what: &'static str) -> Result<M> {
     let mut decoder = FrameDecoder::new(Limits::HANDSHAKE);
     let mut buffered = Vec::with_capacity(HEAD_CAPACITY);
     loop {
@@ -269,9 +253,6 @@ fn read_frame<M: FrameHeader>(mut stream: &TcpStream, deadline: Option<Instant>)
             Progress::Ready(head) => return Ok(head.message),
             Progress::NeedMore(more) => more,
         };
-        if let Some(deadline) = deadline {
-            arm(stream, deadline)?;
-        }
         let filled = buffered.len();
         buffered.resize(filled + more, 0);
         let received = read_some(&mut stream, &mut buffered[filled..])?;

@@ -9,8 +9,7 @@ use wire::WireError;
 use wire::{Access, ControlEvent, ControlRequest, PartitionInfo, Purpose, RefusedCode, Welcome};
 
 use crate::client::config::ClientConfig;
-use crate::client::connect::{arm, connect, read_message, read_message_by, write_message};
-use crate::client::geometry::check_partition;
+use crate::client::connect::{connect, read_message, write_message};
 use crate::error::{HostError, Result};
 
 /// Default quiet time on a watched control connection before a keepalive ping.
@@ -41,11 +40,6 @@ pub struct Discovery {
     stream: TcpStream,
     welcome: Welcome,
     next_ping: u64,
-    /// The ping sent and not yet answered: the only `Pong` the server may send.
-    awaiting_pong: Option<u64>,
-    /// Deadline of the answer to a `ListPartitions`: the handshake's (the server answers
-    /// from memory, as it does the handshake).
-    list_timeout: Duration,
 }
 
 impl Discovery {
@@ -56,8 +50,6 @@ impl Discovery {
             stream: connection.stream,
             welcome: connection.welcome,
             next_ping: 0,
-            awaiting_pong: None,
-            list_timeout: config.handshake_timeout,
         })
     }
 
@@ -66,30 +58,17 @@ impl Discovery {
         &self.welcome
     }
 
-    /// Asks for the partition list and waits for it, all of it within the handshake
-    /// deadline (a server that trickles it, or sends something else meanwhile, cannot
-    /// stretch the wait).
+    /// Asks for the partition list and waits for it.
     pub fn list(&mut self) -> Result<PartitionList> {
-        let deadline = Instant::now() + self.list_timeout;
-        arm(&self.stream, deadline)?;
         write_message(&self.stream, &ControlRequest::ListPartitions)?;
-        let listed = loop {
-            match self.read_event(Some(deadline)) {
-                Ok(Some(list)) => break Ok(list),
-                Ok(None) => {}
-                Err(HostError::Io { source, .. }) if is_timeout(&source) => {
-                    // Still transient: a `Watch` reconnects and asks again.
-                    let within = format!("none within {:.1} s", self.list_timeout.as_secs_f64());
-                    let timed_out = io::Error::new(io::ErrorKind::TimedOut, within);
-                    break Err(HostError::io("waiting for the partition list", timed_out));
-                }
-                Err(error) => break Err(error),
-            }
-        };
         self.stream
-            .set_write_timeout(None)
-            .map_err(|e| HostError::io("clearing a write timeout", e))?;
-        listed
+            .set_read_timeout(Some(DEFAULT_KEEPALIVE))
+            .map_err(|e| HostError::io("setting a read timeout", e))?;
+        loop {
+            if let Some(list) = self.read_event()? {
+                return Ok(list);
+            }
+        }
     }
 
     /// Waits for the next list the server pushes; pings after `keepalive` of silence and
@@ -100,13 +79,12 @@ impl Discovery {
             .map_err(|e| HostError::io("setting a read timeout", e))?;
         let mut pinged = false;
         loop {
-            match self.read_event(None) {
+            match self.read_event() {
                 Ok(Some(list)) => return Ok(list),
                 Ok(None) => pinged = false,
                 Err(HostError::Io { source, .. }) if is_timeout(&source) && !pinged => {
                     self.next_ping += 1;
                     write_message(&self.stream, &ControlRequest::Ping(self.next_ping))?;
-                    self.awaiting_pong = Some(self.next_ping);
                     pinged = true;
                 }
                 Err(error) => return Err(error),
@@ -114,34 +92,19 @@ impl Discovery {
         }
     }
 
-    /// One event, read whole before `deadline` if given: `Some` for a partition list,
-    /// `None` for the pong of the ping sent. A pong nobody asked for is a protocol error
-    /// (else a server could keep a waiting host busy with them for ever).
-    fn read_event(&mut self, deadline: Option<Instant>) -> Result<Option<PartitionList>> {
-        let event: ControlEvent = match deadline {
-            Some(deadline) => read_message_by(&self.stream, deadline)?,
-            None => read_message(&self.stream, "ControlEvent")?,
-        };
-        match event {
+    /// One event: `Some` for a partition list, `None` for a pong.
+    fn read_event(&mut self) -> Result<Option<PartitionList>> {
+        let event: ControlEvent = read_message(&self.stream, "ControlEvent")?;
+        Ok(match event {
             ControlEvent::Partitions {
                 generation,
                 partitions,
-            } => {
-                partitions.iter().try_for_each(check_partition)?;
-                Ok(Some(PartitionList {
-                    generation,
-                    partitions,
-                }))
-            }
-            ControlEvent::Pong(n) if self.awaiting_pong == Some(n) => {
-                self.awaiting_pong = None;
-                Ok(None)
-            }
-            ControlEvent::Pong(n) => Err(HostError::Protocol(format!(
-                "a Pong({n}) that answers no ping (awaiting {:?})",
-                self.awaiting_pong
-            ))),
-        }
+            } => Some(PartitionList {
+                generation,
+                partitions,
+            }),
+            ControlEvent::Pong(_) => None,
+        })
     }
 }
 

@@ -5,11 +5,10 @@
 //! Each lane is one task ([`Lane::open`] returns it; the engine owns it): a life loop
 //! (install a connection, run its sender and receiver until the connection fails, wait
 //! for the reconnect helper, again) zipped with a clock that ticks the core every
-//! [`TICK`] (heartbeats, dead-lane detection, the per-request reply bound, the failure
-//! policy). The sender drains the core's queue in batches (one `sendmsg` of several
-//! frames, header and payload iovecs straight from the callers' buffers, short sends
-//! resumed); the receiver reads replies, matches tags in any order and receives a read's
-//! data straight into its slot's buffer.
+//! [`TICK`] (heartbeats, dead-lane detection, the failure policy). The sender drains the
+//! core's queue in batches (one `sendmsg` of several frames, header and payload iovecs
+//! straight from the callers' buffers, short sends resumed); the receiver reads replies,
+//! matches tags in any order and receives a read's data straight into its slot's buffer.
 //! A connection's file descriptor is closed only after both its sender and receiver
 //! ended, so no operation ever runs on a reused descriptor.
 //!
@@ -36,7 +35,7 @@ use crate::client::lane_core::{Action, Kind, LaneCore, LaneStats, Link, Timers};
 use crate::client::paths::reconnect_order;
 use crate::client::ratelog::RateLimited;
 use crate::client::receive::{check_reply, RecvBuf};
-use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Expected, Mailbox, Running};
+use crate::client::reconnect::{connect_first, spawn_helper, Delivery, Mailbox};
 use crate::client::slot::{BufRef, Slot};
 use crate::client::transfer::send_batch;
 use crate::client::uring::{sleep, EventFd};
@@ -50,7 +49,7 @@ const MAX_BATCH: usize = 64;
 /// do.
 const RUN_READ_MAX: u32 = 64 * 1024;
 /// How often the lane's clock ticks its core (the resolution of heartbeats, dead-lane
-/// detection, the reply bound and the failure policy).
+/// detection and the failure policy).
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// One wire request before the lane gives it a tag.
@@ -73,8 +72,6 @@ pub(crate) struct PartRequest {
 pub(crate) struct Lane {
     config: Rc<EngineConfig>,
     purpose: Purpose,
-    /// What every further connection's Welcome must say (partition, geometry).
-    expected: Expected,
     max_io: u32,
     core: RefCell<LaneCore<Rc<Slot>>>,
     socket: RefCell<Option<TcpStream>>,
@@ -92,9 +89,6 @@ pub(crate) struct Lane {
     pending: RefCell<Option<(Connection, usize)>>,
     /// Requests failed at once (lane down past its bound, refused, closed).
     failures: RateLimited,
-    /// Connections lost (a server whose replies always break the connection loses one
-    /// per reconnect).
-    losses: RateLimited,
     /// The connection's received byte count at the last tick ([`bytes_received`]).
     received: Cell<u64>,
     /// Reads go out flagged `FLAG_RUN` (a zero-copy lane, and the server offers runs):
@@ -118,30 +112,25 @@ impl Lane {
             lane,
             epoch: next_lane_epoch(),
         };
-        let first = Expected {
-            partition: partition.id,
-            running: None,
-        };
-        let paths = path_order(&config, home);
-        let (connection, via, info) = connect_first(&config.client, &paths, (purpose, first))?;
-        let expected = Expected {
-            running: Some(Running {
-                max_io: connection.welcome.max_io,
-                block_size: info.block_size,
-            }),
-            ..first
-        };
+        let (connection, via) = connect_first(&config.client, &path_order(&config, home), purpose)?;
+        let info = connection.welcome.partition.clone().ok_or_else(|| {
+            HostError::Protocol("a data connection's Welcome carries no partition".into())
+        })?;
+        if info.id != partition.id {
+            return Err(HostError::Protocol(format!(
+                "asked for partition {}, the server opened {}",
+                partition.id, info.id
+            )));
+        }
         let runs = config.zero_copy && info.features.contains(Features::REPLY_RUNS);
         let timers = Timers {
             heartbeat_after: HEARTBEAT_AFTER.min(config.client.dead_after),
             dead_after: config.client.dead_after,
             fail_after: config.fail_after(),
-            reply_after: config.client.reply_bound(),
         };
         let lane = Rc::new(Lane {
             config,
             purpose,
-            expected,
             max_io: connection.welcome.max_io,
             core: RefCell::new(LaneCore::new(timers, Instant::now())),
             socket: RefCell::new(None),
@@ -153,7 +142,6 @@ impl Lane {
             homing: RefCell::new(None),
             pending: RefCell::new(None),
             failures: RateLimited::default(),
-            losses: RateLimited::default(),
             received: Cell::new(0),
             runs,
         });
@@ -319,9 +307,7 @@ impl Lane {
             .borrow_mut()
             .connection_lost(generation, Instant::now());
         if news {
-            self.losses.log(log::Level::Warn, || {
-                format!("{:?}: lane lost: {error}", self.purpose)
-            });
+            log::warn!("{:?}: lane lost: {error}", self.purpose);
             self.shutdown_socket();
             self.wake_sender();
         }
@@ -331,10 +317,7 @@ impl Lane {
     /// requests any more).
     fn restore(&self, tag: u32, slot: Rc<Slot>) {
         let bytes = slot.request.len.into();
-        let restored = self
-            .core
-            .borrow_mut()
-            .restore(tag, slot, bytes, Instant::now());
+        let restored = self.core.borrow_mut().restore(tag, slot, bytes);
         if let Err((slot, errno)) = restored {
             slot.finish(Err(errno));
         }
@@ -353,9 +336,8 @@ impl Lane {
         if spawn_helper(
             self.config.client.clone(),
             home,
-            (self.purpose, self.expected),
+            self.purpose,
             mailbox.clone(),
-            Duration::ZERO,
         )
         .is_ok()
         {
@@ -430,16 +412,6 @@ impl Lane {
                 self.shutdown_socket();
                 self.wake_sender();
             }
-            Action::Unanswered => {
-                log::warn!(
-                    "{:?}: a request got no reply for {:.1} s while the server answered \
-                     others; dropping the lane to reconnect and reissue",
-                    self.purpose,
-                    self.config.client.reply_bound().as_secs_f64()
-                );
-                self.shutdown_socket();
-                self.wake_sender();
-            }
             Action::Fail(slots) => {
                 log::error!(
                     "{:?}: server lost for {:.1} s (the device's failure policy): failing {} \
@@ -470,13 +442,11 @@ impl Lane {
             Err(error) => return self.give_up(&error),
         };
         let order = path_order(&self.config, self.home);
-        let pause = self.core.borrow().reconnect_pause();
         let spawned = spawn_helper(
             self.config.client.clone(),
             order,
-            (self.purpose, self.expected),
+            self.purpose,
             mailbox.clone(),
-            pause,
         );
         if let Err(error) = spawned {
             return self.give_up(&error);
@@ -679,43 +649,25 @@ async fn receive_loop(
         if reply.status == Status::Later {
             // Out of the in-flight set now, its data still to come: the lane stays
             // watched for a dead server until the run is in.
-            lane.core.borrow_mut().set_receiving(true, Instant::now());
+            lane.core.borrow_mut().set_receiving(true);
             later.push(slot); // a lane with runs does not look ahead: nothing received yet
             continue;
         }
         if reply.len > 0 {
             let len = reply.len as usize;
-            lane.core.borrow_mut().set_receiving(true, Instant::now());
+            lane.core.borrow_mut().set_receiving(true);
             let outcome = buf.receive_payload(fd, &slot, len, received).await;
-            lane.core
-                .borrow_mut()
-                .set_receiving(!later.is_empty(), Instant::now());
+            lane.core.borrow_mut().set_receiving(!later.is_empty());
             if let Err(error) = outcome {
                 lane.restore(reply.tag, slot);
                 return error;
             }
             lane.core.borrow_mut().heard(Instant::now());
         }
-        if let Some(error) = failed_heartbeat(&slot, &reply) {
-            slot.finish(Ok(())); // a probe: nobody waits for it
-            return error;
-        }
-        lane.core.borrow_mut().completed(reply.tag);
         slot.finish(match reply.status {
             Status::Errno(e) => Err(Errno(e)),
             _ => Ok(()),
         });
-    }
-}
-
-/// A heartbeat answered with an errno is no sign of a live lane (the server answers every
-/// heartbeat it reads with success): the error that drops the connection, like silence.
-fn failed_heartbeat(slot: &Slot, reply: &wire::Reply) -> Option<HostError> {
-    match reply.status {
-        Status::Errno(errno) if slot.request.op == Op::Heartbeat => Some(HostError::Protocol(
-            format!("a heartbeat answered with errno {errno}"),
-        )),
-        _ => None,
     }
 }
 
@@ -740,7 +692,6 @@ async fn receive_run(
     let finished = Cell::new(0);
     let outcome = buf
         .receive_run(fd, later, |i| {
-            lane.core.borrow_mut().completed(later[i].request.tag);
             later[i].finish(Ok(()));
             finished.set(i + 1);
         })
@@ -750,7 +701,7 @@ async fn receive_run(
     later.drain(..finished.get());
     outcome?;
     let mut core = lane.core.borrow_mut();
-    core.set_receiving(false, Instant::now());
+    core.set_receiving(false);
     core.heard(Instant::now());
     core.ran(replies);
     Ok(())
@@ -796,41 +747,4 @@ async fn receive_ahead(
         taken.received = received;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A slot for a payload-less request of `op`.
-    fn slot(op: Op) -> Slot {
-        let request = Request {
-            tag: 1,
-            op,
-            offset: 0,
-            len: 0,
-            flags: 0,
-        };
-        // SAFETY: no payload; the buffer is never used.
-        unsafe { Slot::new(request, BufRef::None, None) }
-    }
-
-    fn reply(status: Status) -> wire::Reply {
-        wire::Reply {
-            tag: 1,
-            status,
-            len: 0,
-        }
-    }
-
-    #[test]
-    fn a_heartbeat_answered_with_an_errno_is_no_sign_of_life() {
-        let eio = Status::Errno(libc::EIO);
-        assert!(failed_heartbeat(&slot(Op::Heartbeat), &reply(eio)).is_some());
-        assert!(failed_heartbeat(&slot(Op::Heartbeat), &reply(Status::Ok)).is_none());
-        assert!(
-            failed_heartbeat(&slot(Op::Flush), &reply(eio)).is_none(),
-            "a request's errno is its outcome, not the lane's"
-        );
-    }
 }

@@ -16,27 +16,10 @@
 //! dead and the driver drops the connection (reconnect, then reissue). An idle lane sends
 //! nothing; TCP keepalive bounds its detection instead (see `connect.rs`).
 //!
-//! Silence is measured per lane, so a server that keeps talking (other replies, answered
-//! heartbeats) but lost one request's reply would keep that request waiting for ever.
-//! Each request therefore also has its own bound, [`Timers::reply_after`], counted from
-//! when it was queued on the current connection (a read answered in a run: until the
-//! run's data is in): a request unanswered for that long makes the lane drop the
-//! connection like a dead one ([`Action::Unanswered`]). The reissue on a fresh connection
-//! is safe for writes because the server fences the old connection first. The bound is
-//! far above any healthy disk's latency (see `ClientConfig::reply_bound`), so a slow but
-//! live server is never punished.
-//!
 //! # Failure policy
 //!
 //! Requests of a lane that is down wait for the reconnect up to [`Timers::fail_after`];
-//! then they fail with `EIO`, and so does every new request until the lane is back.
-//! A reconnect alone is not "back": each request remembers when a lost connection first
-//! caught it, until it completes, and the down clock runs from the oldest such moment. So
-//! a server whose replies always break the connection (one poisoned reply reissued for
-//! ever) cannot keep its requests waiting past the bound by accepting every reconnect.
-//! A loss while such a request is still owed is a *relapse*: the driver then waits
-//! [`LaneCore::reconnect_pause`] (growing, bounded) before it reconnects, instead of
-//! reconnecting in a tight loop. A
+//! then they fail with `EIO`, and so does every new request until the lane is back. A
 //! refusal that says the host may not use the partition any more is final: everything
 //! pending and every new request fails with `EACCES` at once, while the driver keeps
 //! re-checking slowly so a re-assignment brings the lane back.
@@ -46,12 +29,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::client::reconnect::{FIRST_BACKOFF, MAX_BACKOFF};
 use crate::error::Errno;
-
-/// Doublings of the reconnect pause after which it is surely at [`MAX_BACKOFF`] (keeps
-/// the arithmetic from overflowing however long a lane relapses).
-const RELAPSE_MAX_DOUBLINGS: u32 = 16;
 
 /// The timers a lane runs by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +40,6 @@ pub(crate) struct Timers {
     pub dead_after: Duration,
     /// How long requests wait for a lane that is down before failing with `EIO`.
     pub fail_after: Duration,
-    /// Longest one request waits for its reply on one connection, however lively the
-    /// server is otherwise (see "Liveness" in the module doc).
-    pub reply_after: Duration,
 }
 
 /// Where the lane's link is.
@@ -100,9 +75,6 @@ pub struct LaneStats {
     pub heartbeats: u64,
     /// Times the link was declared dead for silence.
     pub dead_detections: u64,
-    /// Times the link was dropped because one request went unanswered for
-    /// [`Timers::reply_after`] while the server was heard from.
-    pub unanswered: u64,
     /// Requests failed by the lane itself (policy bound passed, refusal, close).
     pub failed: u64,
     /// Final refusals received while reconnecting.
@@ -135,9 +107,6 @@ pub(crate) enum Action<S> {
     Heartbeat(u32),
     /// The link went silent for too long: drop the connection.
     Dead,
-    /// A request went unanswered for [`Timers::reply_after`] although the server is heard
-    /// from: drop the connection (reconnect, reissue) as for a dead one.
-    Unanswered,
     /// The failure policy's bound passed: fail these with `EIO`.
     Fail(Vec<S>),
 }
@@ -148,8 +117,6 @@ struct Entry<S> {
     seq: u64,
     kind: Kind,
     bytes: u64,
-    /// When it was queued on the current connection (its reply bound starts there).
-    queued: Instant,
 }
 
 /// The lane's state; see the module doc.
@@ -172,15 +139,6 @@ pub(crate) struct LaneCore<S> {
     /// A reply's data is being received: its request has left `inflight` with its head,
     /// but a server that stalls now must still be detected.
     receiving: bool,
-    /// When `receiving` last became true: a run or payload still owed since then counts
-    /// against [`Timers::reply_after`] like a reply.
-    receiving_since: Instant,
-    /// For each request still owed that a lost connection caught: when the first such
-    /// loss was (kept across reconnects until the request completes or fails).
-    lost_at: FxHashMap<u32, Instant>,
-    /// Losses in a row with a request from an earlier loss still owed (see the module
-    /// doc); sets the reconnect pause.
-    relapses: u32,
     stats: LaneStats,
 }
 
@@ -199,19 +157,13 @@ impl<S: Clone> LaneCore<S> {
             probe: None,
             bytes: 0,
             receiving: false,
-            receiving_since: now,
-            lost_at: FxHashMap::default(),
-            relapses: 0,
             stats: LaneStats::default(),
         }
     }
 
     /// Marks whether a reply's data is being received (see `tick`): the lane is busy as
     /// long as it is, even with no request in flight.
-    pub fn set_receiving(&mut self, receiving: bool, now: Instant) {
-        if receiving && !self.receiving {
-            self.receiving_since = now;
-        }
+    pub fn set_receiving(&mut self, receiving: bool) {
         self.receiving = receiving;
     }
 
@@ -283,7 +235,7 @@ impl<S: Clone> LaneCore<S> {
         loop {
             let tag = self.next_tag;
             self.next_tag = tag.wrapping_add(1);
-            if !self.inflight.contains_key(&tag) && !self.lost_at.contains_key(&tag) {
+            if !self.inflight.contains_key(&tag) {
                 return Ok(tag);
             }
         }
@@ -305,7 +257,6 @@ impl<S: Clone> LaneCore<S> {
                 seq,
                 kind,
                 bytes,
-                queued: now,
             },
         );
         if kind == Kind::Probe {
@@ -347,51 +298,20 @@ impl<S: Clone> LaneCore<S> {
         Some(entry.slot)
     }
 
-    /// The request `tag` is finished: its whole reply is in (success or errno). A
-    /// request that got through after a loss is what shows the lane recovered.
-    pub fn completed(&mut self, tag: u32) {
-        self.lost_at.remove(&tag);
-    }
-
-    /// How long the driver waits before it starts reconnecting: nothing after a first
-    /// loss; after a relapse (see the module doc) [`FIRST_BACKOFF`], doubling with each
-    /// further one up to [`MAX_BACKOFF`].
-    pub fn reconnect_pause(&self) -> Duration {
-        match self.relapses {
-            0 => Duration::ZERO,
-            relapses => {
-                let doublings = (relapses - 1).min(RELAPSE_MAX_DOUBLINGS);
-                (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
-            }
-        }
-    }
-
     /// Puts back a request whose reply was cut off, so it is reissued after the
     /// reconnect; hands it back with the errno to fail it with if the lane holds no
     /// requests any more (closed, refused, or down past the policy bound).
-    pub fn restore(
-        &mut self,
-        tag: u32,
-        slot: S,
-        bytes: u64,
-        now: Instant,
-    ) -> Result<(), (S, Errno)> {
+    pub fn restore(&mut self, tag: u32, slot: S, bytes: u64) -> Result<(), (S, Errno)> {
         match self.link {
             Link::Up | Link::Down { expired: false, .. } => {}
             Link::Down { expired: true, .. } | Link::Closed => {
                 self.stats.failed += 1;
-                self.lost_at.remove(&tag);
                 return Err((slot, Errno::EIO));
             }
             Link::Refused { errno } => {
                 self.stats.failed += 1;
-                self.lost_at.remove(&tag);
                 return Err((slot, errno));
             }
-        }
-        if let Link::Down { since, .. } = self.link {
-            // The loss was declared before its reply was cut off: it caught this one too.
-            self.lost_at.entry(tag).or_insert(since);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -403,7 +323,6 @@ impl<S: Clone> LaneCore<S> {
                 seq,
                 kind: Kind::Request,
                 bytes,
-                queued: now,
             },
         );
         Ok(())
@@ -419,22 +338,9 @@ impl<S: Clone> LaneCore<S> {
         true
     }
 
-    /// The link is lost at `now`: marks the requests it catches, and starts the down
-    /// clock at the oldest loss a request still owed has seen.
     fn go_down(&mut self, now: Instant) {
-        self.relapses = if self.lost_at.is_empty() {
-            0
-        } else {
-            self.relapses.saturating_add(1)
-        };
-        for (tag, entry) in &self.inflight {
-            if entry.kind == Kind::Request {
-                self.lost_at.entry(*tag).or_insert(now);
-            }
-        }
-        let since = self.lost_at.values().copied().min().unwrap_or(now);
         self.link = Link::Down {
-            since,
+            since: now,
             expired: false,
         };
         self.queue.clear();
@@ -463,9 +369,6 @@ impl<S: Clone> LaneCore<S> {
             .filter_map(|tag| self.inflight.remove(tag))
             .map(|e| e.slot)
             .collect();
-        for entry in self.inflight.values_mut() {
-            entry.queued = now; // its reply bound starts again on this connection
-        }
         let mut order: Vec<(u32, u64)> = self.inflight.iter().map(|(t, e)| (*t, e.seq)).collect();
         order.sort_by_key(|(_, seq)| *seq);
         self.queue = order.into();
@@ -491,24 +394,11 @@ impl<S: Clone> LaneCore<S> {
 
     fn drain(&mut self) -> Vec<S> {
         self.queue.clear();
-        self.lost_at.clear();
         self.probe = None;
         self.bytes = 0;
         let slots: Vec<S> = self.inflight.drain().map(|(_, e)| e.slot).collect();
         self.stats.failed += slots.len() as u64;
         slots
-    }
-
-    /// How long the longest-waiting reply on this connection has been owed at `now`: a
-    /// request's since it was queued, a reply's data since the lane began receiving it.
-    fn oldest_wait(&self, now: Instant) -> Duration {
-        let oldest_request = self.inflight.values().map(|entry| entry.queued).min();
-        let owed_data = self.receiving.then_some(self.receiving_since);
-        oldest_request
-            .into_iter()
-            .chain(owed_data)
-            .min()
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Advances the timers to `now`.
@@ -520,10 +410,6 @@ impl<S: Clone> LaneCore<S> {
                     self.stats.dead_detections += 1;
                     self.go_down(now);
                     Action::Dead
-                } else if self.oldest_wait(now) >= self.timers.reply_after {
-                    self.stats.unanswered += 1;
-                    self.go_down(now);
-                    Action::Unanswered
                 } else if silent >= self.timers.heartbeat_after && self.probe.is_none() {
                     match self.begin(Kind::Probe) {
                         Ok(tag) => Action::Heartbeat(tag),
@@ -559,7 +445,6 @@ mod tests {
             heartbeat_after: SEC,
             dead_after: 5 * SEC,
             fail_after: 30 * SEC,
-            reply_after: 60 * SEC,
         }
     }
 
@@ -616,7 +501,7 @@ mod tests {
         let t1 = t0 + 100 * SEC;
         let tag = start(&mut core, 2, t1);
         assert_eq!(core.reply(tag, t1), Some(2));
-        core.set_receiving(true, t1); // its data is still coming
+        core.set_receiving(true); // its data is still coming
         let Action::Heartbeat(probe) = core.tick(t1 + SEC) else {
             panic!("expected a heartbeat after 1 s of silence mid-reply");
         };
@@ -671,70 +556,6 @@ mod tests {
         assert!(matches!(core.tick(t0 + 5 * SEC), Action::Heartbeat(_)));
     }
 
-    /// Answers every heartbeat probe the core asks for at `now`, as a server that is alive
-    /// but lost one reply would; returns the action of the tick.
-    fn tick_answering_probes(core: &mut LaneCore<u32>, now: Instant) -> Action<u32> {
-        match core.tick(now) {
-            Action::Heartbeat(probe) => {
-                core.track(probe, 99, Kind::Probe, 0, now);
-                core.reply(probe, now);
-                Action::Idle
-            }
-            other => other,
-        }
-    }
-
-    #[test]
-    fn a_reply_that_never_comes_kills_the_connection_though_probes_are_answered() {
-        let (mut core, t0) = up();
-        let lost = start(&mut core, 1, t0);
-        assert_eq!(batch(&mut core), vec![1]);
-        let mut now = t0;
-        while now < t0 + 60 * SEC {
-            // Other requests come and go, the heartbeats are answered: a lively server.
-            let other = start(&mut core, 2, now);
-            batch(&mut core);
-            assert_eq!(core.reply(other, now), Some(2));
-            assert_eq!(tick_answering_probes(&mut core, now), Action::Idle);
-            now += SEC / 4;
-        }
-        assert_eq!(core.tick(now), Action::Unanswered, "request 1 waited 60 s");
-        assert!(matches!(core.link(), Link::Down { .. }));
-        assert_eq!(core.stats().unanswered, 1);
-        core.connected(now);
-        assert_eq!(batch(&mut core), vec![1], "reissued on the new connection");
-        assert_eq!(core.reply(lost, now), Some(1));
-    }
-
-    #[test]
-    fn the_reply_clock_restarts_on_each_connection() {
-        let (mut core, t0) = up();
-        start(&mut core, 1, t0);
-        core.connection_lost(core.generation(), t0 + 50 * SEC);
-        core.connected(t0 + 50 * SEC);
-        core.heard(t0 + 100 * SEC);
-        assert_eq!(
-            tick_answering_probes(&mut core, t0 + 100 * SEC),
-            Action::Idle,
-            "50 s on this connection: not yet"
-        );
-    }
-
-    #[test]
-    fn a_run_that_never_comes_kills_the_connection_though_probes_are_answered() {
-        let (mut core, t0) = up();
-        let tag = start(&mut core, 1, t0);
-        batch(&mut core);
-        assert_eq!(core.reply(tag, t0), Some(1), "its Later head");
-        core.set_receiving(true, t0);
-        let mut now = t0;
-        while now < t0 + 60 * SEC {
-            assert_eq!(tick_answering_probes(&mut core, now), Action::Idle);
-            now += SEC / 4;
-        }
-        assert_eq!(core.tick(now), Action::Unanswered);
-    }
-
     #[test]
     fn busy_clock_starts_when_the_lane_becomes_busy() {
         let (mut core, t0) = up();
@@ -785,95 +606,6 @@ mod tests {
         assert!(core.begin(Kind::Request).is_ok(), "back once reconnected");
     }
 
-    /// A reply that always breaks the connection (a poisoned read): lost at `at`,
-    /// reconnected at once, its requests reissued.
-    fn relapse(core: &mut LaneCore<u32>, at: Instant) {
-        assert!(core.connection_lost(core.generation(), at));
-        assert_eq!(core.tick(at), Action::Idle);
-        core.connected(at);
-        batch(core);
-    }
-
-    #[test]
-    fn a_lane_lost_again_before_completing_anything_keeps_its_down_clock() {
-        let (mut core, t0) = up();
-        start(&mut core, 1, t0);
-        batch(&mut core);
-        for second in 0..30 {
-            relapse(&mut core, t0 + second * SEC);
-        }
-        assert!(core.connection_lost(core.generation(), t0 + 30 * SEC));
-        let Action::Fail(failed) = core.tick(t0 + 30 * SEC) else {
-            panic!("lost since t0: the policy bound has passed");
-        };
-        assert_eq!(failed, vec![1]);
-        assert_eq!(core.begin(Kind::Request), Err(Errno::EIO));
-    }
-
-    #[test]
-    fn a_request_cut_off_mid_reply_keeps_its_down_clock() {
-        let (mut core, t0) = up();
-        let tag = start(&mut core, 1, t0);
-        batch(&mut core);
-        relapse(&mut core, t0);
-        for second in 1..=30 {
-            // Its head arrives, its data breaks the connection.
-            let slot = core.reply(tag, t0 + second * SEC).unwrap();
-            core.restore(tag, slot, 1, t0 + second * SEC).unwrap();
-            assert!(core.connection_lost(core.generation(), t0 + second * SEC));
-            if second < 30 {
-                assert_eq!(core.tick(t0 + second * SEC), Action::Idle);
-                core.connected(t0 + second * SEC);
-                batch(&mut core);
-            }
-        }
-        assert!(matches!(core.tick(t0 + 30 * SEC), Action::Fail(_)));
-    }
-
-    #[test]
-    fn a_completed_request_restarts_the_down_clock() {
-        let (mut core, t0) = up();
-        let tag = start(&mut core, 1, t0);
-        batch(&mut core);
-        relapse(&mut core, t0);
-        assert_eq!(core.reply(tag, t0 + SEC), Some(1));
-        core.completed(tag);
-        start(&mut core, 2, t0 + SEC);
-        batch(&mut core);
-        assert!(core.connection_lost(core.generation(), t0 + 25 * SEC));
-        assert_eq!(core.tick(t0 + 30 * SEC), Action::Idle, "lost at 25 s");
-        assert!(matches!(core.tick(t0 + 55 * SEC), Action::Fail(_)));
-    }
-
-    #[test]
-    fn reconnect_pauses_grow_while_the_lane_relapses() {
-        let (mut core, t0) = up();
-        let tag = start(&mut core, 1, t0);
-        batch(&mut core);
-        relapse(&mut core, t0);
-        assert_eq!(
-            core.reconnect_pause(),
-            Duration::ZERO,
-            "a first loss: at once"
-        );
-        let mut pauses = Vec::new();
-        for _ in 0..8 {
-            assert!(core.connection_lost(core.generation(), t0));
-            pauses.push(core.reconnect_pause());
-            core.connected(t0);
-        }
-        let ms = Duration::from_millis;
-        assert_eq!(
-            pauses,
-            [50, 100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
-        );
-        assert_eq!(core.reply(tag, t0), Some(1));
-        core.completed(tag);
-        start(&mut core, 2, t0);
-        assert!(core.connection_lost(core.generation(), t0));
-        assert_eq!(core.reconnect_pause(), Duration::ZERO, "it recovered");
-    }
-
     #[test]
     fn refusal_is_final_until_a_connection_succeeds() {
         let (mut core, t0) = up();
@@ -916,7 +648,7 @@ mod tests {
         assert_eq!(core.outstanding_bytes(), 4608);
         let slot = core.reply(a, t0).unwrap();
         assert_eq!(core.outstanding_bytes(), 512);
-        core.restore(a, slot, 4096, t0).unwrap();
+        core.restore(a, slot, 4096).unwrap();
         assert_eq!(core.outstanding_bytes(), 4608);
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
@@ -935,14 +667,14 @@ mod tests {
         let tag = start(&mut core, 5, t0);
         batch(&mut core);
         let slot = core.reply(tag, t0).unwrap();
-        core.restore(tag, slot, 5, t0).unwrap();
+        core.restore(tag, slot, 5).unwrap();
         core.connection_lost(core.generation(), t0);
         core.connected(t0);
         assert_eq!(batch(&mut core), vec![5]);
         let slot = core.reply(tag, t0).unwrap();
         core.close();
         assert_eq!(
-            core.restore(tag, slot, 5, t0),
+            core.restore(tag, slot, 5),
             Err((5, Errno::EIO)),
             "never lost"
         );

@@ -5,7 +5,6 @@ pub mod config;
 pub mod connect;
 pub mod discovery;
 pub mod engine;
-pub mod geometry;
 pub mod path_stats;
 pub mod paths;
 pub mod poll_budget;

@@ -87,13 +87,6 @@ pub struct Options {
     /// `FLAG_RUN`, its reply is a malformed run: a `Later` head, then a `Run` frame that
     /// claims one reply more than it carries.
     pub bad_run_at: Option<usize>,
-    /// Every read starting at this byte offset is answered with a reply one block shorter
-    /// than asked (a poisoned reply that breaks the connection every time it is sent).
-    pub poison_reads_at: Option<u64>,
-    /// Sends this many Pongs nobody asked for before answering `ListPartitions`.
-    pub pongs_before_list: usize,
-    /// Sends the answer to `ListPartitions` a byte per this pause.
-    pub trickle_list: Option<Duration>,
 }
 
 impl Options {
@@ -112,9 +105,6 @@ impl Options {
             stall_mid_reply_at: None,
             trickle_reply_at: None,
             bad_run_at: None,
-            poison_reads_at: None,
-            pongs_before_list: 0,
-            trickle_list: None,
         }
     }
 }
@@ -137,9 +127,6 @@ pub struct Shared {
     pub boot_epoch: AtomicU64,
     /// The partition is not assigned (data hellos refused `NotAssigned`).
     pub revoked: AtomicBool,
-    /// Applied to every data connection's Welcome while set (a server that changed, or
-    /// lies, between a lane's connections).
-    pub welcome_edit: Mutex<Option<fn(&mut Welcome)>>,
     /// Connections gone silent, kept open.
     silent: Mutex<Vec<TcpStream>>,
     controls: Mutex<Vec<TcpStream>>,
@@ -165,7 +152,6 @@ impl FakeServer {
             heartbeats: AtomicUsize::new(0),
             boot_epoch,
             revoked: AtomicBool::new(false),
-            welcome_edit: Mutex::new(None),
             silent: Mutex::new(Vec::new()),
             store: Mutex::new(vec![0; size]),
             per_lane: Mutex::new(HashMap::new()),
@@ -261,7 +247,7 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
         let _ = write_message(stream, &ProofReply::Refused(refused));
         return None;
     }
-    let mut welcome = Welcome {
+    let welcome = Welcome {
         mac,
         max_io: MAX_IO,
         max_in_flight: 128,
@@ -273,9 +259,6 @@ fn handshake(stream: &TcpStream, shared: &Shared) -> Option<Purpose> {
         boot_epoch: shared.boot_epoch.load(Ordering::SeqCst),
         addresses: Vec::new(),
     };
-    if let (Purpose::Data { .. }, Some(edit)) = (purpose, *shared.welcome_edit.lock().unwrap()) {
-        edit(&mut welcome);
-    }
     write_message(stream, &ProofReply::Welcome(welcome)).ok()?;
     Some(purpose)
 }
@@ -288,28 +271,10 @@ fn serve_control(stream: TcpStream, shared: &Shared) {
         .push(stream.try_clone().unwrap());
     while let Ok(request) = read_message::<ControlRequest>(&stream, "ControlRequest") {
         let event = match request {
-            ControlRequest::ListPartitions => {
-                for n in 0..shared.options.pongs_before_list {
-                    if write_message(&stream, &ControlEvent::Pong(n as u64)).is_err() {
-                        return;
-                    }
-                }
-                let list = ControlEvent::Partitions {
-                    generation: 1,
-                    partitions: vec![shared.options.partition.clone()],
-                };
-                if let Some(gap) = shared.options.trickle_list {
-                    let bytes = wire::frame::encode_message(&list).unwrap();
-                    for byte in bytes.chunks(1) {
-                        std::thread::sleep(gap);
-                        if (&stream).write_all(byte).is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                list
-            }
+            ControlRequest::ListPartitions => ControlEvent::Partitions {
+                generation: 1,
+                partitions: vec![shared.options.partition.clone()],
+            },
             ControlRequest::Ping(n) => {
                 shared.pings.fetch_add(1, Ordering::SeqCst);
                 ControlEvent::Pong(n)
@@ -418,18 +383,6 @@ fn serve_data(stream: TcpStream, shared: &Shared, queue: u16, lane: u16) {
                 }
                 continue;
             }
-        }
-        if request.op == Op::Read && shared.options.poison_reads_at == Some(request.offset) {
-            let (reply, data) = execute(shared, &request, &payload);
-            let short = reply.len.saturating_sub(wire::SECTOR_SIZE);
-            let poisoned = Reply {
-                len: short,
-                ..reply
-            };
-            if send_reply(&stream, &poisoned, &data[..short as usize]).is_err() {
-                return;
-            }
-            continue;
         }
         if shared.options.bad_run_at == Some(count) && request.may_run() {
             let (reply, data) = execute(shared, &request, &payload);
