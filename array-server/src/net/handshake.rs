@@ -165,14 +165,19 @@ const AUTH_WARNING_EVERY: Duration = Duration::from_secs(1);
 /// process-wide).
 fn auth_warning_due() -> bool {
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = unix_nanos() / 1_000_000;
     let last = LAST_MS.load(Ordering::Relaxed);
     now_ms.saturating_sub(last) >= AUTH_WARNING_EVERY.as_millis() as u64
         && LAST_MS
             .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+}
+
+/// The wall clock in nanoseconds since 1970 (the unit of lane epochs).
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `Some(refusal)` when `host` holds `max_host_connections` live sessions already, not
@@ -257,9 +262,7 @@ fn epoch_from_the_future(purpose: Purpose) -> Option<Refused> {
     let Purpose::Data { epoch, .. } = purpose else {
         return None;
     };
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let now_ns = unix_nanos();
     if epoch <= now_ns.saturating_add(MAX_EPOCH_AHEAD_NS) {
         return None;
     }
